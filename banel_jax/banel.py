@@ -1,0 +1,185 @@
+"""BaNEL: the run state and one round, as pure functions.
+
+A round splits at the one impure boundary, the reward oracle:
+
+    x, info = banel.propose(state, key, m)        # jit: sample the proposal
+    rewards = oracle(x)                           # host: spends NRE
+    state, metrics = banel.update(state, RoundBatch(...), key)   # jit: learn
+
+``update`` fits the failure model on the round's failures, adds the new rejection
+region, and (distilled mode) distils the next proposal. Successes are masked out
+of learning unless ``config.learn_from_successes``. Everything is shape-static,
+so ``jax.vmap`` runs seeds side by side and nothing recompiles between rounds.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import struct
+from flax.training import train_state
+
+from banel_jax import posterior
+from banel_jax.config import BanelConfig
+from banel_jax.distill import make_distill_tx, make_distiller
+from banel_jax.failure import make_failure_fitter, make_failure_tx
+from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
+
+
+class BanelState(struct.PyTreeNode):
+  """Everything a BaNEL run carries between rounds (one seed).
+
+  Attributes:
+    proposal: ``TrainState`` of the proposal ``p_theta`` (the pretrained model in
+      exact mode, where the proposal is the exploration posterior itself).
+    failure: ``TrainState`` of the last fitted failure model ``p_phi``.
+    prior_params: the pretrained params ``theta_0``.
+    regions: the stacked rejection regions so far.
+    round: ``int32[]`` rounds completed.
+    nre: ``int32[]`` reward evaluations spent on learning.
+    key: the run's root PRNG key; round ``t`` uses ``fold_in(key, t)``.
+  """
+
+  proposal: train_state.TrainState
+  failure: train_state.TrainState
+  prior_params: Params
+  regions: posterior.RegionBank
+  round: jax.Array
+  nre: jax.Array
+  key: PRNGKey
+
+
+class RoundBatch(NamedTuple):
+  """A round's scored samples.
+
+  Attributes:
+    x: ``[m, *event_shape]`` samples from the proposal.
+    rewards: ``f32[m]`` oracle rewards in ``{0, 1}`` (0 where not evaluated).
+    evaluated: ``bool[m]`` which samples the oracle scored (the last round of a
+      budget may score only some).
+    log_norm: ``f32[]`` log normaliser of the proposal that drew ``x``
+      (``info.acceptance_rate`` in exact mode, 0 in distilled mode).
+  """
+
+  x: Samples
+  rewards: jax.Array
+  evaluated: jax.Array
+  log_norm: jax.Array
+
+
+class Banel(NamedTuple):
+  """BaNEL as a bundle of pure functions (see :func:`make_banel`)."""
+
+  init: Callable[[PRNGKey, Params], BanelState]
+  propose: Callable[[BanelState, PRNGKey, int], tuple[Samples, posterior.PosteriorSampleInfo]]
+  update: Callable[[BanelState, RoundBatch, PRNGKey], tuple[BanelState, dict]]
+  config: BanelConfig
+  model: GenerativeModel
+
+
+def round_keys(state: BanelState) -> dict[str, PRNGKey]:
+  """Named keys of the state's current round, ``fold_in(root, round)``.
+
+  Resumed runs replay the same keys without storing them.
+  """
+  k = jax.random.fold_in(state.key, state.round)
+  propose_key, update_key, eval_key = jax.random.split(k, 3)
+  return {"propose": propose_key, "update": update_key, "eval": eval_key}
+
+
+def make_banel(model: GenerativeModel, config: BanelConfig) -> Banel:
+  """Builds BaNEL's ``init``, ``propose`` and ``update`` for ``model``.
+
+  Args:
+    model: the generator's family (proposal and failure model alike).
+    config: a :class:`BanelConfig` (static).
+
+  Returns:
+    A :class:`Banel` bundle. All three functions are pure and jit-able;
+    ``vmap`` them over a leading seed axis to run seeds side by side.
+  """
+  fit_failure = make_failure_fitter(model, config)
+  distill = make_distiller(model, config)
+  distill_tx = make_distill_tx(config)
+  event_rank = len(model.event_shape)
+
+  def init(key: PRNGKey, prior_params: Params) -> BanelState:
+    proposal = train_state.TrainState.create(apply_fn=model.log_prob,
+                                             params=prior_params, tx=distill_tx)
+    failure_tx = make_failure_tx(config)
+    failure = train_state.TrainState.create(apply_fn=model.log_prob,
+                                            params=prior_params, tx=failure_tx)
+    return BanelState(
+        proposal=proposal, failure=failure, prior_params=prior_params,
+        regions=posterior.empty_region_bank(prior_params, config.region_capacity),
+        round=jnp.zeros((), jnp.int32), nre=jnp.zeros((), jnp.int32), key=key)
+
+  def propose(state: BanelState, key: PRNGKey, n: int):
+    """Samples the current proposal: ``(x[n, ...], info)``."""
+    if config.mode == "exact":
+      return posterior.sample_posterior_by_rejection(
+          model, state.prior_params, state.regions, key, n,
+          batch_size=config.exact_batch_size, max_batches=config.exact_max_batches)
+    x = model.sample(state.proposal.params, key, n)
+    one = jnp.asarray(n, jnp.int32)
+    return x, posterior.PosteriorSampleInfo(n_filled=one, n_drawn=one, n_accepted=one)
+
+  def update(state: BanelState, batch: RoundBatch, key: PRNGKey):
+    m = batch.rewards.shape[0]
+    chex.assert_rank(batch.x, 1 + event_rank)
+    chex.assert_axis_dimension(batch.x, 0, m)
+    chex.assert_shape(batch.evaluated, (m,))
+    fail_key, tau_key, distill_key = jax.random.split(key, 3)
+    evaluated = batch.evaluated.astype(bool)
+    success = evaluated & (batch.rewards > 0.5)
+    failure_mask = evaluated & ~success
+
+    # 1. Failure model on this round's failures only.
+    failure, fmetrics = fit_failure(state.proposal.params, batch.x, failure_mask,
+                                    fail_key)
+    # 2. The new region's threshold.
+    log_norm = jnp.asarray(batch.log_norm, jnp.float32)
+    if config.tau_mode == "factor":
+      log_tau = posterior.log_tau_from_filter_factor(config.filter_factor)
+    else:
+      fresh, _ = propose(state, tau_key, config.calibration_samples)
+      lr = posterior.log_ratio(model, state.proposal.params, failure.params, fresh,
+                               log_norm)
+      log_tau = posterior.calibrate_log_tau(lr, config.calibrated_reject_fraction)
+    has_failures = fmetrics["n_failures"] > 0
+    regions = posterior.add_region(state.regions, state.proposal.params,
+                                   failure.params, log_tau, log_norm,
+                                   active=has_failures)
+    # 3. Next proposal.
+    proposal = state.proposal
+    metrics = {"distill_accept_rate": jnp.asarray(jnp.nan, jnp.float32),
+               "distill_loss": jnp.asarray(jnp.nan, jnp.float32)}
+    if config.mode == "distilled":
+      extra_x = extra_w = None
+      if config.learn_from_successes:
+        extra_x, extra_w = batch.x, success.astype(jnp.float32)
+      proposal, metrics = distill(proposal, state.prior_params, regions, distill_key,
+                                  extra_x, extra_w)
+    metrics.update(fmetrics)
+    metrics.update({
+        "log_tau": log_tau,
+        "n_successes": jnp.sum(success.astype(jnp.int32)),
+        "n_evaluated": jnp.sum(evaluated.astype(jnp.int32)),
+        "n_regions": regions.size,
+        "params_finite": _all_finite(proposal.params) & _all_finite(failure.params),
+    })
+    new_state = state.replace(proposal=proposal, failure=failure, regions=regions,
+                              round=state.round + 1,
+                              nre=state.nre + metrics["n_evaluated"])
+    return new_state, metrics
+
+  return Banel(init=init, propose=propose, update=update, config=config, model=model)
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)

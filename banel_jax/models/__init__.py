@@ -1,0 +1,1 @@
+"""Generative models that satisfy :class:`banel_jax.types.GenerativeModel`."""

@@ -1,0 +1,458 @@
+"""A small causal decoder-only Transformer over fixed-length token sequences.
+
+The model of the addition task: a sequence is a row of ``max_len`` ``int32``
+tokens, stored **without** the BOS token (the model prepends BOS internally to
+predict token 0). Semantics of a sequence ``x`` of shape ``[max_len]``:
+
+* Tokens up to and including the first EOS are "content": each is drawn from the
+  model's next-token distribution with the BOS and PAD logits masked to
+  ``-inf`` (BOS and PAD are never emitted before EOS). EOS itself and every other
+  id (digits, ``+``, ``=``, and any unused id) are in the support.
+* Every position after the first EOS holds PAD, deterministically (probability
+  1, log-probability 0). A sequence with a non-PAD token after its first EOS, a
+  BOS/PAD before it, or an id outside ``[0, vocab_size)`` has
+  ``log_prob == -inf``.
+* A sequence with no EOS within ``max_len`` is a valid, truncated sequence,
+  scored over all ``max_len`` tokens.
+
+With these rules ``exp(log_prob)`` sums to exactly 1 over all ``int32[max_len]``
+arrays, and ``sample`` draws from that same distribution.
+
+The network is pre-LayerNorm, with learned positional embeddings, GELU MLPs and
+an untied output head. It has two entry points that share one set of
+parameters: a full causal forward pass (teacher forcing, used by ``log_prob``)
+and a one-token decode step against an explicit key/value cache (used by
+``sample`` and ``greedy_decode`` inside ``lax.scan``). The cache is a plain
+pytree, a tuple with one :class:`LayerCache` per layer, each of
+``[batch, max_len + 1, num_heads, head_dim]`` keys and values; the decode
+position is passed in as an argument.
+
+Example:
+  >>> import jax
+  >>> from banel_jax.models import transformer
+  >>> cfg = transformer.TransformerConfig(num_layers=1, width=16, num_heads=2)
+  >>> model = transformer.make_transformer_model(cfg)
+  >>> params = model.init(jax.random.key(0))
+  >>> x = model.sample(params, jax.random.key(1), 3)
+  >>> x.shape, model.log_prob(params, x).shape
+  ((3, 24), (3,))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from banel_jax.types import Array, GenerativeModel, Params, PRNGKey
+
+# Default token ids for the addition task: digits 0-9, then the symbols.
+PLUS_ID = 10
+EQUALS_ID = 11
+
+_NEG_INF = -jnp.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Hyperparameters of the decoder (frozen and hashable: usable as a static arg).
+
+  The default ids fit the addition vocabulary in 16 ids: digits ``0..9``,
+  ``'+' = 10``, ``'=' = 11``, BOS ``12``, EOS ``13``, PAD ``14``; id ``15`` is
+  unused (the model may still emit it; a task gives it zero reward or the model
+  learns it away).
+
+  Attributes:
+    vocab_size: number of token ids, BOS/EOS/PAD included.
+    max_len: fixed padded sequence length, BOS excluded. Positional embeddings
+      and KV caches have ``max_len + 1`` slots: BOS plus ``max_len`` tokens.
+    num_layers: number of Transformer blocks.
+    width: residual-stream width (must be divisible by ``num_heads``).
+    num_heads: attention heads per block.
+    mlp_ratio: MLP hidden width is ``mlp_ratio * width``.
+    bos_id: begin-of-sequence id, only ever an input (never stored in ``x``).
+    eos_id: end-of-sequence id.
+    pad_id: padding id, only after the first EOS.
+    dtype: activation and cache dtype (params are float32; logits are cast to
+      float32 before any softmax).
+  """
+
+  vocab_size: int = 16
+  max_len: int = 24
+  num_layers: int = 2
+  width: int = 128
+  num_heads: int = 4
+  mlp_ratio: int = 4
+  bos_id: int = 12
+  eos_id: int = 13
+  pad_id: int = 14
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    ids = {"bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id}
+    for name, i in ids.items():
+      if not 0 <= i < self.vocab_size:
+        raise ValueError(f"{name}={i} must be in [0, vocab_size={self.vocab_size})")
+    if len(set(ids.values())) != 3:
+      raise ValueError(f"bos_id, eos_id, pad_id must be distinct, got {ids}")
+    if self.vocab_size < 4:
+      raise ValueError(f"vocab_size must be >= 4 (BOS, EOS, PAD and one content "
+                       f"token), got {self.vocab_size}")
+    if self.max_len < 1:
+      raise ValueError(f"max_len must be >= 1, got {self.max_len}")
+    if self.num_layers < 1 or self.num_heads < 1 or self.mlp_ratio < 1:
+      raise ValueError("num_layers, num_heads and mlp_ratio must be >= 1")
+    if self.width % self.num_heads:
+      raise ValueError(f"width={self.width} must be divisible by "
+                       f"num_heads={self.num_heads}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.num_heads
+
+  @property
+  def num_positions(self) -> int:
+    """Positional slots (BOS + ``max_len`` tokens); also the KV cache length."""
+    return self.max_len + 1
+
+  def replace(self, **kwargs) -> "TransformerConfig":
+    return dataclasses.replace(self, **kwargs)
+
+
+class LayerCache(NamedTuple):
+  """Keys and values of one layer, each ``[batch, max_len + 1, heads, head_dim]``."""
+
+  k: Array
+  v: Array
+
+
+KVCache = tuple[LayerCache, ...]  # one entry per layer
+
+
+def _attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
+  """Scaled dot-product attention.
+
+  Args:
+    q: ``[B, Tq, H, D]`` queries.
+    k: ``[B, S, H, D]`` keys.
+    v: ``[B, S, H, D]`` values.
+    mask: ``bool[Tq, S]``, True where query ``i`` may attend to key ``j``.
+
+  Returns:
+    ``[B, Tq, H, D]``.
+  """
+  scale = q.shape[-1] ** -0.5
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k).astype(jnp.float32)
+  scores = jnp.where(mask[None, None], scores, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+class _Block(nn.Module):
+  """Pre-LayerNorm block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
+
+  config: TransformerConfig
+
+  def setup(self):
+    cfg = self.config
+    dense = dict(dtype=cfg.dtype, param_dtype=jnp.float32)
+    self.ln_attn = nn.LayerNorm(dtype=cfg.dtype, name="ln_attn")
+    self.qkv = nn.DenseGeneral(features=(3, cfg.num_heads, cfg.head_dim),
+                               name="qkv", **dense)
+    self.attn_out = nn.DenseGeneral(features=cfg.width, axis=(-2, -1),
+                                    name="attn_out", **dense)
+    self.ln_mlp = nn.LayerNorm(dtype=cfg.dtype, name="ln_mlp")
+    self.mlp_in = nn.Dense(cfg.mlp_ratio * cfg.width, name="mlp_in", **dense)
+    self.mlp_out = nn.Dense(cfg.width, name="mlp_out", **dense)
+
+  def _mlp(self, x):
+    return x + self.mlp_out(nn.gelu(self.mlp_in(self.ln_mlp(x))))
+
+  def __call__(self, x: Array) -> Array:
+    """Full causal pass: ``x`` is ``[B, T, W]``."""
+    t = x.shape[1]
+    qkv = self.qkv(self.ln_attn(x))  # [B, T, 3, H, D]
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    mask = jnp.tril(jnp.ones((t, t), bool))
+    x = x + self.attn_out(_attend(q, k, v, mask))
+    return self._mlp(x)
+
+  def decode(self, x: Array, pos: Array, cache: LayerCache
+             ) -> tuple[Array, LayerCache]:
+    """One step: ``x`` is ``[B, 1, W]`` at position ``pos``; writes slot ``pos``."""
+    qkv = self.qkv(self.ln_attn(x))  # [B, 1, 3, H, D]
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    zero = jnp.zeros((), jnp.int32)
+    idx = (zero, pos, zero, zero)
+    k_all = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), idx)
+    v_all = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), idx)
+    mask = (jnp.arange(k_all.shape[1]) <= pos)[None, :]  # [1, S]
+    x = x + self.attn_out(_attend(q, k_all, v_all, mask))
+    return self._mlp(x), LayerCache(k_all, v_all)
+
+
+class TransformerLM(nn.Module):
+  """Causal decoder-only LM; returns raw (unmasked) next-token logits.
+
+  ``__call__`` runs the full causal forward on input tokens (BOS already
+  prepended) at positions ``0..T-1``; ``decode`` runs one token at a given
+  position against an explicit cache. Both use the same parameters.
+  """
+
+  config: TransformerConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embed = nn.Embed(cfg.vocab_size, cfg.width, dtype=cfg.dtype,
+                          embedding_init=nn.initializers.normal(0.02), name="embed")
+    self.pos_embed = self.param("pos_embed", nn.initializers.normal(0.02),
+                                (cfg.num_positions, cfg.width), jnp.float32)
+    self.blocks = [_Block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
+    self.ln_final = nn.LayerNorm(dtype=cfg.dtype, name="ln_final")
+    self.head = nn.Dense(cfg.vocab_size, dtype=cfg.dtype, param_dtype=jnp.float32,
+                         name="head")
+
+  def __call__(self, tokens: Array) -> Array:
+    """``tokens`` ``int32[B, T]`` (T <= max_len + 1) -> logits ``f32[B, T, V]``."""
+    t = tokens.shape[1]
+    x = self.embed(tokens) + self.pos_embed[:t].astype(self.config.dtype)
+    for block in self.blocks:
+      x = block(x)
+    return self.head(self.ln_final(x)).astype(jnp.float32)
+
+  def decode(self, token: Array, pos: Array, cache: KVCache
+             ) -> tuple[Array, KVCache]:
+    """``token`` ``int32[B]`` at position ``pos`` -> (logits ``f32[B, V]``, cache)."""
+    pe = jax.lax.dynamic_slice_in_dim(self.pos_embed, pos, 1, axis=0)  # [1, W]
+    x = self.embed(token[:, None]) + pe[None].astype(self.config.dtype)  # [B,1,W]
+    new_cache = []
+    for block, layer_cache in zip(self.blocks, cache):
+      x, layer_cache = block.decode(x, pos, layer_cache)
+      new_cache.append(layer_cache)
+    logits = self.head(self.ln_final(x)).astype(jnp.float32)
+    return logits[:, 0], tuple(new_cache)
+
+
+class Transformer(NamedTuple):
+  """All functions of a Transformer model; ``model`` is the generic contract.
+
+  Shapes: ``B`` batch, ``L = max_len``, ``V = vocab_size``. Every logits output
+  has BOS and PAD masked to ``-inf`` (it is the distribution of the next token
+  of a sequence that has not emitted EOS yet; after EOS the next token is PAD
+  deterministically, which ``sample``/``log_prob``/``greedy_decode`` apply).
+
+  Attributes:
+    model: the :class:`GenerativeModel` (``init``, ``log_prob``, ``sample``,
+      ``event_shape == (L,)``, ``dtype == int32``).
+    config: the :class:`TransformerConfig`.
+    module: the underlying :class:`TransformerLM` linen module.
+    logits: ``logits(params, x) -> f32[B, T, V]`` teacher-forced logits of
+      ``x`` ``int32[B, T]`` (``T <= L + 1``): row ``t`` predicts ``x[:, t]``
+      given BOS and ``x[:, :t]``. One full forward pass.
+    next_token_logits_full: ``(params, x) -> f32[B, V]``, logits of the token
+      after the prefix ``x`` ``int32[B, T]`` (``0 <= T <= L``), by a full
+      forward pass on ``[BOS, x]``.
+    next_token_logits_cached: same result, computed by feeding ``[BOS, x]``
+      through ``decode_step`` one token at a time in a ``lax.scan``.
+    init_cache: ``init_cache(batch) -> KVCache`` of zeros.
+    decode_step: ``decode_step(params, cache, token, pos) -> (f32[B, V],
+      cache)``: feeds ``token`` ``int32[B]`` at position ``pos`` (int scalar,
+      ``0`` for BOS, ``t + 1`` for ``x[:, t]``) and returns the logits of the
+      following token.
+    greedy_decode: ``greedy_decode(params, prefix, num_steps) -> int32[B,
+      num_steps]``: argmax continuation of the prefixes ``int32[B, P]``.
+  """
+
+  model: GenerativeModel
+  config: TransformerConfig
+  module: TransformerLM
+  logits: Callable[[Params, Array], Array]
+  next_token_logits_full: Callable[[Params, Array], Array]
+  next_token_logits_cached: Callable[[Params, Array], Array]
+  init_cache: Callable[[int], KVCache]
+  decode_step: Callable[[Params, KVCache, Array, Array], tuple[Array, KVCache]]
+  greedy_decode: Callable[[Params, Array, int], Array]
+
+
+def _check_tokens(x: Array, max_t: int, what: str):
+  chex.assert_rank(x, 2, custom_message=f"{what} must be int[batch, length]")
+  chex.assert_type(x, int, custom_message=f"{what} must hold integer token ids")
+  if x.shape[1] > max_t:
+    raise ValueError(f"{what} has length {x.shape[1]} > {max_t}")
+
+
+def make_transformer(config: TransformerConfig = TransformerConfig()) -> Transformer:
+  """Builds the Transformer and all its pure functions (see :class:`Transformer`).
+
+  Args:
+    config: model hyperparameters.
+
+  Returns:
+    A :class:`Transformer`; its ``.model`` is the :class:`GenerativeModel`.
+  """
+  cfg = config
+  module = TransformerLM(cfg)
+  L, V = cfg.max_len, cfg.vocab_size  # pylint: disable=invalid-name
+  # Ids that are never emitted before EOS.
+  forbidden = jnp.zeros((V,), bool).at[jnp.array([cfg.bos_id, cfg.pad_id])].set(True)
+
+  def mask_logits(logits):
+    return jnp.where(forbidden, _NEG_INF, logits)
+
+  def init(key: PRNGKey) -> Params:
+    tokens = jnp.zeros((1, cfg.num_positions), jnp.int32)
+    return module.init(key, tokens)["params"]
+
+  def with_bos(x):
+    bos = jnp.full((x.shape[0], 1), cfg.bos_id, jnp.int32)
+    return jnp.concatenate([bos, x.astype(jnp.int32)], axis=1)
+
+  def logits_fn(params, x):
+    _check_tokens(x, L + 1, "x")
+    inputs = with_bos(x)[:, :-1]  # [B, T]: BOS, x_0 .. x_{T-2}
+    return mask_logits(module.apply({"params": params}, inputs))
+
+  def next_token_logits_full(params, x):
+    _check_tokens(x, L, "x")
+    return mask_logits(module.apply({"params": params}, with_bos(x))[:, -1])
+
+  def init_cache(batch: int) -> KVCache:
+    shape = (batch, cfg.num_positions, cfg.num_heads, cfg.head_dim)
+    return tuple(LayerCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
+                 for _ in range(cfg.num_layers))
+
+  def raw_decode(params, cache, token, pos):
+    return module.apply({"params": params}, token, pos, cache,
+                        method=TransformerLM.decode)
+
+  def decode_step(params, cache, token, pos):
+    chex.assert_rank(token, 1, custom_message="token must be int[batch]")
+    chex.assert_type(token, int, custom_message="token must be an integer id")
+    chex.assert_shape(cache[0].k, (token.shape[0], cfg.num_positions,
+                                   cfg.num_heads, cfg.head_dim),
+                      custom_message="cache does not match token batch / config")
+    logits, cache = raw_decode(params, cache, token.astype(jnp.int32),
+                               jnp.asarray(pos, jnp.int32))
+    return mask_logits(logits), cache
+
+  def next_token_logits_cached(params, x):
+    _check_tokens(x, L, "x")
+    inputs = with_bos(x).T  # [T + 1, B]
+
+    def step(cache, inp):
+      pos, tok = inp
+      logits, cache = raw_decode(params, cache, tok, pos)
+      return cache, logits
+
+    _, logits = jax.lax.scan(
+        step, init_cache(x.shape[0]),
+        (jnp.arange(inputs.shape[0], dtype=jnp.int32), inputs))
+    return mask_logits(logits[-1])
+
+  def generate(params, batch, num_steps, choose, keys=None, forced=None):
+    """Decodes ``num_steps`` tokens x_0.. from BOS; returns ``int32[B, steps]``.
+
+    ``choose(logits, key) -> int32[B]`` picks a token from masked logits; where
+    ``forced`` (``int32[P, B]``) is given, tokens ``x_0..x_{P-1}`` are forced.
+    After the first EOS every token is PAD.
+    """
+    num_forced = 0 if forced is None else forced.shape[0]
+    if forced is not None:  # pad to num_steps rows; the flag picks forced rows
+      filler = jnp.zeros((num_steps - num_forced, batch), jnp.int32)
+      forced = jnp.concatenate([forced.astype(jnp.int32), filler], axis=0)
+    xs = {"pos": jnp.arange(num_steps, dtype=jnp.int32)}
+    if keys is not None:
+      xs["key"] = keys
+    if forced is not None:
+      xs["forced"] = forced
+
+    def step(carry, inp):
+      cache, tok_in, done = carry
+      logits, cache = raw_decode(params, cache, tok_in, inp["pos"])
+      tok = choose(mask_logits(logits), inp.get("key"))
+      if forced is not None:
+        tok = jnp.where(inp["pos"] < num_forced, inp["forced"], tok)
+      tok = jnp.where(done, cfg.pad_id, tok).astype(jnp.int32)
+      done = done | (tok == cfg.eos_id)
+      return (cache, tok, done), tok
+
+    carry = (init_cache(batch), jnp.full((batch,), cfg.bos_id, jnp.int32),
+             jnp.zeros((batch,), bool))
+    _, tokens = jax.lax.scan(step, carry, xs)
+    return tokens.T  # [B, num_steps]
+
+  def sample(params, key, n):
+    """``n`` i.i.d. sequences ``int32[n, L]`` at temperature 1 (``n`` static)."""
+    if not isinstance(n, int) or n < 1:
+      raise ValueError(f"n must be a positive Python int (static), got {n!r}")
+    keys = jax.random.split(key, L)
+    choose = lambda logits, k: jax.random.categorical(k, logits, axis=-1)
+    return generate(params, n, L, choose, keys=keys)
+
+  def greedy_decode(params, prefix, num_steps):
+    """Argmax continuation ``int32[B, num_steps]`` of prefixes ``int32[B, P]``.
+
+    All prefixes share the length ``P`` (static); they are not left-padded:
+    they start right after BOS at position 0, like every stored sequence, so
+    callers make them equal length (e.g. by zero-padding numbers to a fixed
+    number of digits). ``P + num_steps <= max_len``; ``P == 0`` decodes from
+    BOS. The prefix is fed through the KV cache token by token in the same
+    ``lax.scan`` that decodes (tokens forced for the first ``P`` steps). If a
+    prefix contains EOS, everything after it (prefix remainder included) is
+    PAD. Returns only the ``num_steps`` new tokens.
+    """
+    _check_tokens(prefix, L, "prefix")
+    p = prefix.shape[1]
+    if not isinstance(num_steps, int) or num_steps < 1 or p + num_steps > L:
+      raise ValueError(f"num_steps={num_steps!r} must be a positive int with "
+                       f"P + num_steps <= max_len ({p} + {num_steps} > {L}?)")
+    choose = lambda logits, _: jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    tokens = generate(params, prefix.shape[0], p + num_steps, choose,
+                      forced=prefix.T)
+    return tokens[:, p:]
+
+  def log_prob(params, x):
+    """Exact ``log p(x)`` ``f32[B]`` of ``x`` ``int32[B, L]`` (see module doc)."""
+    chex.assert_rank(x, 2, custom_message="x must be int[batch, max_len]")
+    chex.assert_axis_dimension(x, 1, L, custom_message=f"x must have length {L}")
+    chex.assert_type(x, int, custom_message="x must hold integer token ids")
+    x = x.astype(jnp.int32)
+    in_range = (x >= 0) & (x < V)
+    x_safe = jnp.clip(x, 0, V - 1)  # out-of-range ids would embed as NaN
+    logp = jax.nn.log_softmax(logits_fn(params, x_safe), axis=-1)  # [B, L, V]
+    tok_logp = jnp.take_along_axis(logp, x_safe[..., None], axis=-1)[..., 0]
+    tok_logp = jnp.where(in_range, tok_logp, _NEG_INF)
+    is_eos = x == cfg.eos_id
+    after_eos = (jnp.cumsum(is_eos, axis=1) - is_eos) > 0  # an EOS strictly before
+    # Content positions are scored; after the first EOS, PAD has prob 1.
+    per_pos = jnp.where(after_eos, jnp.where(x == cfg.pad_id, 0.0, _NEG_INF),
+                        tok_logp)
+    return jnp.sum(per_pos, axis=1)
+
+  model = GenerativeModel(init=init, log_prob=log_prob, sample=sample,
+                          event_shape=(L,), dtype=jnp.int32)
+  return Transformer(model=model, config=cfg, module=module, logits=logits_fn,
+                     next_token_logits_full=next_token_logits_full,
+                     next_token_logits_cached=next_token_logits_cached,
+                     init_cache=init_cache, decode_step=decode_step,
+                     greedy_decode=greedy_decode)
+
+
+def make_transformer_model(config: TransformerConfig = TransformerConfig()
+                           ) -> GenerativeModel:
+  """Returns the :class:`GenerativeModel` of a Transformer (see module doc).
+
+  Params are the linen ``params`` dict of :class:`TransformerLM`; a sample is
+  ``int32[max_len]`` without BOS, PAD after the first EOS.
+
+  Args:
+    config: model hyperparameters.
+
+  Returns:
+    A :class:`GenerativeModel` with ``event_shape == (max_len,)``, ``int32``.
+  """
+  return make_transformer(config).model

@@ -1,0 +1,236 @@
+"""Rejection regions, the likelihood-ratio test and the exploration posterior.
+
+Round ``t`` stores a pair ``(theta_t, phi_t)``: the proposal that produced the
+round's samples and the failure model fitted on its failures. Its rejection
+region is
+
+    R_t = { x : log p_theta_t(x) - log Z_t - log p_phi_t(x) < log tau_t },
+
+where ``log Z_t`` is the proposal's log normaliser (0 for a parametric proposal;
+the log acceptance rate when the proposal is the exploration posterior sampled by
+rejection from the prior, whose density on its support is ``p_0(x) / Z_t``).
+Regions accumulate, ``R = R_1 ∪ ... ∪ R_t``, and the exploration posterior is
+
+    p_post(x) ∝ p_0(x) * 1[x not in R].
+
+All pairs live stacked in a fixed-capacity :class:`RegionBank`; the test for the
+whole union is one ``vmap`` over the stacked params.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
+
+
+class AcceptanceRateError(RuntimeError):
+  """The exploration posterior accepts too small a fraction of candidates."""
+
+
+class RegionBank(struct.PyTreeNode):
+  """Fixed-capacity stack of rejection regions.
+
+  Attributes:
+    proposal_params: params pytree, every leaf with a leading axis of ``capacity``.
+    failure_params: same structure as ``proposal_params``.
+    log_tau: ``f32[capacity]`` log threshold of each region.
+    log_norm: ``f32[capacity]`` log normaliser of each region's proposal.
+    valid: ``bool[capacity]`` which slots hold a region.
+    size: ``int32[]`` number of filled slots (filled slots are ``0..size-1``).
+  """
+
+  proposal_params: Params
+  failure_params: Params
+  log_tau: jax.Array
+  log_norm: jax.Array
+  valid: jax.Array
+  size: jax.Array
+
+  @property
+  def capacity(self) -> int:
+    return self.log_tau.shape[-1]
+
+
+def empty_region_bank(params_template: Params, capacity: int) -> RegionBank:
+  """An empty bank with ``capacity`` slots shaped like ``params_template``."""
+  if capacity < 1:
+    raise ValueError(f"capacity must be >= 1, got {capacity}")
+  stacked = jax.tree.map(
+      lambda p: jnp.zeros((capacity,) + jnp.shape(p), jnp.asarray(p).dtype),
+      params_template)
+  return RegionBank(proposal_params=stacked,
+                    failure_params=jax.tree.map(jnp.copy, stacked),
+                    log_tau=jnp.zeros((capacity,), jnp.float32),
+                    log_norm=jnp.zeros((capacity,), jnp.float32),
+                    valid=jnp.zeros((capacity,), bool),
+                    size=jnp.zeros((), jnp.int32))
+
+
+def add_region(bank: RegionBank, proposal_params: Params, failure_params: Params,
+               log_tau: jax.Array, log_norm: jax.Array = 0.0,
+               active: jax.Array = True) -> RegionBank:
+  """Appends one region; a no-op where ``active`` is false.
+
+  The caller must leave room (``size < capacity``); the drivers check it on host.
+  """
+  active = jnp.asarray(active, bool)
+  idx = jnp.minimum(bank.size, bank.capacity - 1)
+
+  def put(stack, leaf):
+    new = jax.lax.dynamic_update_index_in_dim(stack, leaf.astype(stack.dtype), idx, 0)
+    return jnp.where(active, new, stack)
+
+  return bank.replace(
+      proposal_params=jax.tree.map(put, bank.proposal_params, proposal_params),
+      failure_params=jax.tree.map(put, bank.failure_params, failure_params),
+      log_tau=put(bank.log_tau, jnp.asarray(log_tau, jnp.float32)),
+      log_norm=put(bank.log_norm, jnp.asarray(log_norm, jnp.float32)),
+      valid=put(bank.valid, jnp.asarray(True)),
+      size=bank.size + active.astype(jnp.int32))
+
+
+def log_tau_from_filter_factor(filter_factor) -> jax.Array:
+  """``log tau = -log f``: reject when the failure model is ``f`` times likelier."""
+  return -jnp.log(jnp.asarray(filter_factor, jnp.float32))
+
+
+def calibrate_log_tau(log_ratios: jax.Array, reject_fraction) -> jax.Array:
+  """``log tau`` rejecting about ``reject_fraction`` of the samples given.
+
+  Args:
+    log_ratios: ``f32[n]`` log-ratios ``log p_theta(x) - log p_phi(x)`` of fresh
+      proposal samples.
+    reject_fraction: target fraction in ``(0, 1)``.
+
+  Returns:
+    The ``reject_fraction`` quantile of ``log_ratios``; samples strictly below it
+    are rejected (so ties, frequent for discrete models, are kept).
+  """
+  chex.assert_rank(log_ratios, 1)
+  return jnp.quantile(log_ratios, reject_fraction).astype(jnp.float32)
+
+
+def log_ratio(model: GenerativeModel, proposal_params: Params, failure_params: Params,
+              x: Samples, log_norm=0.0) -> jax.Array:
+  """``log p_theta(x) - log_norm - log p_phi(x)`` for one region, ``f32[batch]``."""
+  return (model.log_prob(proposal_params, x) - log_norm
+          - model.log_prob(failure_params, x))
+
+
+def region_log_ratios(model: GenerativeModel, bank: RegionBank, x: Samples) -> jax.Array:
+  """Log-ratios of ``x`` under every slot of ``bank``: ``f32[capacity, batch]``.
+
+  One ``vmap`` over the stacked params: all regions cost one fused call.
+  """
+  return jax.vmap(log_ratio, in_axes=(None, 0, 0, None, 0))(
+      model, bank.proposal_params, bank.failure_params, x, bank.log_norm)
+
+
+def rejection_mask(model: GenerativeModel, bank: RegionBank, x: Samples) -> jax.Array:
+  """``bool[batch]``: true where ``x`` lies in the union of the bank's regions."""
+  chex.assert_rank(x, 1 + len(model.event_shape))
+  lr = region_log_ratios(model, bank, x)
+  inside = bank.valid[:, None] & (lr < bank.log_tau[:, None])
+  return jnp.any(inside, axis=0)
+
+
+class PosteriorSampleInfo(NamedTuple):
+  """What a rejection-sampling call did.
+
+  Attributes:
+    n_filled: ``int32[]`` samples written (``< n`` when the batches ran out).
+    n_drawn: ``int32[]`` candidates drawn from the prior.
+    n_accepted: ``int32[]`` candidates outside every region.
+  """
+
+  n_filled: jax.Array
+  n_drawn: jax.Array
+  n_accepted: jax.Array
+
+  @property
+  def acceptance_rate(self) -> jax.Array:
+    return self.n_accepted / jnp.maximum(self.n_drawn, 1)
+
+
+def sample_posterior_by_rejection(model: GenerativeModel, prior_params: Params,
+                                  bank: RegionBank, key: PRNGKey, n: int, *,
+                                  batch_size: int, max_batches: int
+                                  ) -> tuple[Samples, PosteriorSampleInfo]:
+  """Exact samples of ``p_post ∝ p_0 * 1[x not in R]`` by rejection from ``p_0``.
+
+  Draws candidate batches of ``batch_size`` from the prior inside a
+  ``lax.while_loop`` until ``n`` are accepted or ``max_batches`` batches are
+  spent. Accepted candidates are written in order; unfilled slots hold the last
+  candidate batch's first items and must be ignored (``info.n_filled < n``) —
+  :func:`check_acceptance` turns that into an error on host.
+
+  Returns:
+    ``(x, info)`` with ``x`` of shape ``[n, *event_shape]``.
+  """
+  if batch_size < 1 or max_batches < 1 or n < 1:
+    raise ValueError(f"n={n}, batch_size={batch_size} and max_batches={max_batches} "
+                     "must all be >= 1")
+  buf = jnp.zeros((n,) + tuple(model.event_shape), model.dtype)
+
+  def cond(carry):
+    i, filled = carry[0], carry[1]
+    return (filled < n) & (i < max_batches)
+
+  def body(carry):
+    i, filled, buf, n_drawn, n_acc = carry
+    cand = model.sample(prior_params, jax.random.fold_in(key, i), batch_size)
+    acc = ~rejection_mask(model, bank, cand)
+    pos = filled + jnp.cumsum(acc.astype(jnp.int32)) - 1
+    dest = jnp.where(acc & (pos < n), pos, n)  # n is out of bounds: dropped
+    buf = buf.at[dest].set(cand, mode="drop")
+    n_new = jnp.sum(acc.astype(jnp.int32))
+    return (i + 1, jnp.minimum(filled + n_new, n), buf, n_drawn + batch_size,
+            n_acc + n_new)
+
+  zero = jnp.zeros((), jnp.int32)
+  _, filled, buf, n_drawn, n_acc = jax.lax.while_loop(
+      cond, body, (zero, zero, buf, zero, zero))
+  return buf, PosteriorSampleInfo(n_filled=filled, n_drawn=n_drawn, n_accepted=n_acc)
+
+
+def check_acceptance(info: PosteriorSampleInfo, n: int, floor: float,
+                     what: str = "exploration posterior") -> None:
+  """Raises :class:`AcceptanceRateError` on host if sampling fell short.
+
+  Args:
+    info: info of one call, or of a vmapped call (any leading seed axis).
+    n: samples requested.
+    floor: minimum acceptable acceptance rate.
+    what: name of the sampler, for the message.
+  """
+  import numpy as np
+  filled = np.asarray(info.n_filled).reshape(-1)
+  drawn = np.asarray(info.n_drawn).reshape(-1)
+  acc = np.asarray(info.n_accepted).reshape(-1)
+  rate = acc / np.maximum(drawn, 1)
+  for s in range(filled.shape[0]):
+    if rate[s] < floor:
+      raise AcceptanceRateError(
+          f"{what} (seed index {s}): accepted {acc[s]} of {drawn[s]} candidates, a "
+          f"rate of {rate[s]:.3g} below the floor min_acceptance_rate={floor:g}. The "
+          "rejection regions cover almost all of the prior's mass: lower "
+          "filter_factor, use tau_mode='calibrated', or lower min_acceptance_rate.")
+    if filled[s] < n:
+      raise AcceptanceRateError(
+          f"{what} (seed index {s}): accepted {acc[s]} of {drawn[s]} candidates "
+          f"(rate {rate[s]:.3g}) but {n} samples were requested: raise "
+          "exact_max_batches or exact_batch_size (about "
+          f"{int(np.ceil(n / max(rate[s], 1e-12)))} candidates are needed).")
+
+
+def log_posterior_unnormalized(model: GenerativeModel, prior_params: Params,
+                               bank: RegionBank, x: Samples) -> jax.Array:
+  """``log p_0(x)`` outside the regions, ``-inf`` inside: ``f32[batch]``."""
+  return jnp.where(rejection_mask(model, bank, x), -jnp.inf,
+                   model.log_prob(prior_params, x))

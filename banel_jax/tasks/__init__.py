@@ -1,0 +1,1 @@
+"""Reward oracles and the models they come with."""

@@ -1,0 +1,198 @@
+"""Tests of banel_jax.models.transformer (tiny configs, CPU friendly)."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import stats
+
+from banel_jax.models import transformer as tfm
+
+# vocab 6: content {0, 1, 2}, BOS 3, EOS 4, PAD 5.
+TINY = tfm.TransformerConfig(vocab_size=6, max_len=4, num_layers=1, width=16,
+                             num_heads=2, mlp_ratio=2, bos_id=3, eos_id=4, pad_id=5)
+# vocab 5: content {0, 1}, BOS 2, EOS 3, PAD 4; 1 + 2 + 4 + 8 = 15 valid sequences.
+ENUM = tfm.TransformerConfig(vocab_size=5, max_len=3, num_layers=1, width=16,
+                             num_heads=2, mlp_ratio=2, bos_id=2, eos_id=3, pad_id=4)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  tr = tfm.make_transformer(TINY)
+  return tr, jax.jit(tr.model.init)(jax.random.key(0))
+
+
+def _all_valid_sequences(cfg):
+  content = [i for i in range(cfg.vocab_size)
+             if i not in (cfg.bos_id, cfg.eos_id, cfg.pad_id)]
+  seqs = []
+  for k in range(cfg.max_len):  # EOS at position k
+    for body in itertools.product(content, repeat=k):
+      seqs.append(list(body) + [cfg.eos_id] + [cfg.pad_id] * (cfg.max_len - k - 1))
+  seqs += [list(b) for b in itertools.product(content, repeat=cfg.max_len)]
+  return np.array(seqs, np.int32)
+
+
+def test_config_is_hashable_and_validated():
+  assert hash(TINY) == hash(TINY.replace())
+  assert tfm.TransformerConfig().head_dim == 32
+  with pytest.raises(ValueError):
+    tfm.TransformerConfig(bos_id=3, eos_id=3)
+  with pytest.raises(ValueError):
+    tfm.TransformerConfig(width=10, num_heads=4)
+  with pytest.raises(ValueError):
+    tfm.TransformerConfig(vocab_size=6)  # default ids 12..14 out of range
+
+
+def test_model_contract(tiny):
+  tr, params = tiny
+  assert tr.model.event_shape == (TINY.max_len,)
+  assert tr.model.dtype == jnp.int32
+  x = tr.model.sample(params, jax.random.key(1), 5)
+  assert x.shape == (5, TINY.max_len) and x.dtype == jnp.int32
+  assert tr.model.log_prob(params, x).shape == (5,)
+  with pytest.raises(AssertionError):
+    tr.model.log_prob(params, x[:, :2])  # wrong length
+  with pytest.raises(AssertionError):
+    tr.model.log_prob(params, x.astype(jnp.float32))
+
+
+def test_kv_cache_matches_full_recomputation(tiny):
+  tr, params = tiny
+  x = jax.random.randint(jax.random.key(2), (3, TINY.max_len), 0, 3)
+  full_rows = jax.jit(tr.logits)(params, x)  # [B, L, V]
+  decode_step = jax.jit(tr.decode_step)  # one compile: pos is traced
+  full_fn = jax.jit(tr.next_token_logits_full)
+  cached_fn = jax.jit(tr.next_token_logits_cached)
+  cache = tr.init_cache(3)
+  tokens = jnp.concatenate([jnp.full((3, 1), TINY.bos_id), x], axis=1)
+  for t in range(TINY.max_len + 1):
+    step_logits, cache = decode_step(params, cache, tokens[:, t], t)
+    full = full_fn(params, x[:, :t])
+    np.testing.assert_allclose(step_logits, full, atol=1e-5, rtol=0)
+    if t in (0, TINY.max_len):  # the scan-based wrapper (one compile per length)
+      cached = cached_fn(params, x[:, :t])
+      np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
+    if t < TINY.max_len:
+      np.testing.assert_allclose(full_rows[:, t], full, atol=1e-5, rtol=0)
+    # BOS and PAD are never allowed as next tokens.
+    assert np.all(np.isneginf(full[:, [TINY.bos_id, TINY.pad_id]]))
+
+
+def test_samples_are_valid_and_finite(tiny):
+  tr, params = tiny
+  x = np.asarray(jax.jit(tr.model.sample, static_argnums=2)(
+      params, jax.random.key(3), 256))
+  lp = np.asarray(tr.model.log_prob(params, jnp.asarray(x)))
+  assert np.all(np.isfinite(lp)) and np.all(lp <= 0)
+  saw_eos = saw_no_eos = False
+  for row in x:
+    eos = np.flatnonzero(row == TINY.eos_id)
+    end = eos[0] if eos.size else TINY.max_len
+    saw_eos |= bool(eos.size)
+    saw_no_eos |= not eos.size
+    assert not np.isin(row[:end], [TINY.bos_id, TINY.pad_id]).any(), row
+    assert np.all(row[end + 1:] == TINY.pad_id), row
+  assert saw_eos and saw_no_eos
+
+
+def test_invalid_sequences_have_zero_probability(tiny):
+  tr, params = tiny
+  eos, pad, bos = TINY.eos_id, TINY.pad_id, TINY.bos_id
+  bad = jnp.array([[0, eos, 1, pad],    # non-PAD after EOS
+                   [0, pad, eos, pad],  # PAD before EOS
+                   [bos, 0, 1, 2],      # BOS
+                   [0, 9, 1, 2],        # out of range
+                   [0, -1, 1, 2]], jnp.int32)
+  assert np.all(np.isneginf(tr.model.log_prob(params, bad)))
+
+
+def test_enumeration_sums_to_one_and_matches_samples():
+  tr = tfm.make_transformer(ENUM)
+  params = jax.jit(tr.model.init)(jax.random.key(4))
+  seqs = _all_valid_sequences(ENUM)
+  assert len(seqs) == 15
+  probs = np.exp(np.asarray(tr.model.log_prob(params, jnp.asarray(seqs)), np.float64))
+  assert abs(probs.sum() - 1.0) < 1e-5
+
+  n = 20_000
+  x = np.asarray(jax.jit(tr.model.sample, static_argnums=2)(
+      params, jax.random.key(5), n))
+  index = {tuple(s): i for i, s in enumerate(seqs.tolist())}
+  counts = np.zeros(len(seqs))
+  for row in x.tolist():
+    counts[index[tuple(row)]] += 1  # KeyError would mean an invalid sample
+  expected = n * probs / probs.sum()
+  assert expected.min() >= 5, expected  # chi-square validity at this seed
+  _, p_value = stats.chisquare(counts, expected)
+  assert p_value > 1e-3, (p_value, counts, expected)
+
+
+def test_sample_does_not_retrace(tiny):
+  tr, params = tiny
+  traces = []
+
+  def sample(params, key):
+    traces.append(1)
+    return tr.model.sample(params, key, 8)
+
+  fn = jax.jit(sample)
+  a = fn(params, jax.random.key(6))
+  b = fn(params, jax.random.key(7))
+  jax.block_until_ready((a, b))
+  assert len(traces) == 1
+  assert not np.array_equal(a, b)
+
+
+def test_greedy_decode_matches_full_recomputation_argmax(tiny):
+  tr, params = tiny
+  prefix = jnp.array([[0, 1], [2, 2], [1, TINY.eos_id]], jnp.int32)
+  num_steps = 2
+  got = np.asarray(jax.jit(tr.greedy_decode, static_argnums=2)(
+      params, prefix, num_steps))
+  assert got.shape == (3, num_steps)
+  seq = prefix
+  done = np.any(np.asarray(prefix) == TINY.eos_id, axis=1)
+  for _ in range(num_steps):
+    nxt = np.asarray(jnp.argmax(tr.next_token_logits_full(params, seq), axis=-1))
+    nxt = np.where(done, TINY.pad_id, nxt)
+    done |= nxt == TINY.eos_id
+    seq = jnp.concatenate([seq, jnp.asarray(nxt, jnp.int32)[:, None]], axis=1)
+  np.testing.assert_array_equal(got, np.asarray(seq[:, prefix.shape[1]:]))
+  np.testing.assert_array_equal(got[2], [TINY.pad_id] * num_steps)
+  # From BOS only (P == 0).
+  empty = jnp.zeros((2, 0), jnp.int32)
+  first = tr.greedy_decode(params, empty, 1)
+  expected = jnp.argmax(tr.next_token_logits_full(params, empty), axis=-1)
+  np.testing.assert_array_equal(first[:, 0], expected)
+  with pytest.raises(ValueError):
+    tr.greedy_decode(params, prefix, TINY.max_len)
+
+
+def test_training_lowers_nll(tiny):
+  tr, params = tiny
+  eos, pad = TINY.eos_id, TINY.pad_id
+  data = jnp.array([[0, 1, eos, pad], [1, 1, 2, eos], [2, eos, pad, pad],
+                    [0, 0, 0, 0]], jnp.int32)
+  tx = optax.adam(1e-2)
+
+  def loss_fn(p):
+    return -jnp.mean(tr.model.log_prob(p, data))
+
+  @jax.jit
+  def train(p):
+    def step(carry, _):
+      p, opt_state = carry
+      loss, grads = jax.value_and_grad(loss_fn)(p)
+      updates, opt_state = tx.update(grads, opt_state, p)
+      return (optax.apply_updates(p, updates), opt_state), loss
+    (p, _), losses = jax.lax.scan(step, (p, tx.init(p)), None, length=30)
+    return p, losses
+
+  new_params, losses = train(params)
+  assert np.all(np.isfinite(losses))
+  before, after = float(loss_fn(params)), float(loss_fn(new_params))
+  assert after < 0.5 * before, (before, after)
