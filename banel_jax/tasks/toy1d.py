@@ -67,3 +67,33 @@ class Toy1DTask:
     """Mass of the target bins under a distribution given as ``log p[K]``."""
     p = np.exp(np.asarray(log_probs, np.float64))
     return float(p[self.target_bins].sum() / p.sum())
+
+
+def distributions(task: Toy1DTask, state) -> dict[str, np.ndarray]:
+  """Exact pmfs of one seed's run state over all bins (for plots and checks).
+
+  Args:
+    task: the toy task.
+    state: a :class:`~banel_jax.banel.BanelState` of one seed (no seed axis).
+
+  Returns:
+    ``{"prior", "proposal", "failure", "posterior"}``, each ``float64[K]``
+    summing to 1. ``posterior`` is the exploration posterior
+    ``p_0 * 1[x not in R]`` renormalised (all zeros if every bin is rejected).
+  """
+  from banel_jax.posterior import log_posterior_unnormalized  # avoid a cycle
+  model = task.model()
+  xs = jnp.arange(task.num_bins, dtype=jnp.int32)
+
+  def pmf(logp):
+    p = np.exp(np.asarray(logp, np.float64))
+    total = p.sum()
+    return p / total if total > 0 else p
+
+  return {
+      "prior": pmf(model.log_prob(state.prior_params, xs)),
+      "proposal": pmf(model.log_prob(state.proposal.params, xs)),
+      "failure": pmf(model.log_prob(state.failure.params, xs)),
+      "posterior": pmf(log_posterior_unnormalized(model, state.prior_params,
+                                                  state.regions, xs)),
+  }

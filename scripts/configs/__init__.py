@@ -1,0 +1,1 @@
+"""Experiment configs: each module exposes ``get_config()`` and a tiny variant."""

@@ -1,0 +1,27 @@
+"""The README's code runs as written, and its two commands stay at the top."""
+
+import pathlib
+import re
+
+README = pathlib.Path(__file__).parent.parent / "README.md"
+
+
+def test_readme_opens_with_the_two_commands():
+  text = README.read_text()
+  first_block = re.match(r"```bash\n(.*?)```", text, re.S)
+  assert first_block, "README must open with a bash block of two commands"
+  lines = [l for l in first_block.group(1).splitlines() if l.strip()]
+  assert len(lines) == 2
+  assert lines[1].endswith("python -m pytest -q")
+  ci = (README.parent / ".ci" / "run").read_text()
+  assert lines[1] in ci, ".ci/run must run the README's test command verbatim"
+
+
+def test_readme_python_blocks_run():
+  blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+  assert len(blocks) >= 3
+  namespace: dict = {}
+  for block in blocks:  # blocks build on each other, like a reader's session
+    exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+  assert namespace["result"].nre_spent == [300, 300]
+  assert int(namespace["state"].round) == 1
