@@ -101,7 +101,11 @@ def make_banel(model: GenerativeModel, config: BanelConfig) -> Banel:
     A :class:`Banel` bundle. All three functions are pure and jit-able;
     ``vmap`` them over a leading seed axis to run seeds side by side.
   """
-  fit_failure = make_failure_fitter(model, config)
+  # One optimizer object for the initial and every fitted failure state: ``tx`` is
+  # a static field, so a fresh ``adam`` per call would change the state's treedef
+  # after round one and recompile ``propose`` and ``update`` on round two.
+  failure_tx = make_failure_tx(config)
+  fit_failure = make_failure_fitter(model, config, tx=failure_tx)
   distill = make_distiller(model, config)
   distill_tx = make_distill_tx(config)
   event_rank = len(model.event_shape)
@@ -109,7 +113,6 @@ def make_banel(model: GenerativeModel, config: BanelConfig) -> Banel:
   def init(key: PRNGKey, prior_params: Params) -> BanelState:
     proposal = train_state.TrainState.create(apply_fn=model.log_prob,
                                              params=prior_params, tx=distill_tx)
-    failure_tx = make_failure_tx(config)
     failure = train_state.TrainState.create(apply_fn=model.log_prob,
                                             params=prior_params, tx=failure_tx)
     return BanelState(

@@ -103,6 +103,10 @@ def _require(cond: bool, field: str, value, what: str):
     raise ConfigError(f"BanelConfig.{field}={value!r} is invalid: {what}")
 
 
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def validate_config(c: BanelConfig) -> None:
   """Raises :class:`ConfigError` naming the first invalid field of ``c``."""
   _require(c.mode in ("distilled", "exact"), "mode", c.mode,
@@ -123,14 +127,18 @@ def validate_config(c: BanelConfig) -> None:
   _require(isinstance(c.filter_factor, (int, float)) and math.isfinite(c.filter_factor)
            and c.filter_factor >= 1.0, "filter_factor", c.filter_factor,
            "expected a finite number >= 1 (tau = 1/f)")
-  _require(0.0 < c.calibrated_reject_fraction < 1.0, "calibrated_reject_fraction",
+  _require(_is_number(c.calibrated_reject_fraction)
+           and 0.0 < c.calibrated_reject_fraction < 1.0, "calibrated_reject_fraction",
            c.calibrated_reject_fraction, "expected a number in (0, 1)")
   for name in ("failure_learning_rate", "distill_learning_rate"):
     v = getattr(c, name)
     _require(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, name, v,
              "expected a finite number > 0")
-  _require(0.0 <= c.min_acceptance_rate < 1.0, "min_acceptance_rate",
-           c.min_acceptance_rate, "expected a number in [0, 1)")
+  _require(_is_number(c.min_acceptance_rate) and 0.0 <= c.min_acceptance_rate < 1.0,
+           "min_acceptance_rate", c.min_acceptance_rate, "expected a number in [0, 1)")
+  for name in ("distill_reset", "learn_from_successes"):
+    _require(isinstance(getattr(c, name), bool), name, getattr(c, name),
+             "expected True or False")
   _require(c.failure_batch_size <= c.samples_per_round, "failure_batch_size",
            c.failure_batch_size, f"must be <= samples_per_round={c.samples_per_round}")
   _require(c.distill_batch_size <= c.distill_samples, "distill_batch_size",

@@ -23,7 +23,8 @@ def make_failure_tx(config: BanelConfig) -> optax.GradientTransformation:
   return optax.adam(config.failure_learning_rate)
 
 
-def make_failure_fitter(model: GenerativeModel, config: BanelConfig) -> FailureFitter:
+def make_failure_fitter(model: GenerativeModel, config: BanelConfig,
+                        tx: optax.GradientTransformation | None = None) -> FailureFitter:
   """Returns ``fit(proposal_params, x, failure_mask, key) -> (state, metrics)``.
 
   ``fit`` trains a failure model ``p_phi`` (same family as the proposal) by
@@ -32,6 +33,11 @@ def make_failure_fitter(model: GenerativeModel, config: BanelConfig) -> FailureF
   It starts from ``proposal_params`` (``failure_init="proposal"``) or from
   ``model.init`` (``"scratch"``). The mask makes the batch fixed-size: padded
   slots, unscored samples and successes carry weight 0.
+
+  ``tx`` (default :func:`make_failure_tx`) becomes the returned ``TrainState``'s
+  static ``tx`` field: pass the object the caller's own failure state holds, so
+  the state's pytree structure, and with it every ``jit`` cache key, stays the
+  same from round to round.
 
   Args of ``fit``:
     proposal_params: params of the proposal that produced ``x``.
@@ -43,7 +49,7 @@ def make_failure_fitter(model: GenerativeModel, config: BanelConfig) -> FailureF
     A ``TrainState`` holding ``phi`` and a dict of scalar metrics
     (``failure_nll``: final weighted NLL on the failures, ``n_failures``).
   """
-  tx = make_failure_tx(config)
+  tx = make_failure_tx(config) if tx is None else tx
 
   def fit(proposal_params, x, failure_mask, key):
     chex.assert_rank(failure_mask, 1)

@@ -47,6 +47,9 @@ def fit_weighted_mle(state: train_state.TrainState, x: Samples, weights: jax.Arr
   Returns:
     ``(state, losses)`` with ``losses`` of shape ``[epochs, N // batch_size]``.
   """
+  # numpy inputs (an eager call on host data) could not be indexed by the traced
+  # permutations below
+  x, weights = jnp.asarray(x), jnp.asarray(weights)
   n = weights.shape[0]
   chex.assert_rank(weights, 1)
   chex.assert_axis_dimension(x, 0, n)

@@ -166,8 +166,8 @@ def sample_posterior_by_rejection(model: GenerativeModel, prior_params: Params,
 
   Draws candidate batches of ``batch_size`` from the prior inside a
   ``lax.while_loop`` until ``n`` are accepted or ``max_batches`` batches are
-  spent. Accepted candidates are written in order; unfilled slots hold the last
-  candidate batch's first items and must be ignored (``info.n_filled < n``) —
+  spent. Accepted candidates are written in order; unfilled slots hold zeros
+  and must be ignored (``info.n_filled < n``) —
   :func:`check_acceptance` turns that into an error on host.
 
   Returns:

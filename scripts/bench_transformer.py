@@ -1,0 +1,220 @@
+"""Throughput of the Transformer bundle: sampling, exact log-likelihood, training.
+
+Measures, for the attacker shape (and optionally the target shape) at several batch
+sizes: sampling tokens/s (temperature 1, KV cache, one ``lax.scan`` under ``jit``),
+exact log-likelihood sequences/s, and Adam training steps/s of maximum likelihood.
+It counts XLA compilations across repeated calls to show that nothing re-traces per
+step or per round. With ``--peer`` it measures, in the same process and on the same
+threads, a randomly initialised Hugging Face GPT-2 of the same shape on PyTorch
+(``pip install -e ".[bench]"``) and writes the ratios.
+
+Example:
+  python scripts/bench_transformer.py --peer            # results/bench_transformer.json
+  python scripts/bench_transformer.py --batch-sizes 256 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024, 4096],
+                 help="batch sizes to measure (default 256 1024 4096).")
+  p.add_argument("--repeats", type=int, default=5,
+                 help="timed calls per measurement after one warm-up; the median "
+                 "is reported (default 5).")
+  p.add_argument("--threads", type=int, default=2,
+                 help="CPU threads for PyTorch (default 2, this machine's cores; XLA "
+                 "uses every core of the machine).")
+  p.add_argument("--peer", action="store_true",
+                 help="also measure Hugging Face GPT-2 on PyTorch (needs the "
+                 "'bench' extra) at the peer's reference batches.")
+  p.add_argument("--peer-sample-batch", type=int, default=1024,
+                 help="batch of the sampling comparison (default 1024).")
+  p.add_argument("--peer-score-batch", type=int, default=1024,
+                 help="batch of the log-likelihood comparison (default 1024).")
+  p.add_argument("--peer-train-batch", type=int, default=512,
+                 help="batch of the training comparison (default 512).")
+  p.add_argument("--target", action="store_true",
+                 help="also measure the addition target's shape.")
+  p.add_argument("--out", default="results/bench_transformer.json",
+                 help="JSON output path.")
+  return p.parse_args(argv)
+
+
+def _median_time(fn, repeats):
+  fn()  # warm-up (compiles)
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def bench_jax(cfg, batch_sizes, repeats, train_batches):
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from flax.training import train_state
+
+  from banel_jax.models import transformer as tfm
+
+  tr = tfm.make_transformer(cfg)
+  model = tr.model
+  params = model.init(jax.random.key(0))
+  sample = jax.jit(model.sample, static_argnums=2)
+  log_prob = jax.jit(model.log_prob)
+  tx = optax.adamw(1e-4)
+
+  @jax.jit
+  def train_step(state, x):
+    loss, grads = jax.value_and_grad(lambda p: -jnp.mean(model.log_prob(p, x)))(
+        state.params)
+    return state.apply_gradients(grads=grads), loss
+
+  out = {}
+  for b in sorted(set(batch_sizes) | set(train_batches)):
+    row = {}
+    keys = iter(jax.random.split(jax.random.key(1), 10_000))
+    x = sample(params, next(keys), b)
+    if b in batch_sizes:
+      t = _median_time(lambda: sample(params, next(keys), b).block_until_ready(),
+                       repeats)
+      row["sample_tokens_per_s"] = b * cfg.max_len / t
+      t = _median_time(lambda: log_prob(params, x).block_until_ready(), repeats)
+      row["log_prob_sequences_per_s"] = b / t
+    state = train_state.TrainState.create(apply_fn=model.log_prob, params=params,
+                                          tx=tx)
+    holder = [state]
+
+    def step():
+      holder[0], loss = train_step(holder[0], x)
+      loss.block_until_ready()
+    t = _median_time(step, repeats)
+    row["train_steps_per_s"] = 1.0 / t
+    out[b] = row
+  # Re-tracing check: after warm-up, more calls at known shapes compile nothing.
+  from banel_jax.compilation import count_compilations
+  with count_compilations() as compiles:
+    for i in range(3):
+      for b in batch_sizes:
+        sample(params, jax.random.key(100 + i), b).block_until_ready()
+      log_prob(params, x).block_until_ready()
+      holder[0], _ = train_step(holder[0], x)
+  compiles_after_warmup = compiles.count
+  return {"config": {k: str(v) for k, v in cfg.__dict__.items()},
+          "by_batch": {str(k): v for k, v in out.items()},
+          "compilations_on_repeat_calls": compiles_after_warmup}
+
+
+def bench_peer(cfg, threads, repeats, sample_batch, score_batch, train_batch):
+  import torch
+  from transformers import GPT2Config, GPT2LMHeadModel
+
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_len + 1,
+                      n_embd=cfg.width, n_layer=cfg.num_layers, n_head=cfg.num_heads,
+                      n_inner=cfg.mlp_ratio * cfg.width, bos_token_id=cfg.bos_id,
+                      eos_token_id=cfg.eos_id, pad_token_id=cfg.pad_id)
+  model = GPT2LMHeadModel(hf_cfg).eval()
+  res = {"torch_version": torch.__version__}
+  bos = torch.full((sample_batch, 1), cfg.bos_id, dtype=torch.long)
+
+  def gen():
+    with torch.no_grad():
+      model.generate(bos, do_sample=True, temperature=1.0, top_k=0,
+                     max_new_tokens=cfg.max_len, min_new_tokens=cfg.max_len,
+                     use_cache=True, pad_token_id=cfg.pad_id)
+  res["sample_batch"] = sample_batch
+  res["sample_tokens_per_s"] = sample_batch * cfg.max_len / _median_time(gen, repeats)
+
+  x = torch.randint(0, 10, (score_batch, cfg.max_len + 1))
+  x[:, 0] = cfg.bos_id
+
+  def score():
+    with torch.no_grad():
+      logits = model(x[:, :-1]).logits
+      logp = torch.log_softmax(logits, -1).gather(-1, x[:, 1:, None])[..., 0].sum(1)
+    return logp
+  res["score_batch"] = score_batch
+  res["log_prob_sequences_per_s"] = score_batch / _median_time(score, repeats)
+
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+  xt = torch.randint(0, 10, (train_batch, cfg.max_len + 1))
+  xt[:, 0] = cfg.bos_id
+
+  def train():
+    opt.zero_grad()
+    logits = model(xt[:, :-1]).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size),
+                                             xt[:, 1:].reshape(-1))
+    loss.backward()
+    opt.step()
+  res["train_batch"] = train_batch
+  res["train_steps_per_s"] = 1.0 / _median_time(train, repeats)
+  return res
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  import jax
+
+  from banel_jax.models import transformer as tfm
+
+  shapes = {"attacker": tfm.TransformerConfig()}
+  if args.target:
+    from banel_jax.tasks import addition
+    shapes["target"] = addition.AdditionTaskConfig().target
+  report = {"device": str(jax.devices()[0]), "platform": platform.platform(),
+            "jax_version": jax.__version__, "threads": args.threads,
+            "repeats": args.repeats, "results": {}}
+  for name, cfg in shapes.items():
+    train_batches = [args.peer_train_batch] if (args.peer and name == "attacker") else []
+    print(f"[{name}] JAX ...", flush=True)
+    report["results"][name] = {"jax": bench_jax(cfg, args.batch_sizes, args.repeats,
+                                                train_batches)}
+  if args.peer:
+    cfg = shapes["attacker"]
+    print("[attacker] PyTorch / transformers GPT-2 ...", flush=True)
+    peer = bench_peer(cfg, args.threads, args.repeats, args.peer_sample_batch,
+                      args.peer_score_batch, args.peer_train_batch)
+    ours = report["results"]["attacker"]["jax"]["by_batch"]
+    ratios = {
+        "sample_tokens_per_s": ours[str(args.peer_sample_batch)]["sample_tokens_per_s"]
+        / peer["sample_tokens_per_s"],
+        "log_prob_sequences_per_s":
+            ours[str(args.peer_score_batch)]["log_prob_sequences_per_s"]
+            / peer["log_prob_sequences_per_s"],
+        "train_steps_per_s": ours[str(args.peer_train_batch)]["train_steps_per_s"]
+        / peer["train_steps_per_s"],
+    }
+    targets = {"sample_tokens_per_s": 3.0, "log_prob_sequences_per_s": 5.0,
+               "train_steps_per_s": 2.0}
+    report["results"]["attacker"]["peer_hf_gpt2_torch"] = peer
+    report["results"]["attacker"]["ratio_jax_over_peer"] = ratios
+    report["results"]["attacker"]["target_ratio"] = targets
+    report["results"]["attacker"]["meets_targets"] = {
+        k: bool(ratios[k] >= targets[k]) for k in targets}
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(report, f, indent=1)
+  print(json.dumps(report["results"], indent=1))
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,69 @@
+"""Shared fixtures.
+
+Compilation dominates the run time of the suite, and every BaNEL run compiles its
+own programs, so one seed-vmapped BaNEL run of the 1-D toy is shared by the files
+that check a whole run (``test_banel_round.py``, ``test_budget.py``).
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from banel_jax import BanelConfig, BanelRunner, run_banel
+from banel_jax.tasks.toy1d import Toy1DTask
+
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+class RecordingOracle:
+  """Wraps an oracle and records the size of every batch it is asked to score."""
+
+  def __init__(self, oracle):
+    self.oracle = oracle
+    self.sizes = []
+
+  def __call__(self, x):
+    self.sizes.append(int(np.asarray(x).shape[0]))
+    return self.oracle(x)
+
+
+@pytest.fixture(scope="session")
+def toy_runs():
+  """BaNEL on the toy (K = 11): seeds (0, 1, 2) side by side, and seed 1 alone
+  (through ``run_banel``).
+
+  NRE budget 250 with 100 samples per round: rounds of 100, 100 and 50.
+  The three-seed run goes round by round, recording the jit cache sizes after
+  round 1 and every backend compilation during rounds 2 and 3.
+  """
+  task = Toy1DTask(num_bins=11)
+  config = BanelConfig(nre_budget=250, samples_per_round=100, failure_batch_size=50,
+                       failure_epochs=5, distill_samples=256, distill_batch_size=64,
+                       distill_epochs=3, n_eval=100)
+  names = ("_propose", "_update", "_keys")
+  compiles = []
+
+  def listener(event, duration, **kwargs):
+    if event == _BACKEND_COMPILE:
+      compiles.append(kwargs.get("fun_name", "?"))
+
+  oracle3 = RecordingOracle(task.oracle)
+  three = BanelRunner(task.model(), task.prior_params(), oracle3, config,
+                      seeds=(0, 1, 2), progress=False)
+  three.evaluate_start()
+  three.step()
+  sizes_round1 = {n: getattr(three, n)._cache_size() for n in names}
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    while not three.done:
+      three.step()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  sizes_end = {n: getattr(three, n)._cache_size() for n in names}
+  oracle1 = RecordingOracle(task.oracle)
+  one = run_banel(task.model(), task.prior_params(), oracle1, config, seeds=(1,),
+                  progress=False)
+  return {"task": task, "config": config, "runner": three, "three": three.result(),
+          "one": one, "oracle_sizes_three": oracle3.sizes,
+          "oracle_sizes_one": oracle1.sizes, "cache_sizes_round1": sizes_round1,
+          "cache_sizes_end": sizes_end, "compiles_after_round1": compiles}

@@ -1,0 +1,199 @@
+"""Tests of failure-model fitting, distillation and weighted MLE on tabular models.
+
+For a categorical table the weighted maximum-likelihood solution is known in
+closed form (the weighted empirical frequencies), so fits are checked against it.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax.training import train_state
+
+from banel_jax import (BanelConfig, add_region, empty_region_bank, fit_weighted_mle,
+                       make_distiller, make_failure_fitter, rejection_mask)
+from banel_jax.tasks.toy1d import Toy1DTask
+
+K = 11
+TASK = Toy1DTask(num_bins=K)
+MODEL = TASK.model()
+PRIOR = TASK.prior_params()
+XS = jnp.arange(K, dtype=jnp.int32)
+M = 100  # samples per round
+
+
+def _probs(params):
+  return np.asarray(jax.nn.softmax(params["logits"]), np.float64)
+
+
+@pytest.fixture(scope="module")
+def round_batch():
+  """A round: 100 prior samples, oracle rewards, the last 10 slots unscored."""
+  x = np.random.default_rng(3).choice(K, size=M, p=_probs(PRIOR)).astype(np.int32)
+  x[:2] = TASK.target_bins  # make sure some successes are present
+  rewards = TASK.oracle(x)
+  evaluated = np.arange(M) < 90
+  failure_mask = evaluated & (rewards == 0)
+  assert 70 < failure_mask.sum() < 90 and (evaluated & (rewards == 1)).sum() >= 2
+  return x, rewards, evaluated, failure_mask
+
+
+@functools.lru_cache(maxsize=None)
+def _fitter(**changes):
+  """Jitted fitter of a config, built once per config (compiles are slow)."""
+  cfg = BanelConfig(samples_per_round=M, **changes)
+  return jax.jit(make_failure_fitter(MODEL, cfg))
+
+
+CONVERGE = dict(failure_epochs=300, failure_batch_size=M, failure_learning_rate=0.1)
+
+
+@pytest.mark.parametrize("init", ["scratch", "proposal"])
+def test_failure_fit_converges_to_empirical_frequencies(round_batch, init):
+  x, _, _, failure_mask = round_batch
+  fit = _fitter(failure_init=init, **CONVERGE)
+  state, metrics = fit(PRIOR, jnp.asarray(x), jnp.asarray(failure_mask),
+                       jax.random.key(0))
+  freq = np.bincount(x[failure_mask], minlength=K) / failure_mask.sum()
+  p = _probs(state.params)
+  np.testing.assert_allclose(p, freq, atol=0.01)
+  assert np.all(p[TASK.target_bins] < 1e-3)  # successes were not fitted
+  assert int(metrics["n_failures"]) == failure_mask.sum()
+  # the reported NLL is the failures' cross-entropy, at its minimum the entropy
+  nz = freq > 0
+  entropy = -np.sum(freq[nz] * np.log(freq[nz]))
+  assert float(metrics["failure_nll"]) == pytest.approx(entropy, abs=0.02)
+  assert int(state.step) == 300  # one full-batch step per epoch
+
+
+def test_masked_slots_have_no_influence(round_batch):
+  x, _, _, failure_mask = round_batch
+  fit = _fitter(failure_init="proposal", **CONVERGE)
+  key = jax.random.key(5)
+  ref, ref_metrics = fit(PRIOR, jnp.asarray(x), jnp.asarray(failure_mask), key)
+  # overwrite every masked slot (successes and unscored slots) with other bins
+  x2 = x.copy()
+  rng = np.random.default_rng(0)
+  x2[~failure_mask] = rng.integers(0, K, size=(~failure_mask).sum())
+  assert np.any(x2 != x)
+  out, out_metrics = fit(PRIOR, jnp.asarray(x2), jnp.asarray(failure_mask), key)
+  np.testing.assert_array_equal(out.params["logits"], ref.params["logits"])
+  jax.tree.map(np.testing.assert_array_equal, out.opt_state, ref.opt_state)
+  assert float(out_metrics["failure_nll"]) == float(ref_metrics["failure_nll"])
+  # ... while changing a failure slot does change the fit (the test can fail)
+  x3 = x.copy()
+  i = np.flatnonzero(failure_mask)[0]
+  x3[i] = (x3[i] + 5) % K
+  changed, _ = fit(PRIOR, jnp.asarray(x3), jnp.asarray(failure_mask), key)
+  assert not np.array_equal(changed.params["logits"], ref.params["logits"])
+
+
+@pytest.mark.parametrize("init", ["scratch", "proposal"])
+def test_failure_fit_starts_where_claimed(round_batch, init):
+  """With no failures no step is taken, so the result is the starting point."""
+  x, _, _, _ = round_batch
+  fit = _fitter(failure_init=init, **CONVERGE)
+  none = jnp.zeros(M, bool)
+  other = {"logits": PRIOR["logits"][::-1] * 2.0}
+  for proposal in (PRIOR, other):
+    state, metrics = fit(proposal, jnp.asarray(x), none, jax.random.key(1))
+    expected = proposal["logits"] if init == "proposal" else jnp.zeros(K)  # uniform init
+    np.testing.assert_array_equal(state.params["logits"], expected)
+    assert int(state.step) == 0 and int(metrics["n_failures"]) == 0
+
+
+# --- distillation -------------------------------------------------------------------
+
+DISTILL = dict(distill_samples=8192, distill_batch_size=1024, distill_epochs=30)
+
+
+@functools.lru_cache(maxsize=None)
+def _distiller(reset):
+  return jax.jit(make_distiller(MODEL, BanelConfig(distill_reset=reset, **DISTILL)))
+
+
+_TX = optax.adam(0.1)
+
+
+def _proposal_state(params):
+  # The distiller trains with the state's own optimizer. ``tx`` is a static field:
+  # reusing one object keeps the jit cache warm across tests.
+  return train_state.TrainState.create(apply_fn=MODEL.log_prob, params=params, tx=_TX)
+
+
+@pytest.fixture(scope="module")
+def central_bank():
+  """A region rejecting exactly the three central bins 4, 5, 6 (~64% of p0)."""
+  # p_phi / p0 is ~1.5 on the central bins and ~0.08 elsewhere; f = 1.25
+  bump = jnp.where(jnp.abs(XS - 5) <= 1, 3.0, 0.0)
+  bank = add_region(empty_region_bank(PRIOR, 2), PRIOR,
+                    {"logits": PRIOR["logits"] + bump}, -jnp.log(1.25))
+  mask = np.asarray(rejection_mask(MODEL, bank, XS))
+  np.testing.assert_array_equal(np.flatnonzero(mask), [4, 5, 6])
+  return bank, mask
+
+
+def test_distilled_proposal_leaves_rejected_bins(central_bank):
+  bank, mask = central_bank
+  distill = _distiller(False)
+  state, metrics = distill(_proposal_state(PRIOR), PRIOR, bank, jax.random.key(0))
+  p = _probs(state.params)
+  prior = _probs(PRIOR)
+  assert p[mask].sum() < 0.01, p
+  target = np.where(mask, 0.0, prior) / prior[~mask].sum()  # p0 restricted to ~R
+  np.testing.assert_allclose(p, target, atol=0.03)
+  assert float(metrics["distill_accept_rate"]) == pytest.approx(prior[~mask].sum(),
+                                                                abs=0.03)
+
+
+def test_distill_reset_starts_from_prior():
+  """A region covering everything zero-weights every sample: no step is made,
+  so the result is the starting point — the prior's params with reset."""
+  everything = add_region(empty_region_bank(PRIOR, 2), PRIOR, PRIOR, jnp.inf)
+  current = {"logits": PRIOR["logits"] * 0.3 + 1.0}
+  for reset, expected in ((True, PRIOR), (False, current)):
+    state, metrics = _distiller(reset)(_proposal_state(current), PRIOR, everything,
+                                       jax.random.key(0))
+    np.testing.assert_array_equal(state.params["logits"], expected["logits"])
+    assert float(metrics["distill_accept_rate"]) == 0.0
+
+
+# --- weighted MLE -------------------------------------------------------------------
+
+_fit = jax.jit(functools.partial(fit_weighted_mle, epochs=300, batch_size=32))
+_X64 = jnp.asarray(np.arange(64) % K, jnp.int32)
+
+
+def test_all_zero_weights_leave_state_unchanged():
+  state = _proposal_state({"logits": PRIOR["logits"] + 0.5})
+  new, losses = _fit(state, _X64, jnp.zeros(64), jax.random.key(1))
+  jax.tree.map(np.testing.assert_array_equal, new.params, state.params)
+  jax.tree.map(np.testing.assert_array_equal, new.opt_state, state.opt_state)
+  assert int(new.step) == 0
+  assert losses.shape == (300, 2)
+  np.testing.assert_array_equal(losses, 0.0)
+  # a single non-zero weight is enough to move it (the test can fail)
+  moved, _ = _fit(state, _X64, jnp.zeros(64).at[3].set(1.0), jax.random.key(1))
+  assert int(moved.step) > 0
+  assert not np.array_equal(moved.params["logits"], state.params["logits"])
+
+
+def test_weighted_mle_matches_weighted_frequencies():
+  x = _X64
+  w = jnp.asarray(np.random.default_rng(0).choice([0.0, 0.5, 1.0, 3.0], 64), jnp.float32)
+  state = _proposal_state({"logits": jnp.zeros(K)})
+  new, losses = _fit(state, x, w, jax.random.key(0))
+  target = np.bincount(np.asarray(x), weights=np.asarray(w), minlength=K)
+  target /= target.sum()
+  np.testing.assert_allclose(_probs(new.params), target, atol=0.02)
+  assert float(losses[-1].mean()) < float(losses[0].mean())
+
+
+def test_weighted_mle_rejects_bad_batch_size():
+  state = _proposal_state(PRIOR)
+  with pytest.raises(ValueError, match="batch_size"):
+    fit_weighted_mle(state, XS, jnp.ones(K), jax.random.key(0), epochs=1,
+                     batch_size=K + 1)
