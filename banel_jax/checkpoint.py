@@ -1,0 +1,207 @@
+"""Saving and loading model weights with orbax, with a JSON metadata record.
+
+A weights checkpoint is a directory holding
+
+* ``params/``: the parameter pytree, written by ``ocp.StandardCheckpointer``
+  (``ocp.args.StandardSave`` / ``StandardRestore`` under the hood);
+* ``metadata.json``: a JSON object, typically the model's config (see
+  :func:`config_to_dict`) plus training facts, written after the params so that
+  a directory with ``metadata.json`` is complete.
+
+Example:
+  >>> import tempfile, os, jax.numpy as jnp
+  >>> from banel_jax import checkpoint
+  >>> d = os.path.join(tempfile.mkdtemp(), "ckpt")
+  >>> checkpoint.save_params(d, {"w": jnp.ones(2)}, {"width": 2})
+  >>> params, meta = checkpoint.load_params(d, expected_metadata={"width": 2})
+  >>> params["w"].shape, meta["width"]
+  ((2,), 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from banel_jax.types import Params
+
+PARAMS_DIR = "params"
+METADATA_FILE = "metadata.json"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint is missing, incomplete, or does not match what was expected."""
+
+
+def config_to_dict(config: Any) -> dict:
+  """JSON-ready dict of a (possibly nested) config dataclass.
+
+  Nested dataclasses become dicts; dtype-valued fields (e.g. ``jnp.float32``)
+  become their names (``"float32"``); tuples become lists.
+
+  Args:
+    config: a dataclass instance.
+
+  Returns:
+    A dict of JSON-serialisable values.
+  """
+  if not dataclasses.is_dataclass(config) or isinstance(config, type):
+    raise TypeError(f"config_to_dict expects a dataclass instance, got {config!r}")
+  return {f.name: _jsonable(getattr(config, f.name))
+          for f in dataclasses.fields(config)}
+
+
+def _jsonable(value):
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    return config_to_dict(value)
+  if isinstance(value, (bool, int, float, str)) or value is None:
+    return value
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, Mapping):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, np.generic):
+    return value.item()
+  try:
+    return np.dtype(value).name  # dtype objects and scalar types (jnp.float32)
+  except TypeError:
+    raise TypeError(f"cannot store {value!r} ({type(value).__name__}) as JSON")
+
+
+def _check_directory(directory) -> str:
+  directory = os.path.abspath(os.fspath(directory))
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"no checkpoint directory at {directory}")
+  missing = [n for n in (PARAMS_DIR, METADATA_FILE)
+             if not os.path.exists(os.path.join(directory, n))]
+  if missing:
+    raise CheckpointError(f"{directory} is not a complete weights checkpoint: "
+                          f"missing {', '.join(missing)}")
+  return directory
+
+
+def save_params(directory, params: Params, metadata: Mapping[str, Any], *,
+                overwrite: bool = False) -> None:
+  """Saves ``params`` and a JSON ``metadata`` record to ``directory``.
+
+  Args:
+    directory: target directory (created, parents included).
+    params: a pytree of arrays.
+    metadata: JSON-serialisable mapping (e.g. ``{"config": config_to_dict(cfg)}``).
+      Checked before anything is written.
+    overwrite: replace an existing checkpoint at ``directory``; otherwise an
+      existing one is an error.
+
+  Raises:
+    CheckpointError: ``directory`` already holds a checkpoint and ``overwrite``
+      is False.
+    TypeError: ``metadata`` is not JSON-serialisable.
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  text = json.dumps(dict(metadata), indent=2, sort_keys=True)  # fail early
+  params_dir = os.path.join(directory, PARAMS_DIR)
+  meta_path = os.path.join(directory, METADATA_FILE)
+  if os.path.exists(params_dir) or os.path.exists(meta_path):
+    if not overwrite:
+      raise CheckpointError(f"a checkpoint already exists at {directory}; pass "
+                            "overwrite=True to replace it")
+    if os.path.exists(meta_path):
+      os.remove(meta_path)  # the directory is incomplete until the end
+  os.makedirs(directory, exist_ok=True)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(params_dir, params, force=overwrite)
+    ckptr.wait_until_finished()
+  tmp = meta_path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text + "\n")
+  os.replace(tmp, meta_path)
+
+
+def load_metadata(directory) -> dict:
+  """Reads only the metadata record of a checkpoint written by :func:`save_params`."""
+  directory = _check_directory(directory)
+  with open(os.path.join(directory, METADATA_FILE)) as f:
+    return json.load(f)
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def check_metadata(metadata: Mapping[str, Any], expected: Mapping[str, Any],
+                   where: str = "checkpoint") -> None:
+  """Raises :class:`CheckpointError` naming every key where ``metadata`` differs.
+
+  Only the (nested) keys present in ``expected`` are compared; tuples and lists
+  compare equal element-wise.
+  """
+  got, want = _flatten(metadata), _flatten(_jsonable(dict(expected)))
+  problems = []
+  for key, value in want.items():
+    if key not in got:
+      problems.append(f"{key}: missing (expected {value!r})")
+    elif got[key] != value:
+      problems.append(f"{key}: saved {got[key]!r}, expected {value!r}")
+  if problems:
+    raise CheckpointError(f"{where} does not match the expected metadata: "
+                          + "; ".join(problems))
+
+
+def load_params(directory, *, expected_metadata: Mapping[str, Any] | None = None,
+                like: Params | None = None) -> tuple[Params, dict]:
+  """Loads a checkpoint written by :func:`save_params`.
+
+  Args:
+    directory: the checkpoint directory.
+    expected_metadata: if given, every (nested) key in it must match the saved
+      metadata, e.g. ``{"config": config_to_dict(cfg)}``.
+    like: if given, a pytree of arrays or ``jax.ShapeDtypeStruct`` (e.g. from
+      ``jax.eval_shape(model.init, key)``) that the restored params must match
+      in structure, shapes and dtypes.
+
+  Returns:
+    ``(params, metadata)``: params as ``jax.Array`` leaves, metadata as a dict.
+
+  Raises:
+    CheckpointError: the directory is missing or incomplete, or the metadata or
+      the params do not match what was expected.
+  """
+  directory = _check_directory(directory)
+  metadata = load_metadata(directory)
+  if expected_metadata is not None:
+    check_metadata(metadata, expected_metadata, where=f"checkpoint {directory}")
+  with ocp.StandardCheckpointer() as ckptr:
+    params = ckptr.restore(os.path.join(directory, PARAMS_DIR))
+  if like is not None:
+    _check_like(params, like, directory)
+  return params, metadata
+
+
+def _check_like(params, like, directory):
+  got = jax.tree_util.tree_flatten_with_path(params)[0]
+  want = jax.tree_util.tree_flatten_with_path(like)[0]
+  got_d = {jax.tree_util.keystr(p): v for p, v in got}
+  want_d = {jax.tree_util.keystr(p): v for p, v in want}
+  problems = [f"{k} missing" for k in want_d if k not in got_d]
+  problems += [f"{k} unexpected" for k in got_d if k not in want_d]
+  for k in want_d.keys() & got_d.keys():
+    g, w = got_d[k], want_d[k]
+    if tuple(g.shape) != tuple(w.shape) or np.dtype(g.dtype) != np.dtype(w.dtype):
+      problems.append(f"{k} is {g.dtype}{list(g.shape)}, expected "
+                      f"{w.dtype}{list(w.shape)}")
+  if problems:
+    raise CheckpointError(f"params in {directory} do not match the expected "
+                          f"structure: {'; '.join(sorted(problems))}")

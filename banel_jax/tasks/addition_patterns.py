@@ -1,0 +1,152 @@
+"""What an attacker learned: query statistics and rule-based attacks (host, numpy).
+
+The paper reports two patterns in the attacks BaNEL found against the addition
+target: operands with **leading zeros** (``04967+660843=``) and long **carry
+chains** (``99999999+9=``). This module measures both on any batch of attacker
+rows, so a trained attacker can be compared with the pretrained one, and builds
+rule-based attacks from those patterns.
+
+>>> import numpy as np
+>>> carry_chain_length(np.array([99999999, 123, 5]), np.array([9, 456, 5]))
+array([8, 0, 1])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from banel_jax.tasks import addition
+
+
+def carry_chain_length(a, b) -> np.ndarray:
+  """Longest run of consecutive digit positions that produce a carry in ``a + b``.
+
+  Args:
+    a, b: non-negative ``int64[n]`` operands.
+
+  Returns:
+    ``int64[n]``; 0 when the sum has no carry.
+  """
+  a = np.asarray(a, np.int64).copy()
+  b = np.asarray(b, np.int64).copy()
+  if np.any(a < 0) or np.any(b < 0):
+    raise ValueError("operands must be non-negative")
+  carry = np.zeros_like(a)
+  run = np.zeros_like(a)
+  best = np.zeros_like(a)
+  while np.any((a > 0) | (b > 0) | (carry > 0)):
+    s = a % 10 + b % 10 + carry
+    carry = (s >= 10).astype(np.int64)
+    run = np.where(carry > 0, run + 1, 0)
+    best = np.maximum(best, run)
+    a //= 10
+    b //= 10
+  return best
+
+
+def operand_lengths(x) -> tuple[np.ndarray, np.ndarray]:
+  """Digits written in each operand of attacker rows (leading zeros included).
+
+  Returns ``(len_a, len_b)``, ``int64[n]`` each, meaningful where the row parses.
+  """
+  x = np.asarray(x)
+  parsed = addition.parse_queries(x, max_operand_len=addition._MAX_SUPPORTED_OPERAND_LEN)  # pylint: disable=protected-access
+  content = np.arange(x.shape[1])[None, :] < parsed.length[:, None]
+  plus_pos = np.argmax((x == addition.PLUS_ID) & content, axis=1)
+  len_a = plus_pos.astype(np.int64)
+  len_b = (parsed.length - 1 - plus_pos - 1).astype(np.int64)
+  return len_a, len_b
+
+
+def _histogram(values, max_value: int) -> list[float]:
+  values = np.asarray(values, np.int64)
+  if values.size == 0:
+    return [0.0] * (max_value + 1)
+  counts = np.bincount(np.clip(values, 0, max_value), minlength=max_value + 1)
+  return (counts / values.size).tolist()
+
+
+def pattern_summary(x, task: addition.AdditionTaskConfig, rewards=None) -> dict:
+  """Statistics of a batch of attacker rows.
+
+  Args:
+    x: ``int[n, max_len]`` attacker rows.
+    task: the task (operand bound, leading-zeros switch).
+    rewards: optional ``[n]`` rewards of the rows (adds the success share of each
+      pattern).
+
+  Returns:
+    A JSON-able dict: ``n``, ``distinct`` rows, ``malformed_fraction``, among
+    well-formed rows the ``leading_zero_share`` and the distributions (fractions,
+    index = value) of ``carry_chain_length`` and of the longer ``operand_length``,
+    and ``mean_carry_chain``.
+  """
+  x = np.asarray(x)
+  n = x.shape[0]
+  parsed = addition.parse_queries(x, task.max_operand_len, allow_leading_zeros=True)
+  ok = parsed.syntax_ok
+  wf = parsed.well_formed if task.allow_leading_zeros else ok & ~parsed.leading_zero
+  chain = carry_chain_length(parsed.a[ok], parsed.b[ok])
+  len_a, len_b = operand_lengths(x[ok])
+  out = {
+      "n": int(n),
+      "distinct": int(len({r.tobytes() for r in x})),
+      "malformed_fraction": float(1.0 - wf.mean()) if n else 0.0,
+      "leading_zero_share": float(parsed.leading_zero[ok].mean()) if ok.any() else 0.0,
+      "mean_carry_chain": float(chain.mean()) if chain.size else 0.0,
+      "carry_chain_length": _histogram(chain, task.max_operand_len + 1),
+      "operand_length_max": _histogram(np.maximum(len_a, len_b), task.max_operand_len),
+  }
+  if rewards is not None:
+    r = np.asarray(rewards)[ok] > 0.5
+    lz = parsed.leading_zero[ok]
+    long_chain = chain >= 4
+    out["success_rate_with_leading_zero"] = float(r[lz].mean()) if lz.any() else None
+    out["success_rate_without_leading_zero"] = (float(r[~lz].mean()) if (~lz).any()
+                                                else None)
+    out["success_rate_carry_chain_ge4"] = (float(r[long_chain].mean())
+                                           if long_chain.any() else None)
+  return out
+
+
+def rule_based_queries(rng: np.random.Generator, n: int, rule: str,
+                       task: addition.AdditionTaskConfig) -> np.ndarray:
+  """Attacker rows built by a hand-written rule.
+
+  Rules:
+    * ``"carry"``: ``a`` is a run of 9s (4 to ``max_operand_len`` digits), ``b`` a
+      random number of 1 to 3 digits whose last digit is nonzero, so the carry
+      ripples through every 9 (``99999999+9=``). Order of the operands random.
+    * ``"leading_zeros"``: random operands (no leading zeros) with 1 to 4 leading
+      zeros added to one of them, within the length bound.
+    * ``"carry_leading_zeros"``: the carry rule with leading zeros on ``b``.
+
+  Returns:
+    ``int32[n, max_len]`` rows (well-formed for leading zeros allowed).
+  """
+  m = task.max_operand_len
+  texts = []
+  for _ in range(n):
+    if rule in ("carry", "carry_leading_zeros"):
+      a = "9" * int(rng.integers(4, m + 1))
+      nb = int(rng.integers(1, 4))
+      b = str(int(rng.integers(10 ** (nb - 1), 10 ** nb)))
+      if b[-1] == "0":
+        b = b[:-1] + str(int(rng.integers(1, 10)))
+      if rule == "carry_leading_zeros":  # len(b) <= 3 < m: room for zeros
+        b = "0" * int(rng.integers(1, m - len(b) + 1)) + b
+      pair = (a, b) if rng.random() < 0.5 else (b, a)
+    elif rule == "leading_zeros":
+      def operand(max_digits):
+        k = int(rng.integers(1, max_digits + 1))
+        first = str(int(rng.integers(1, 10))) if k > 1 else str(int(rng.integers(0, 10)))
+        return first + "".join(str(int(d)) for d in rng.integers(0, 10, k - 1))
+      padded = operand(m - 1)  # leaves room for at least one zero
+      padded = "0" * int(rng.integers(1, min(4, m - len(padded)) + 1)) + padded
+      other = operand(m)
+      pair = (padded, other) if rng.random() < 0.5 else (other, padded)
+    else:
+      raise ValueError(f"unknown rule {rule!r}; expected 'carry', 'leading_zeros' "
+                       "or 'carry_leading_zeros'")
+    texts.append(f"{pair[0]}+{pair[1]}=")
+  return addition.encode_batch(texts, max_len=task.max_len)

@@ -1,0 +1,298 @@
+"""BaNEL attack on the digit-addition transformer (SPEC 5.2; the paper's table).
+
+An attacker transformer, pretrained to write addition queries, learns from its
+failures alone to write queries that the target transformer answers wrongly, under
+a hard budget of reward evaluations (NRE). Seeds run side by side under ``vmap``.
+
+Writes to ``--out``:
+
+* ``attack.json``: config; the pretrained attacker's rate (``--pretrained-samples``
+  queries, Clopper-Pearson interval); per seed the final and best-so-far success
+  rates and improvement factors, with mean / median / std over seeds; wall time;
+  examples of successful attacks; what BaNEL learned (leading zeros, carry chains,
+  operand lengths, against the pretrained attacker); rule-based attacks built from
+  those patterns, with their success rates;
+* ``metrics.jsonl``: one record per round;
+* ``success_vs_nre.png``.
+
+Needs the target and attacker checkpoints (``scripts/train_target.py``,
+``scripts/pretrain_attacker.py``); ``--train-missing`` trains small ones first.
+
+Example:
+  python scripts/attack.py --config quick          # README main job, minutes
+  python scripts/attack.py --config full           # NRE 7,500, 5 seeds
+  python scripts/attack.py --config full --no-leading-zeros --failure-epochs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from scripts.configs import attack as attack_configs  # noqa: E402
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", choices=sorted(attack_configs.CONFIGS), default="quick",
+                 help="preset: 'full' (NRE 7,500, 5 seeds), 'quick' (README main "
+                 "job), 'tiny' (tests). Options below override it.")
+  p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..S-1).")
+  p.add_argument("--seed-offset", type=int, default=0,
+                 help="first seed (seeds are offset..offset+S-1).")
+  p.add_argument("--nre-budget", type=int, default=None,
+                 help="reward evaluations spent on learning, per seed.")
+  p.add_argument("--samples-per-round", type=int, default=None,
+                 help="queries scored per round (m).")
+  p.add_argument("--mode", choices=["distilled", "exact"], default=None,
+                 help="BaNEL variant (distilled = Algorithm 2).")
+  p.add_argument("--tau-mode", choices=["factor", "calibrated"], default=None,
+                 help="region threshold: filter factor f, or calibrated to reject "
+                 "a fraction of fresh proposal samples.")
+  p.add_argument("--filter-factor", type=float, default=None,
+                 help="reject x when the failure model finds it f times likelier.")
+  p.add_argument("--reject-fraction", type=float, default=None,
+                 help="target rejection rate of --tau-mode calibrated.")
+  p.add_argument("--failure-epochs", type=int, default=None,
+                 help="failure-model epochs per round (the compute knob).")
+  p.add_argument("--failure-init", choices=["proposal", "scratch"], default=None,
+                 help="warm-start the failure model from the proposal or not.")
+  p.add_argument("--failure-lr", type=float, default=None,
+                 help="failure-model Adam learning rate.")
+  p.add_argument("--distill-samples", type=int, default=None,
+                 help="free proposal samples drawn per distillation.")
+  p.add_argument("--distill-epochs", type=int, default=None,
+                 help="epochs of distillation per round.")
+  p.add_argument("--distill-lr", type=float, default=None,
+                 help="distillation Adam learning rate.")
+  p.add_argument("--reset", action="store_true",
+                 help="restart distillation from the pretrained params each round.")
+  p.add_argument("--no-leading-zeros", action="store_true",
+                 help="the harder variant: operands with leading zeros are malformed.")
+  p.add_argument("--n-eval", type=int, default=None,
+                 help="fresh samples per success-rate evaluation.")
+  p.add_argument("--eval-every", type=int, default=None,
+                 help="evaluate every this many rounds (and after the last).")
+  p.add_argument("--pretrained-samples", type=int, default=None,
+                 help="samples for the pretrained attacker's rate (>= 200,000 for a "
+                 "tight interval near 1e-4).")
+  p.add_argument("--target-dir", default=None, help="target checkpoint directory.")
+  p.add_argument("--attacker-dir", default=None,
+                 help="pretrained attacker checkpoint directory.")
+  p.add_argument("--train-missing", action="store_true",
+                 help="train the target / attacker with their scripts' defaults if "
+                 "a checkpoint is missing.")
+  p.add_argument("--out", default=None,
+                 help="output folder (default results/attack_<config>).")
+  p.add_argument("--no-analysis", action="store_true",
+                 help="skip the pattern analysis and the rule-based attacks.")
+  p.add_argument("--no-progress", action="store_true", help="hide progress bars.")
+  return p.parse_args(argv)
+
+
+def build_experiment(args) -> attack_configs.AttackExperiment:
+  exp = attack_configs.CONFIGS[args.config]()
+  b = {k: v for k, v in {
+      "nre_budget": args.nre_budget, "samples_per_round": args.samples_per_round,
+      "mode": args.mode, "tau_mode": args.tau_mode,
+      "filter_factor": args.filter_factor,
+      "calibrated_reject_fraction": args.reject_fraction,
+      "failure_epochs": args.failure_epochs, "failure_init": args.failure_init,
+      "failure_learning_rate": args.failure_lr,
+      "distill_samples": args.distill_samples, "distill_epochs": args.distill_epochs,
+      "distill_learning_rate": args.distill_lr, "n_eval": args.n_eval,
+      "eval_every": args.eval_every}.items() if v is not None}
+  if args.reset:
+    b["distill_reset"] = True
+  banel = exp.banel.replace(**b)
+  if banel.failure_batch_size > banel.samples_per_round:
+    banel = banel.replace(failure_batch_size=banel.samples_per_round)
+  exp = exp.replace(banel=banel)
+  if args.no_leading_zeros:
+    exp = exp.replace(task=exp.task.replace(allow_leading_zeros=False))
+  n_seeds = args.seeds if args.seeds is not None else len(exp.seeds)
+  if n_seeds < 1:
+    raise SystemExit("--seeds must be >= 1")
+  exp = exp.replace(seeds=tuple(range(args.seed_offset, args.seed_offset + n_seeds)))
+  for name in ("target_dir", "attacker_dir", "pretrained_samples"):
+    if getattr(args, name) is not None:
+      exp = exp.replace(**{name: getattr(args, name)})
+  return exp
+
+
+def ensure_checkpoints(exp, train_missing: bool):
+  for directory, script in ((exp.target_dir, "train_target.py"),
+                            (exp.attacker_dir, "pretrain_attacker.py")):
+    if os.path.isdir(directory):
+      continue
+    if not train_missing:
+      raise SystemExit(
+          f"no checkpoint at {directory}: run `python scripts/{script} --out "
+          f"{directory}` first, or pass --train-missing")
+    print(f"training missing checkpoint {directory} with scripts/{script} ...",
+          flush=True)
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), "--out",
+                    directory], check=True)
+
+
+def load_models(exp):
+  import jax
+
+  from banel_jax import checkpoint
+  from banel_jax.models import transformer as tfm
+  from banel_jax.tasks import addition
+
+  task = exp.task
+  target = addition.make_target(task)
+  attacker = tfm.make_transformer(task.attacker)
+  target_params, _ = checkpoint.load_params(
+      exp.target_dir, like=jax.eval_shape(target.model.init, jax.random.key(0)))
+  attacker_params, _ = checkpoint.load_params(
+      exp.attacker_dir, like=jax.eval_shape(attacker.model.init, jax.random.key(0)))
+  return attacker, attacker_params, target_params
+
+
+def sample_in_chunks(sample_fn, params, key, n, chunk=8192):
+  import jax
+  out = []
+  for i, start in enumerate(range(0, n, chunk)):
+    out.append(np.asarray(sample_fn(params, jax.random.fold_in(key, i), chunk)))
+  return np.concatenate(out)[:n]
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  import matplotlib
+  matplotlib.use("Agg")
+  import jax
+
+  from banel_jax import BanelRunner, plotting
+  from banel_jax.metrics import clopper_pearson, summarize_over_seeds
+  from banel_jax.tasks import addition
+  from banel_jax.tasks import addition_patterns as patterns
+
+  exp = build_experiment(args)
+  out = args.out or os.path.join("results", f"attack_{args.config}")
+  os.makedirs(out, exist_ok=True)
+  ensure_checkpoints(exp, args.train_missing)
+  attacker, attacker_params, target_params = load_models(exp)
+  task = exp.task
+  scorer = addition.make_scorer(target_params, task)
+  oracle = addition.make_oracle(target_params, task)
+  model = attacker.model
+  sample = jax.jit(model.sample, static_argnums=2)
+  root = jax.random.key(10_000 + exp.seeds[0])
+  pre_key, analysis_key, rule_seed = jax.random.split(root, 3)
+
+  # 1. The pretrained attacker's rate, measured once on many samples.
+  t0 = time.perf_counter()
+  x_pre = sample_in_chunks(sample, attacker_params, pre_key, exp.pretrained_samples)
+  r_pre = oracle(x_pre)
+  pre = clopper_pearson(int(r_pre.sum()), len(r_pre))
+  print(f"pretrained attacker: {pre.successes}/{pre.trials} = {pre.rate:.2e} "
+        f"[{pre.low:.2e}, {pre.high:.2e}] ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+  # 2. BaNEL, seeds side by side.
+  metrics_path = os.path.join(out, "metrics.jsonl")
+  if os.path.exists(metrics_path):
+    os.remove(metrics_path)
+  runner = BanelRunner(model, attacker_params, oracle, exp.banel, exp.seeds,
+                       metrics_path=metrics_path, progress=not args.no_progress)
+  t_run = time.perf_counter()
+  result = runner.run()
+  wall = time.perf_counter() - t_run
+  final = np.array(result.final_success_rates())
+  best = np.array(result.best_success_rates())
+  rate0 = max(pre.rate, 1.0 / pre.trials)  # avoid /0 when no success was seen
+  summary = {
+      "task": "addition_attack", "config_name": args.config,
+      "task_config": _jsonable(dataclasses.asdict(task)),
+      "banel_config": dataclasses.asdict(exp.banel), "seeds": list(exp.seeds),
+      "pretrained": pre.as_dict(),
+      "pretrained_rate_is_lower_bound": pre.successes == 0,
+      "final_success_rate": final.tolist(), "best_success_rate": best.tolist(),
+      "final": summarize_over_seeds(final), "best": summarize_over_seeds(best),
+      "improvement_final": (final / rate0).tolist(),
+      "improvement_best": (best / rate0).tolist(),
+      "improvement_final_mean": float(final.mean() / rate0),
+      "improvement_best_mean": float(best.mean() / rate0),
+      "improvement_final_median": float(np.median(final) / rate0),
+      "nre_spent": result.nre_spent, "eval_calls": result.eval_calls,
+      "n_successes_found_in_training": len(result.successes),
+      "wall_time_s": wall,
+      "examples_found_in_training": sorted({addition.decode(s.sample)
+                                            for s in result.successes})[:40],
+  }
+
+  # 3. What BaNEL learned, against the pretrained attacker.
+  if not args.no_analysis:
+    n = exp.analysis_samples
+    pre_rows = x_pre[:n]
+    summary["patterns_pretrained"] = patterns.pattern_summary(
+        pre_rows, task, r_pre[:n])
+    propose = jax.jit(jax.vmap(runner.banel.propose, in_axes=(0, 0, None)),
+                      static_argnums=2)
+    keys = jax.random.split(analysis_key, len(exp.seeds))
+    x_post, _ = propose(runner.states, keys, n)
+    x_post = np.asarray(x_post)
+    per_seed = []
+    for s in range(len(exp.seeds)):
+      r = oracle(x_post[s])
+      per_seed.append(patterns.pattern_summary(x_post[s], task, r))
+      if s == 0:
+        wins = x_post[s][r > 0.5]
+        summary["examples_final_proposal_seed0"] = addition.decode_batch(wins[:30])
+    summary["patterns_banel_per_seed"] = per_seed
+    rng = np.random.default_rng(int(jax.random.randint(rule_seed, (), 0, 2**31 - 1)))
+    rules = {}
+    for rule in ("carry", "leading_zeros", "carry_leading_zeros"):
+      q = patterns.rule_based_queries(rng, exp.rule_samples, rule, task)
+      r = oracle(q)
+      rules[rule] = clopper_pearson(int(r.sum()), len(r)).as_dict()
+    summary["rule_based_attacks"] = rules
+
+  with open(os.path.join(out, "attack.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  plotting.plot_success_vs_nre({"BaNEL": result.history}, ax, log_y=True,
+                               title="addition attack: success rate vs NRE")
+  ax.axhline(pre.rate, color="k", ls=":", lw=1, label="pretrained")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, "success_vs_nre.png"), dpi=110)
+
+  print(f"final success per seed: {np.round(final, 4).tolist()} | mean "
+        f"{final.mean():.4f} median {np.median(final):.4f} std {final.std():.4f} | "
+        f"improvement (mean) {summary['improvement_final_mean']:.1f}x; best-so-far "
+        f"mean {best.mean():.4f} ({summary['improvement_best_mean']:.1f}x) | "
+        f"{wall:.0f}s")
+  if "rule_based_attacks" in summary:
+    print("rule-based:", {k: round(v["rate"], 4) for k, v in
+                          summary["rule_based_attacks"].items()})
+  print(f"wrote {out}/")
+
+
+def _jsonable(d):
+  if isinstance(d, dict):
+    return {k: _jsonable(v) for k, v in d.items()}
+  if isinstance(d, (list, tuple)):
+    return [_jsonable(v) for v in d]
+  if isinstance(d, (int, float, str, bool)) or d is None:
+    return d
+  return str(d)
+
+
+if __name__ == "__main__":
+  main()

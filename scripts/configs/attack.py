@@ -1,0 +1,77 @@
+"""Config of the addition attack (SPEC section 5.2).
+
+``get_config()`` is the paper-sized run (NRE 7,500, 5 seeds); ``get_quick_config()``
+is the README's main job (a few minutes on 2 CPU cores); ``get_tiny_config()`` is for
+the test suite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from banel_jax.config import BanelConfig
+from banel_jax.tasks.addition import AdditionTaskConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackExperiment:
+  """An attack run.
+
+  Attributes:
+    task: the addition task (leading-zeros switch, operand bound, target shape).
+    banel: BaNEL's config.
+    seeds: seeds run side by side under ``vmap``.
+    target_dir: orbax checkpoint of the target (``scripts/train_target.py``).
+    attacker_dir: orbax checkpoint of the pretrained attacker
+      (``scripts/pretrain_attacker.py``).
+    pretrained_samples: samples used to measure the pretrained attacker's rate.
+    analysis_samples: samples per seed for the pattern analysis at the end.
+    rule_samples: queries per rule-based attack.
+  """
+
+  task: AdditionTaskConfig = AdditionTaskConfig()
+  banel: BanelConfig = BanelConfig(
+      mode="distilled", nre_budget=7500, samples_per_round=500,
+      tau_mode="factor", filter_factor=2.0,
+      failure_init="proposal", failure_epochs=10, failure_batch_size=100,
+      failure_learning_rate=1e-3,
+      distill_samples=4096, distill_epochs=2, distill_batch_size=256,
+      distill_learning_rate=1e-3, distill_reset=False,
+      n_eval=10_000, eval_every=3, min_acceptance_rate=1e-4)
+  seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+  target_dir: str = "checkpoints/target"
+  attacker_dir: str = "checkpoints/attacker"
+  pretrained_samples: int = 200_000
+  analysis_samples: int = 10_000
+  rule_samples: int = 10_000
+
+  def replace(self, **changes) -> "AttackExperiment":
+    return dataclasses.replace(self, **changes)
+
+
+def get_config() -> AttackExperiment:
+  return AttackExperiment()
+
+
+def get_quick_config() -> AttackExperiment:
+  """The README's main job: 3 seeds, NRE 3,000, smaller evaluations."""
+  base = get_config()
+  return base.replace(
+      banel=base.banel.replace(nre_budget=3000, n_eval=5000, eval_every=2,
+                               distill_samples=2048),
+      seeds=(0, 1, 2), pretrained_samples=50_000, analysis_samples=5000,
+      rule_samples=5000)
+
+
+def get_tiny_config() -> AttackExperiment:
+  """Seconds: for tests (tiny budgets, small evaluations)."""
+  base = get_config()
+  return base.replace(
+      banel=base.banel.replace(nre_budget=128, samples_per_round=64,
+                               failure_epochs=1, failure_batch_size=32,
+                               distill_samples=256, distill_epochs=1,
+                               distill_batch_size=128, n_eval=256, eval_every=1),
+      seeds=(0, 1), pretrained_samples=1024, analysis_samples=256, rule_samples=64)
+
+
+CONFIGS = {"full": get_config, "quick": get_quick_config, "tiny": get_tiny_config}
