@@ -22,10 +22,10 @@ The network is pre-LayerNorm, with learned positional embeddings, GELU MLPs and
 an untied output head. It has two entry points that share one set of
 parameters: a full causal forward pass (teacher forcing, used by ``log_prob``)
 and a one-token decode step against an explicit key/value cache (used by
-``sample`` and ``greedy_decode`` inside ``lax.scan``). The cache is a plain
-pytree, a tuple with one :class:`LayerCache` per layer, each of
-``[batch, max_len + 1, num_heads, head_dim]`` keys and values; the decode
-position is passed in as an argument.
+``sample``, ``greedy_decode`` and ``greedy_decode_ragged`` inside
+``lax.scan``). The cache is a plain pytree, a tuple with one
+:class:`LayerCache` per layer, each of ``[batch, max_len + 1, num_heads,
+head_dim]`` keys and values; the decode position is passed in as an argument.
 
 Example:
   >>> import jax
@@ -265,6 +265,12 @@ class Transformer(NamedTuple):
       following token.
     greedy_decode: ``greedy_decode(params, prefix, num_steps) -> int32[B,
       num_steps]``: argmax continuation of the prefixes ``int32[B, P]``.
+    greedy_decode_ragged: ``greedy_decode_ragged(params, tokens, lengths,
+      num_steps) -> int32[B, num_steps]``: argmax continuation of row ``i``'s
+      prefix ``tokens[i, :lengths[i]]`` (prefixes of different lengths).
+    token_log_prob: ``token_log_prob(params, x) -> f32[B, L]``, the per-position
+      terms of ``log_prob`` (``log p(x_t | x_<t)`` before and at the first EOS,
+      0 for PAD after it); used by unlikelihood training's token form.
   """
 
   model: GenerativeModel
@@ -276,6 +282,8 @@ class Transformer(NamedTuple):
   init_cache: Callable[[int], KVCache]
   decode_step: Callable[[Params, KVCache, Array, Array], tuple[Array, KVCache]]
   greedy_decode: Callable[[Params, Array, int], Array]
+  greedy_decode_ragged: Callable[[Params, Array, Array, int], Array]
+  token_log_prob: Callable[[Params, Array], Array]
 
 
 def _check_tokens(x: Array, max_t: int, what: str):
@@ -353,12 +361,14 @@ def make_transformer(config: TransformerConfig = TransformerConfig()) -> Transfo
         (jnp.arange(inputs.shape[0], dtype=jnp.int32), inputs))
     return mask_logits(logits[-1])
 
-  def generate(params, batch, num_steps, choose, keys=None, forced=None):
+  def generate(params, batch, num_steps, choose, keys=None, forced=None,
+               forced_lengths=None):
     """Decodes ``num_steps`` tokens x_0.. from BOS; returns ``int32[B, steps]``.
 
     ``choose(logits, key) -> int32[B]`` picks a token from masked logits; where
-    ``forced`` (``int32[P, B]``) is given, tokens ``x_0..x_{P-1}`` are forced.
-    After the first EOS every token is PAD.
+    ``forced`` (``int32[P, B]``) is given, tokens ``x_0..x_{P-1}`` are forced,
+    or, if ``forced_lengths`` (``int32[B]``) is given too, row ``i``'s tokens
+    ``x_0..x_{forced_lengths[i]-1}``. After the first EOS every token is PAD.
     """
     num_forced = 0 if forced is None else forced.shape[0]
     if forced is not None:  # pad to num_steps rows; the flag picks forced rows
@@ -375,7 +385,8 @@ def make_transformer(config: TransformerConfig = TransformerConfig()) -> Transfo
       logits, cache = raw_decode(params, cache, tok_in, inp["pos"])
       tok = choose(mask_logits(logits), inp.get("key"))
       if forced is not None:
-        tok = jnp.where(inp["pos"] < num_forced, inp["forced"], tok)
+        limit = num_forced if forced_lengths is None else forced_lengths
+        tok = jnp.where(inp["pos"] < limit, inp["forced"], tok)
       tok = jnp.where(done, cfg.pad_id, tok).astype(jnp.int32)
       done = done | (tok == cfg.eos_id)
       return (cache, tok, done), tok
@@ -415,8 +426,42 @@ def make_transformer(config: TransformerConfig = TransformerConfig()) -> Transfo
                       forced=prefix.T)
     return tokens[:, p:]
 
-  def log_prob(params, x):
-    """Exact ``log p(x)`` ``f32[B]`` of ``x`` ``int32[B, L]`` (see module doc)."""
+  def greedy_decode_ragged(params, tokens, lengths, num_steps):
+    """Argmax continuations ``int32[B, num_steps]`` of ragged prefixes.
+
+    Row ``i``'s prefix is ``tokens[i, :lengths[i]]`` (``tokens`` ``int32[B, P]``,
+    ``P`` static; entries at and after ``lengths[i]`` are ignored), starting
+    right after BOS at position 0. One ``lax.scan`` over ``P + num_steps``
+    positions feeds every row through the KV cache: row ``i``'s token at
+    position ``t`` is forced to ``tokens[i, t]`` while ``t < lengths[i]`` and is
+    the argmax after, so the output row ``i`` holds the tokens at positions
+    ``lengths[i] .. lengths[i] + num_steps - 1``. ``lengths`` may be traced (one
+    compile for all lengths); values are clipped to ``[0, P]``. As in
+    :func:`greedy_decode`, everything after an EOS (forced or decoded) is PAD.
+    Requires ``P + num_steps <= max_len``.
+    """
+    _check_tokens(tokens, L, "tokens")
+    chex.assert_shape(lengths, (tokens.shape[0],),
+                      custom_message="lengths must be int[batch]")
+    chex.assert_type(lengths, int, custom_message="lengths must be integers")
+    p = tokens.shape[1]
+    if not isinstance(num_steps, int) or num_steps < 1 or p + num_steps > L:
+      raise ValueError(f"num_steps={num_steps!r} must be a positive int with "
+                       f"P + num_steps <= max_len ({p} + {num_steps} > {L}?)")
+    lengths = jnp.clip(lengths.astype(jnp.int32), 0, p)
+    choose = lambda logits, _: jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    out = generate(params, tokens.shape[0], p + num_steps, choose,
+                   forced=tokens.T, forced_lengths=lengths)  # [B, P + steps]
+    idx = lengths[:, None] + jnp.arange(num_steps, dtype=jnp.int32)[None, :]
+    return jnp.take_along_axis(out, idx, axis=1)
+
+  def token_log_prob(params, x):
+    """Per-position ``log p(x_t | x_<t)`` ``f32[B, L]`` of ``x`` ``int32[B, L]``.
+
+    Content positions (up to and including the first EOS) hold the token's
+    log-probability; PAD after the first EOS holds 0 (probability 1); an
+    impossible token holds ``-inf``. ``log_prob`` is the sum over positions.
+    """
     chex.assert_rank(x, 2, custom_message="x must be int[batch, max_len]")
     chex.assert_axis_dimension(x, 1, L, custom_message=f"x must have length {L}")
     chex.assert_type(x, int, custom_message="x must hold integer token ids")
@@ -431,7 +476,11 @@ def make_transformer(config: TransformerConfig = TransformerConfig()) -> Transfo
     # Content positions are scored; after the first EOS, PAD has prob 1.
     per_pos = jnp.where(after_eos, jnp.where(x == cfg.pad_id, 0.0, _NEG_INF),
                         tok_logp)
-    return jnp.sum(per_pos, axis=1)
+    return per_pos
+
+  def log_prob(params, x):
+    """Exact ``log p(x)`` ``f32[B]`` of ``x`` ``int32[B, L]`` (see module doc)."""
+    return jnp.sum(token_log_prob(params, x), axis=1)
 
   model = GenerativeModel(init=init, log_prob=log_prob, sample=sample,
                           event_shape=(L,), dtype=jnp.int32)
@@ -439,7 +488,9 @@ def make_transformer(config: TransformerConfig = TransformerConfig()) -> Transfo
                      next_token_logits_full=next_token_logits_full,
                      next_token_logits_cached=next_token_logits_cached,
                      init_cache=init_cache, decode_step=decode_step,
-                     greedy_decode=greedy_decode)
+                     greedy_decode=greedy_decode,
+                     greedy_decode_ragged=greedy_decode_ragged,
+                     token_log_prob=token_log_prob)
 
 
 def make_transformer_model(config: TransformerConfig = TransformerConfig()
