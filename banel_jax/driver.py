@@ -2,16 +2,26 @@
 
 The only host work per round is the oracle call and bookkeeping: sampling and
 learning are two compiled, seed-vmapped programs that compile once per run.
+
+With a ``run_dir`` a run survives being killed at any moment: every oracle call
+is in the ledger on disk before it is used, every round ends with an orbax
+checkpoint, and rerunning with the same ``run_dir`` continues from the newest
+good checkpoint, answering the calls made since then from the ledger instead of
+the oracle (round keys are ``fold_in(root, round)``, so the resumed run asks the
+very same queries). See :mod:`banel_jax.run_dir` and :mod:`banel_jax.ledger`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 import time
-from typing import Any, Callable, Sequence
+import warnings
+import weakref
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +29,12 @@ import numpy as np
 
 from banel_jax import posterior
 from banel_jax.banel import BanelState, RoundBatch, make_banel, round_keys
-from banel_jax.budget import BudgetKeeper
+from banel_jax.budget import BudgetKeeper, OracleError, OraclePolicy
+from banel_jax.checkpoint import config_to_dict
 from banel_jax.config import BanelConfig
+from banel_jax.ledger import Ledger
 from banel_jax.metrics import clopper_pearson
+from banel_jax.run_dir import RunDirectory
 from banel_jax.types import GenerativeModel, Oracle, Params
 
 
@@ -60,7 +73,8 @@ class RunResult:
     successes: successes found during training (reported, not learned from).
     nre_spent: NRE per seed.
     eval_calls: oracle calls spent on evaluation (apart from the NRE).
-    wall_time_s: total wall time.
+    wall_time_s: total wall time (summed over resumed processes).
+    run_dir: the run directory, if the run had one.
   """
 
   config: BanelConfig
@@ -71,6 +85,7 @@ class RunResult:
   nre_spent: list[int]
   eval_calls: int
   wall_time_s: float
+  run_dir: str | None = None
 
   def final_success_rates(self) -> list[float]:
     last = [h for h in self.history if "success_rate" in h][-1]
@@ -82,6 +97,65 @@ class RunResult:
     return rates.max(axis=0).tolist()
 
 
+# jit(vmap(...)) of a method's functions, shared by every runner of that method
+# bundle (keyed weakly by its ``update`` function), so that several runners of
+# one bundle (e.g. a run resumed in the same process) compile once.
+_COMPILED: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
+_ROUND_KEYS = jax.jit(jax.vmap(round_keys))
+
+
+def _compiled(method) -> dict:
+  try:
+    fns = _COMPILED.get(method.update)
+  except TypeError:  # not weak-referenceable
+    fns = None
+  if fns is None:
+    fns = {"init": jax.jit(jax.vmap(method.init, in_axes=(0, None))),
+           "propose": jax.jit(jax.vmap(method.propose, in_axes=(0, 0, None)),
+                              static_argnums=2),
+           "update": jax.jit(jax.vmap(method.update))}
+    try:
+      _COMPILED[method.update] = fns
+    except TypeError:
+      pass
+  return fns
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_banel(model: GenerativeModel, config: BanelConfig):
+  return make_banel(model, config)
+
+
+def _default_method(model: GenerativeModel, config: BanelConfig):
+  """``make_banel(model, config)``, one bundle per (model, config) pair, so that
+  runners of the same run in one session (e.g. resuming it) share compilations."""
+  try:
+    return _cached_banel(model, config)
+  except TypeError:  # unhashable model or config
+    return make_banel(model, config)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_prior_sampler(sample: Callable, log_prob: Callable) -> Callable:
+  def sample_and_score(params, key):
+    x = sample(params, key, 8)
+    return x, log_prob(params, x)
+
+  return jax.jit(sample_and_score)
+
+
+def _prior_sampler(model: GenerativeModel) -> Callable:
+  """``jit((params, key) -> (x[8], log_prob(params, x)))``, one per model."""
+  try:
+    return _jitted_prior_sampler(model.sample, model.log_prob)
+  except TypeError:  # unhashable functions
+    return _jitted_prior_sampler.__wrapped__(model.sample, model.log_prob)
+
+
+def _path_str(path) -> str:
+  return jax.tree_util.keystr(path) or "(root)"
+
+
 class BanelRunner:
   """Runs BaNEL for several seeds side by side, one round per :meth:`step`.
 
@@ -91,49 +165,173 @@ class BanelRunner:
     oracle: batched host callable ``oracle(x[n, ...]) -> rewards[n]`` in {0, 1}.
     config: the run's :class:`BanelConfig`.
     seeds: one integer per seed; seeds run under ``vmap`` in one program.
-    metrics_path: optional JSON-lines file, one record per round (appended).
+    metrics_path: optional JSON-lines file, one record per round (appended; with
+      a ``run_dir``, rewritten from the restored history when the run resumes).
     progress: show a progress bar over rounds (``tqdm``).
     on_round: optional ``callback(runner, record)`` that may add entries to the
       round's record before it is written.
+    method: optional bundle with the same round signature as
+      :class:`~banel_jax.banel.Banel` (``init(key, prior_params)``,
+      ``propose(state, key, n)``, ``update(state, RoundBatch, key)``; e.g. a
+      baseline from :mod:`banel_jax.baselines`); default ``make_banel(model,
+      config)``, shared by runners of the same ``model`` and ``config``. Its
+      state must carry ``round`` and ``key`` like
+      :class:`~banel_jax.banel.BanelState`. ``config`` then only needs the run
+      fields ``nre_budget``, ``samples_per_round``, ``n_eval``, ``eval_every``.
+      Runners given the same bundle share its compiled functions.
+    run_dir: optional run directory (see :mod:`banel_jax.run_dir`): checkpoints
+      after every round, ``config.json``, ``metrics.jsonl`` and the oracle
+      ledger. If it already holds a run of the same config, the runner resumes
+      it: the newest good checkpoint is restored and the oracle calls made after
+      it are replayed from the ledger, not asked again.
+    keep_checkpoints: checkpoints kept in ``run_dir`` (the newest ones).
+    oracle_policy: retries and timeout for faulty oracle calls
+      (:class:`~banel_jax.budget.OraclePolicy`; default 3 attempts, no timeout).
+    extra_config: more JSON-ready settings of the run (e.g.
+      ``{"task": config_to_dict(task)}``) recorded in ``config.json`` and
+      checked on resume.
+
+  Raises:
+    RunDirError: ``run_dir`` holds a run with another config (the message names
+      the differing fields).
+    NonFiniteError: the pretrained model's log-likelihoods or params are not
+      finite.
   """
 
   def __init__(self, model: GenerativeModel, prior_params: Params, oracle: Oracle,
                config: BanelConfig, seeds: Sequence[int] = (0,), *,
                metrics_path: str | os.PathLike | None = None, progress: bool = True,
-               on_round: Callable[["BanelRunner", dict], None] | None = None):
+               on_round: Callable[["BanelRunner", dict], None] | None = None,
+               method: Any = None, run_dir: str | os.PathLike | None = None,
+               keep_checkpoints: int = 3, oracle_policy: OraclePolicy | None = None,
+               extra_config: Mapping[str, Any] | None = None):
+    seeds = list(seeds)
     if not seeds:
       raise ValueError("seeds must name at least one seed")
+    if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool)
+               for s in seeds):
+      raise ValueError(f"seeds must be integers, got {seeds}")
+    if isinstance(keep_checkpoints, bool) or not isinstance(keep_checkpoints, int) \
+        or keep_checkpoints < 1:
+      raise ValueError(f"keep_checkpoints must be an integer >= 1, got "
+                       f"{keep_checkpoints!r}")
     self.model, self.config = model, config
     self.seeds = [int(s) for s in seeds]
-    self.banel = make_banel(model, config)
-    self.keeper = BudgetKeeper(oracle, config.nre_budget, len(self.seeds))
+    self.banel = _default_method(model, config) if method is None else method
+    self.method_name = getattr(method, "name", "BaNEL")
     self.metrics_path = metrics_path
     self.on_round = on_round
     self.history: list[dict] = []
     self._check_prior(prior_params)
     roots = jax.vmap(jax.random.key)(jnp.asarray(self.seeds, jnp.uint32))
-    self._init = jax.jit(jax.vmap(self.banel.init, in_axes=(0, None)))
-    self._propose = jax.jit(jax.vmap(self.banel.propose, in_axes=(0, 0, None)),
-                            static_argnums=2)
-    self._update = jax.jit(jax.vmap(self.banel.update))
-    self._keys = jax.jit(jax.vmap(round_keys))
+    fns = _compiled(self.banel)
+    self._init, self._propose, self._update = fns["init"], fns["propose"], fns["update"]
+    self._keys = _ROUND_KEYS
     self.states: BanelState = self._init(roots, prior_params)
-    self._t0 = time.perf_counter()
+    self.run_dir: RunDirectory | None = None
+    ledger = None
+    resumed = None
+    if run_dir is not None:
+      self.run_dir = RunDirectory(
+          run_dir, self._run_record(extra_config, oracle_policy, keep_checkpoints),
+          keep=keep_checkpoints, ignore=("oracle_policy", "keep_checkpoints"))
+      try:
+        resumed = self.run_dir.restore(self.states)
+        position = (0, 0)
+        if resumed is not None:
+          _, self.states, host = resumed
+          position = (host["ledger"]["calls"], host["ledger"]["offset"])
+        ledger = Ledger(self.run_dir.ledger_path, calls_before=position[0],
+                        offset=position[1])
+      except BaseException:
+        self.run_dir.close()
+        raise
+    self.keeper = BudgetKeeper(oracle, config.nre_budget, len(self.seeds),
+                               policy=oracle_policy, ledger=ledger, seeds=self.seeds)
+    elapsed = 0.0
+    if self.run_dir is not None:
+      self.keeper.set_replay(ledger.tail, start=position)
+      if resumed is not None:
+        self.history = list(host["history"])
+        self.keeper.load_state_dict(host["budget"])
+        elapsed = float(host.get("elapsed_s", 0.0))
+      self.run_dir.write_metrics(self.history)
+      if metrics_path is not None and os.path.abspath(metrics_path) != \
+          self.run_dir.metrics_path:
+        self.run_dir.write_metrics(self.history, os.fspath(metrics_path))
+    self._t0 = time.perf_counter() - elapsed
     self._bar = None
     if progress:
       from tqdm.auto import tqdm
-      self._bar = tqdm(total=config.num_rounds, desc=f"BaNEL ({config.mode})",
-                       unit="round")
+      mode = getattr(config, "mode", None)
+      desc = f"{self.method_name} ({mode})" if mode else self.method_name
+      self._bar = tqdm(total=math.ceil(config.nre_budget / config.samples_per_round),
+                       initial=self.round, desc=desc, unit="round")
+
+  # --- set-up checks ----------------------------------------------------------------
+
+  def _run_record(self, extra_config, oracle_policy, keep) -> dict:
+    def as_dict(c):
+      if dataclasses.is_dataclass(c) and not isinstance(c, type):
+        return config_to_dict(c)
+      try:
+        return json.loads(json.dumps(c))
+      except (TypeError, ValueError):
+        return f"<{type(c).__name__}>"  # not JSON: only its type is recorded
+
+    record = {"method": self.method_name, "seeds": self.seeds,
+              "config_class": type(self.config).__name__,
+              "config": as_dict(self.config),
+              "event_shape": list(self.model.event_shape),
+              "sample_dtype": np.dtype(self.model.dtype).name,
+              "oracle_policy": as_dict(oracle_policy or OraclePolicy()),
+              "keep_checkpoints": keep}
+    method_config = getattr(self.banel, "config", None)
+    if method_config is not None and method_config is not self.config \
+        and method_config != self.config:
+      record["method_config"] = as_dict(method_config)
+    if extra_config:
+      record["extra"] = {str(k): as_dict(v) for k, v in dict(extra_config).items()}
+    return record
 
   def _check_prior(self, prior_params):
-    x = self.model.sample(prior_params, jax.random.key(0), 8)
-    lp = np.asarray(self.model.log_prob(prior_params, x))
+    try:
+      want = jax.eval_shape(self.model.init, jax.random.key(0))
+    except Exception:  # noqa: BLE001 - a model whose init cannot be traced
+      want = prior_params
+    got_leaves = jax.tree_util.tree_flatten_with_path(prior_params)[0]
+    want_leaves = jax.tree_util.tree_flatten_with_path(want)[0]
+    got = {_path_str(p): v for p, v in got_leaves}
+    expected = {_path_str(p): v for p, v in want_leaves}
+    problems = [f"{k} missing" for k in expected if k not in got]
+    problems += [f"{k} unexpected" for k in got if k not in expected]
+    problems += [f"{k} has shape {tuple(np.shape(got[k]))}, model.init gives "
+                 f"{tuple(expected[k].shape)}" for k in expected.keys() & got.keys()
+                 if tuple(np.shape(got[k])) != tuple(expected[k].shape)]
+    if problems:
+      raise ValueError("prior_params do not match the structure of model.init's "
+                       "params: " + "; ".join(sorted(problems)))
+    host = {k: np.asarray(jax.device_get(v)) for k, v in got.items()}
+    bad = [k for k, v in host.items()
+           if jnp.issubdtype(v.dtype, jnp.inexact) and not np.all(np.isfinite(v))]
+    if bad:
+      raise NonFiniteError(f"the pretrained params hold NaN or infinite values in "
+                           f"{', '.join(sorted(bad))}")
+    x, lp = _prior_sampler(self.model)(prior_params, jax.random.key(0))
+    lp = np.asarray(lp)
     if lp.shape != (8,):
       raise ValueError(f"model.log_prob returned shape {lp.shape} for 8 samples; "
                        "expected (8,)")
-    if not np.all(np.isfinite(lp)):
-      raise NonFiniteError("model.log_prob of the pretrained params is not finite on "
-                           f"the model's own samples: {lp}")
+    finite = np.isfinite(lp)
+    if not np.all(finite):
+      i = int(np.flatnonzero(~finite)[0])
+      raise NonFiniteError(
+          f"model.log_prob of the pretrained params is not finite on the model's own "
+          f"samples: {int(np.isnan(lp).sum())} NaN and {int(np.isinf(lp).sum())} "
+          f"infinite of 8 (e.g. sample {i}: {np.asarray(x)[i].tolist()} has log_prob "
+          f"{lp[i]}); all log-likelihoods: {lp}")
+
+  # --- properties -------------------------------------------------------------------
 
   @property
   def round(self) -> int:
@@ -143,9 +341,11 @@ class BanelRunner:
   def done(self) -> bool:
     return self.keeper.exhausted
 
+  # --- the round --------------------------------------------------------------------
+
   def _sample(self, key, n):
     x, info = self._propose(self.states, key, n)
-    if self.config.mode == "exact":
+    if getattr(self.config, "mode", None) == "exact":
       posterior.check_acceptance(info, n, self.config.min_acceptance_rate)
     return x, info
 
@@ -154,7 +354,9 @@ class BanelRunner:
     n = self.config.n_eval
     x, _ = self._sample(self._keys(self.states)["eval"], n)
     x = np.asarray(x)
-    r = self.keeper.evaluate_free(x.reshape((-1,) + x.shape[2:])).reshape(len(self.seeds), n)
+    seed_index = np.repeat(np.arange(len(self.seeds)), n)
+    r = self.keeper.evaluate_free(x.reshape((-1,) + x.shape[2:]), self.round,
+                                  seed_index).reshape(len(self.seeds), n)
     return [clopper_pearson(int(r[s].sum()), n) for s in range(len(self.seeds))]
 
   def _record_eval(self, record: dict):
@@ -169,36 +371,77 @@ class BanelRunner:
       self.on_round(self, record)
     record = _jsonable(record)
     self.history.append(record)
-    if self.metrics_path is not None:
-      with open(self.metrics_path, "a") as f:
+    paths = []
+    if self.run_dir is not None:
+      paths.append(self.run_dir.metrics_path)
+    extra = self.metrics_path
+    if extra is not None and os.path.abspath(extra) not in paths:
+      paths.append(extra)
+    for path in paths:
+      with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
+  def _save(self):
+    if self.run_dir is None:
+      return
+    calls, offset = self.keeper.ledger_position
+    host = {"history": self.history, "budget": self.keeper.state_dict(),
+            "ledger": {"calls": calls, "offset": offset},
+            "elapsed_s": time.perf_counter() - self._t0, "seeds": self.seeds}
+    self.run_dir.save(self.round, self.states, host)
+
+  def _stopped(self, e: OracleError) -> OracleError:
+    """The fault, with where the run stopped and how to resume it."""
+    if self._bar is not None:
+      self._bar.close()
+    msg = f"{e}. The run stopped in round {self.round + 1}"
+    if self.run_dir is not None:
+      steps = self.run_dir.steps()
+      where = (f"its newest checkpoint is step {steps[-1]}" if steps
+               else "no round was checkpointed yet")
+      msg += (f"; {where} in {self.run_dir.path}, and every evaluation paid for is "
+              "in its ledger: rerun with the same run_dir to resume")
+    err = OracleError(msg)
+    err.faults = e.faults
+    return err
+
   def evaluate_start(self):
-    """Records round 0: the pretrained model's success rate."""
+    """Records round 0: the pretrained model's success rate (and checkpoints it)."""
     record = {"round": 0, "nre": self.keeper.spent.tolist()}
-    self._record_eval(record)
+    try:
+      self._record_eval(record)
+    except OracleError as e:
+      raise self._stopped(e) from e
     self._emit(record)
+    self._save()
 
   def step(self) -> dict:
-    """Runs one round for every seed; returns its record."""
+    """Runs one round for every seed; returns its record (checkpointed)."""
     if self.done:
       raise RuntimeError("the NRE budget is spent; no round left to run")
     c = self.config
     t = self.round
     keys = self._keys(self.states)
     x, info = self._sample(keys["propose"], c.samples_per_round)
-    log_norm = (jnp.log(info.acceptance_rate) if c.mode == "exact"
+    exact = getattr(c, "mode", None) == "exact"
+    log_norm = (jnp.log(info.acceptance_rate) if exact
                 else jnp.zeros(len(self.seeds), jnp.float32))
-    rewards, evaluated = self.keeper.evaluate(np.asarray(x), t)
+    try:
+      rewards, evaluated = self.keeper.evaluate(np.asarray(x), t)
+    except OracleError as e:
+      raise self._stopped(e) from e
     batch = RoundBatch(x=x, rewards=jnp.asarray(rewards),
                        evaluated=jnp.asarray(evaluated), log_norm=log_norm)
     self.states, metrics = self._update(self.states, batch, keys["update"])
     metrics = jax.device_get(metrics)
-    if not np.all(metrics["params_finite"]) or not np.all(np.isfinite(metrics["failure_nll"])):
+    finite = np.all(metrics.get("params_finite", True))
+    nll = metrics.get("failure_nll", np.zeros(()))
+    if not finite or not np.all(np.isfinite(nll)):
       raise NonFiniteError(
-          f"round {t + 1}: non-finite failure-model NLL {metrics['failure_nll']} or "
+          f"round {t + 1}: non-finite failure-model NLL {nll} or "
           "parameters; check model.log_prob for NaN/inf and lower the learning rates")
-    if c.mode == "distilled" and np.any(metrics["distill_accept_rate"] < c.min_acceptance_rate):
+    if ("distill_accept_rate" in metrics and getattr(c, "mode", None) == "distilled"
+        and np.any(metrics["distill_accept_rate"] < c.min_acceptance_rate)):
       raise posterior.AcceptanceRateError(
           f"round {t + 1}: the rejection regions accept only "
           f"{metrics['distill_accept_rate']} of the proposal's distillation samples "
@@ -208,8 +451,12 @@ class BanelRunner:
               "proposal_acceptance_rate": np.asarray(info.acceptance_rate)}
     record.update({k: v for k, v in metrics.items() if k != "params_finite"})
     if (t + 1) % c.eval_every == 0 or self.done:
-      self._record_eval(record)
+      try:
+        self._record_eval(record)
+      except OracleError as e:
+        raise self._stopped(e) from e
     self._emit(record)
+    self._save()
     if self._bar is not None:
       self._bar.update(1)
       if "success_rate" in record:
@@ -218,13 +465,21 @@ class BanelRunner:
     return record
 
   def run(self) -> RunResult:
-    """Evaluates the pretrained model, then runs rounds until the budget is spent."""
+    """Evaluates the pretrained model, then runs rounds until the budget is spent.
+
+    A resumed runner continues where its run directory stopped (and returns at
+    once if that run had finished).
+    """
     if not self.history:
       self.evaluate_start()
     while not self.done:
       self.step()
     if self._bar is not None:
       self._bar.close()
+    if self.keeper.pending_replay:
+      warnings.warn(f"{self.keeper.pending_replay} oracle calls in the ledger of "
+                    f"{self.run_dir.path} were never replayed by the resumed run",
+                    stacklevel=2)
     return self.result()
 
   def result(self) -> RunResult:
@@ -232,13 +487,32 @@ class BanelRunner:
                      states=self.states, successes=list(self.keeper.successes),
                      nre_spent=self.keeper.spent.tolist(),
                      eval_calls=self.keeper.eval_calls,
-                     wall_time_s=time.perf_counter() - self._t0)
+                     wall_time_s=time.perf_counter() - self._t0,
+                     run_dir=None if self.run_dir is None else self.run_dir.path)
+
+  def close(self) -> None:
+    """Closes the ledger and the checkpoint manager (all writes are done by then)."""
+    if self._bar is not None:
+      self._bar.close()
+    if self.keeper.ledger is not None:
+      self.keeper.ledger.close()
+    if self.run_dir is not None:
+      self.run_dir.close()
+
+  def __enter__(self) -> "BanelRunner":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
 
 def run_banel(model: GenerativeModel, prior_params: Params, oracle: Oracle,
               config: BanelConfig, seeds: Sequence[int] = (0,), **kwargs: Any
               ) -> RunResult:
   """Runs BaNEL to the end of its budget; see :class:`BanelRunner` for arguments.
+
+  With ``run_dir=...`` the run checkpoints every round and resumes when rerun
+  with the same directory (see :class:`BanelRunner`).
 
   Example:
     >>> from banel_jax import BanelConfig, run_banel

@@ -87,6 +87,11 @@ def parse_args(argv=None):
   p.add_argument("--pretrained-samples", type=int, default=None,
                  help="samples for the pretrained attacker's rate (>= 200,000 for a "
                  "tight interval near 1e-4).")
+  p.add_argument("--calibration", default="results/addition_calibration.json",
+                 help="reuse the pretrained rate measured by scripts/calibrate_attack.py "
+                 "(200,704 samples) when this JSON was made from the same "
+                 "checkpoints (same directories and training steps); pass '' to "
+                 "always measure it here.")
   p.add_argument("--target-dir", default=None, help="target checkpoint directory.")
   p.add_argument("--attacker-dir", default=None,
                  help="pretrained attacker checkpoint directory.")
@@ -163,6 +168,30 @@ def load_models(exp):
   return attacker, attacker_params, target_params
 
 
+def reuse_calibration(path, exp):
+  """The pretrained rate from a calibration JSON made from the same checkpoints."""
+  from banel_jax import checkpoint
+  from banel_jax.metrics import RateEstimate
+  if not path or not os.path.exists(path):
+    return None
+  with open(path) as f:
+    cal = json.load(f)
+  try:
+    same = all(
+        os.path.abspath(cal[k]["path"]) == os.path.abspath(d)
+        and cal[k]["steps"] == checkpoint.load_metadata(d).get("steps")
+        for k, d in (("target", exp.target_dir), ("attacker", exp.attacker_dir)))
+    variant = ("leading_zeros_allowed" if exp.task.allow_leading_zeros
+               else "leading_zeros_disallowed")
+    rate = cal[variant]["success"]
+  except (KeyError, TypeError):
+    return None
+  if not same:
+    return None
+  return RateEstimate(**{k: rate[k] for k in ("successes", "trials", "rate", "low",
+                                              "high")})
+
+
 def sample_in_chunks(sample_fn, params, key, n, chunk=8192):
   import jax
   out = []
@@ -197,11 +226,18 @@ def main(argv=None):
 
   # 1. The pretrained attacker's rate, measured once on many samples.
   t0 = time.perf_counter()
-  x_pre = sample_in_chunks(sample, attacker_params, pre_key, exp.pretrained_samples)
+  pre = reuse_calibration(args.calibration, exp)
+  n_pre = exp.analysis_samples if pre is not None else max(exp.pretrained_samples,
+                                                            exp.analysis_samples)
+  x_pre = sample_in_chunks(sample, attacker_params, pre_key, n_pre)
   r_pre = oracle(x_pre)
-  pre = clopper_pearson(int(r_pre.sum()), len(r_pre))
+  source = f"from {args.calibration}"
+  if pre is None:
+    pre = clopper_pearson(int(r_pre.sum()), len(r_pre))
+    source = "measured here"
   print(f"pretrained attacker: {pre.successes}/{pre.trials} = {pre.rate:.2e} "
-        f"[{pre.low:.2e}, {pre.high:.2e}] ({time.perf_counter() - t0:.0f}s)", flush=True)
+        f"[{pre.low:.2e}, {pre.high:.2e}] ({source}, {time.perf_counter() - t0:.0f}s)",
+        flush=True)
 
   # 2. BaNEL, seeds side by side.
   metrics_path = os.path.join(out, "metrics.jsonl")
@@ -219,7 +255,7 @@ def main(argv=None):
       "task": "addition_attack", "config_name": args.config,
       "task_config": _jsonable(dataclasses.asdict(task)),
       "banel_config": dataclasses.asdict(exp.banel), "seeds": list(exp.seeds),
-      "pretrained": pre.as_dict(),
+      "pretrained": pre.as_dict(), "pretrained_source": source,
       "pretrained_rate_is_lower_bound": pre.successes == 0,
       "final_success_rate": final.tolist(), "best_success_rate": best.tolist(),
       "final": summarize_over_seeds(final), "best": summarize_over_seeds(best),

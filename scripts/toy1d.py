@@ -11,9 +11,15 @@ mode, exact mode or both, and writes next to each other in ``--out``:
   (seed 0), like the paper's 1-D figure;
 * ``toy1d_success_vs_nre.png``: success rate against NRE, all seeds and modes.
 
+With ``--run-dir DIR`` each mode runs in ``DIR/<mode>`` (checkpoints, config,
+metrics and the oracle ledger): rerunning the same command after an interruption
+resumes where it stopped (the round-by-round figure then needs every round's
+state and is skipped if earlier rounds ran in another process).
+
 Example:
   python scripts/toy1d.py                 # both modes, 5 seeds (about a minute)
   python scripts/toy1d.py --tiny --mode exact
+  python scripts/toy1d.py --tiny --run-dir runs/toy1d   # resumable
 """
 
 from __future__ import annotations
@@ -60,6 +66,9 @@ def parse_args(argv=None):
                  help="fresh samples per success-rate evaluation (default 10000).")
   p.add_argument("--out", default="results/toy1d",
                  help="output folder for JSON, JSON-lines and plots.")
+  p.add_argument("--run-dir", default=None,
+                 help="resumable run: checkpoints, config, metrics and oracle ledger "
+                 "in RUN_DIR/<mode>; rerun the same command to resume.")
   p.add_argument("--no-progress", action="store_true", help="hide progress bars.")
   return p.parse_args(argv)
 
@@ -80,39 +89,43 @@ def build_experiment(args) -> toy_configs.Toy1DExperiment:
 
 
 def run_mode(exp: toy_configs.Toy1DExperiment, mode: str, out: str,
-             progress: bool) -> dict:
+             progress: bool, run_dir: str | None = None) -> dict:
   import jax
   task = exp.task
   cfg: BanelConfig = exp.banel.replace(mode=mode)
-  snapshots: list[list[dict]] = []  # [round][seed] -> pmfs
+  snapshots: dict[int, list[dict]] = {}  # round -> [seed] -> pmfs
 
-  def snap(runner):
+  def snap(runner, round_index):
     states = runner.states
     per_seed = []
     for s in range(len(exp.seeds)):
       one = jax.tree.map(lambda a: a[s], states)
       per_seed.append(toy1d.distributions(task, one))
-    snapshots.append(per_seed)
+    snapshots[round_index] = per_seed
 
   def on_round(runner, record):
-    snap(runner)
+    snap(runner, record["round"])
     exact = [task.exact_success_rate(np.log(np.maximum(d["proposal" if mode ==
                                                          "distilled" else
                                                          "posterior"], 1e-300)))
-             for d in snapshots[-1]]
+             for d in snapshots[record["round"]]]
     record["exact_success_rate"] = exact
 
   metrics_path = os.path.join(out, f"metrics_{mode}.jsonl")
-  if os.path.exists(metrics_path):
-    os.remove(metrics_path)
+  if run_dir is None and os.path.exists(metrics_path):
+    os.remove(metrics_path)  # with a run dir, the runner rewrites it on resume
   t0 = time.perf_counter()
   runner = BanelRunner(task.model(), task.prior_params(), task.oracle, cfg,
                        exp.seeds, metrics_path=metrics_path, progress=progress,
-                       on_round=on_round)
+                       on_round=on_round,
+                       run_dir=None if run_dir is None else os.path.join(run_dir, mode),
+                       extra_config={"task": task})
   result = runner.run()
+  runner.close()
   wall = time.perf_counter() - t0
 
-  prior_rate = task.exact_success_rate(np.log(snapshots[0][0]["prior"]))
+  prior_rate = task.exact_success_rate(np.log(snapshots[0][0]["prior"]) if 0 in
+                                       snapshots else np.asarray(task.prior_logits()))
   final = result.final_success_rates()
   best = result.best_success_rates()
   final_exact = result.history[-1]["exact_success_rate"]
@@ -139,12 +152,18 @@ def run_mode(exp: toy_configs.Toy1DExperiment, mode: str, out: str,
     json.dump(summary, f, indent=1)
 
   from banel_jax import plotting
-  n_rounds = len(snapshots) - 1
+  n_rounds = result.history[-1]["round"]
   rounds = sorted({0, 1, 2, min(4, n_rounds), n_rounds // 2, n_rounds})
-  fig = plotting.plot_toy_rounds(
-      task.centres, [s[0] for s in snapshots], rounds, task.target_bins,
-      title=f"BaNEL ({mode}), seed {exp.seeds[0]}: prior, failure model, posterior")
-  fig.savefig(os.path.join(out, f"toy1d_rounds_{mode}.png"), dpi=110)
+  if all(r in snapshots for r in range(n_rounds + 1)):
+    fig = plotting.plot_toy_rounds(
+        task.centres, [snapshots[r][0] for r in range(n_rounds + 1)], rounds,
+        task.target_bins,
+        title=f"BaNEL ({mode}), seed {exp.seeds[0]}: prior, failure model, posterior")
+    fig.savefig(os.path.join(out, f"toy1d_rounds_{mode}.png"), dpi=110)
+  else:
+    print(f"{mode}: resumed run; round-by-round figure skipped (rounds "
+          f"{min(snapshots, default=n_rounds + 1) - 1} and earlier ran in another "
+          "process)")
   return summary
 
 
@@ -155,7 +174,8 @@ def main(argv=None):
   exp = build_experiment(args)
   os.makedirs(args.out, exist_ok=True)
   modes = ["distilled", "exact"] if args.mode == "both" else [args.mode]
-  summaries = {m: run_mode(exp, m, args.out, not args.no_progress) for m in modes}
+  summaries = {m: run_mode(exp, m, args.out, not args.no_progress, args.run_dir)
+               for m in modes}
 
   import matplotlib.pyplot as plt
   from banel_jax import plotting
