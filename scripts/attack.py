@@ -100,6 +100,10 @@ def parse_args(argv=None):
                  "a checkpoint is missing.")
   p.add_argument("--out", default=None,
                  help="output folder (default results/attack_<config>).")
+  p.add_argument("--run-dir", default=None,
+                 help="resumable run directory (orbax checkpoints every round, the "
+                 "oracle ledger, metrics); rerun the same command to resume after "
+                 "a crash or kill without re-asking any paid-for query.")
   p.add_argument("--no-analysis", action="store_true",
                  help="skip the pattern analysis and the rule-based attacks.")
   p.add_argument("--no-progress", action="store_true", help="hide progress bars.")
@@ -243,8 +247,13 @@ def main(argv=None):
   metrics_path = os.path.join(out, "metrics.jsonl")
   if os.path.exists(metrics_path):
     os.remove(metrics_path)
+  from banel_jax.checkpoint import config_to_dict
   runner = BanelRunner(model, attacker_params, oracle, exp.banel, exp.seeds,
-                       metrics_path=metrics_path, progress=not args.no_progress)
+                       metrics_path=metrics_path, progress=not args.no_progress,
+                       run_dir=args.run_dir,
+                       extra_config={"task": config_to_dict(task),
+                                     "target_dir": exp.target_dir,
+                                     "attacker_dir": exp.attacker_dir})
   t_run = time.perf_counter()
   result = runner.run()
   wall = time.perf_counter() - t_run
