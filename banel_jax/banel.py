@@ -125,7 +125,8 @@ def make_banel(model: GenerativeModel, config: BanelConfig) -> Banel:
     if config.mode == "exact":
       return posterior.sample_posterior_by_rejection(
           model, state.prior_params, state.regions, key, n,
-          batch_size=config.exact_batch_size, max_batches=config.exact_max_batches)
+          batch_size=config.exact_batch_size, max_batches=config.exact_max_batches,
+          region_strategy=config.region_strategy)
     x = model.sample(state.proposal.params, key, n)
     one = jnp.asarray(n, jnp.int32)
     return x, posterior.PosteriorSampleInfo(n_filled=one, n_drawn=one, n_accepted=one)

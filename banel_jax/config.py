@@ -53,6 +53,10 @@ class BanelConfig:
       distillation set; by default they are only recorded and reported.
     max_regions: capacity of the region bank (static); ``0`` derives it from
       ``ceil(nre_budget / samples_per_round)``.
+    region_strategy: how a batch is tested against the union of the regions:
+      ``"vmap"`` (every slot in one fused vmapped call; best for small models)
+      or ``"loop"`` (only the filled slots, one at a time; memory of a single
+      region, for transformers and other large models).
     n_eval: fresh samples scored (counted apart from the NRE) per evaluation.
     eval_every: evaluate every this many rounds (and always after the last round).
   """
@@ -78,6 +82,7 @@ class BanelConfig:
   min_acceptance_rate: float = 1e-4
   learn_from_successes: bool = False
   max_regions: int = 0
+  region_strategy: Literal["vmap", "loop"] = "vmap"
   n_eval: int = 10_000
   eval_every: int = 1
 
@@ -115,6 +120,8 @@ def validate_config(c: BanelConfig) -> None:
            "expected 'factor' or 'calibrated'")
   _require(c.failure_init in ("proposal", "scratch"), "failure_init", c.failure_init,
            "expected 'proposal' or 'scratch'")
+  _require(c.region_strategy in ("vmap", "loop"), "region_strategy",
+           c.region_strategy, "expected 'vmap' or 'loop'")
   for name in ("nre_budget", "samples_per_round", "calibration_samples",
                "failure_epochs", "failure_batch_size", "distill_samples",
                "distill_epochs", "distill_batch_size", "exact_batch_size",

@@ -44,7 +44,7 @@ def make_distiller(model: GenerativeModel, config: BanelConfig) -> Distiller:
               extra_w: jax.Array | None = None):
     sample_key, train_key = jax.random.split(key)
     x = model.sample(proposal.params, sample_key, n)
-    accept = ~rejection_mask(model, bank, x)
+    accept = ~rejection_mask(model, bank, x, config.region_strategy)
     weights = accept.astype(jnp.float32)
     if extra_x is not None:
       x = jnp.concatenate([x, extra_x.astype(x.dtype)], axis=0)

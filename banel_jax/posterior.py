@@ -132,12 +132,35 @@ def region_log_ratios(model: GenerativeModel, bank: RegionBank, x: Samples) -> j
       model, bank.proposal_params, bank.failure_params, x, bank.log_norm)
 
 
-def rejection_mask(model: GenerativeModel, bank: RegionBank, x: Samples) -> jax.Array:
-  """``bool[batch]``: true where ``x`` lies in the union of the bank's regions."""
+def rejection_mask(model: GenerativeModel, bank: RegionBank, x: Samples,
+                   strategy: str = "vmap") -> jax.Array:
+  """``bool[batch]``: true where ``x`` lies in the union of the bank's regions.
+
+  Args:
+    model: the model family of the stored params.
+    bank: the regions.
+    x: ``[batch, *event_shape]`` samples.
+    strategy: ``"vmap"`` evaluates every slot of the bank in one fused, vmapped
+      call (fastest for small models; memory grows with ``capacity * batch``);
+      ``"loop"`` visits only the filled slots, one at a time, in a
+      ``lax.fori_loop`` (memory of one region; compute grows with the regions
+      actually stored — use it for large models). Both give the same mask.
+  """
   chex.assert_rank(x, 1 + len(model.event_shape))
-  lr = region_log_ratios(model, bank, x)
-  inside = bank.valid[:, None] & (lr < bank.log_tau[:, None])
-  return jnp.any(inside, axis=0)
+  if strategy == "vmap":
+    lr = region_log_ratios(model, bank, x)
+    inside = bank.valid[:, None] & (lr < bank.log_tau[:, None])
+    return jnp.any(inside, axis=0)
+  if strategy != "loop":
+    raise ValueError(f"strategy must be 'vmap' or 'loop', got {strategy!r}")
+
+  def body(i, inside):
+    slot = lambda stack: jax.lax.dynamic_index_in_dim(stack, i, 0, keepdims=False)
+    lr = log_ratio(model, jax.tree.map(slot, bank.proposal_params),
+                   jax.tree.map(slot, bank.failure_params), x, slot(bank.log_norm))
+    return inside | (slot(bank.valid) & (lr < slot(bank.log_tau)))
+
+  return jax.lax.fori_loop(0, bank.size, body, jnp.zeros((x.shape[0],), bool))
 
 
 class PosteriorSampleInfo(NamedTuple):
@@ -160,7 +183,8 @@ class PosteriorSampleInfo(NamedTuple):
 
 def sample_posterior_by_rejection(model: GenerativeModel, prior_params: Params,
                                   bank: RegionBank, key: PRNGKey, n: int, *,
-                                  batch_size: int, max_batches: int
+                                  batch_size: int, max_batches: int,
+                                  region_strategy: str = "vmap"
                                   ) -> tuple[Samples, PosteriorSampleInfo]:
   """Exact samples of ``p_post ∝ p_0 * 1[x not in R]`` by rejection from ``p_0``.
 
@@ -185,7 +209,7 @@ def sample_posterior_by_rejection(model: GenerativeModel, prior_params: Params,
   def body(carry):
     i, filled, buf, n_drawn, n_acc = carry
     cand = model.sample(prior_params, jax.random.fold_in(key, i), batch_size)
-    acc = ~rejection_mask(model, bank, cand)
+    acc = ~rejection_mask(model, bank, cand, region_strategy)
     pos = filled + jnp.cumsum(acc.astype(jnp.int32)) - 1
     dest = jnp.where(acc & (pos < n), pos, n)  # n is out of bounds: dropped
     buf = buf.at[dest].set(cand, mode="drop")

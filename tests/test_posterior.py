@@ -424,3 +424,22 @@ def test_exact_mode_stores_log_acceptance_as_log_norm(exact_run):
   assert clear.sum() >= K - 2
   np.testing.assert_array_equal(got[clear], inside.any(0)[clear])
   assert inside[1].any()  # region 1 is not empty
+
+
+def test_loop_strategy_equals_vmap_strategy():
+  """Visiting only the filled slots in a loop gives the fused vmap's mask."""
+  k = 9
+  model = make_tabular_model(k)
+  keys = jax.random.split(jax.random.key(42), 6)
+  bank = empty_region_bank({"logits": jnp.zeros(k)}, capacity=5)
+  for i in range(3):  # 3 of 5 slots filled
+    bank = add_region(
+        bank, {"logits": jax.random.normal(keys[2 * i], (k,))},
+        {"logits": jax.random.normal(keys[2 * i + 1], (k,))}, log_tau=-0.1 * i)
+  xs = jnp.arange(k, dtype=jnp.int32)
+  fused = rejection_mask(model, bank, xs, "vmap")
+  looped = jax.jit(lambda b, x: rejection_mask(model, b, x, "loop"))(bank, xs)
+  np.testing.assert_array_equal(np.asarray(fused), np.asarray(looped))
+  assert 0 < int(fused.sum()) < k  # a mask with both kinds of bins
+  with pytest.raises(ValueError, match="strategy"):
+    rejection_mask(model, bank, xs, "bogus")

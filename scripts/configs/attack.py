@@ -44,7 +44,8 @@ class AttackExperiment:
       failure_learning_rate=1e-3,
       distill_samples=2048, distill_epochs=2, distill_batch_size=256,
       distill_learning_rate=1e-3, distill_reset=False,
-      n_eval=10_000, eval_every=5, min_acceptance_rate=1e-4)
+      n_eval=10_000, eval_every=5, min_acceptance_rate=1e-4,
+      region_strategy="loop")
   seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
   target_dir: str = "checkpoints/target"
   attacker_dir: str = "checkpoints/attacker"
