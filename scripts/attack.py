@@ -156,20 +156,12 @@ def ensure_checkpoints(exp, train_missing: bool):
 
 
 def load_models(exp):
-  import jax
-
-  from banel_jax import checkpoint
   from banel_jax.models import transformer as tfm
   from banel_jax.tasks import addition
 
-  task = exp.task
-  target = addition.make_target(task)
-  attacker = tfm.make_transformer(task.attacker)
-  target_params, _ = checkpoint.load_params(
-      exp.target_dir, like=jax.eval_shape(target.model.init, jax.random.key(0)))
-  attacker_params, _ = checkpoint.load_params(
-      exp.attacker_dir, like=jax.eval_shape(attacker.model.init, jax.random.key(0)))
-  return attacker, attacker_params, target_params
+  target_params, _, _ = addition.load_target(exp.target_dir)
+  attacker_params, _, _ = addition.load_attacker(exp.attacker_dir)
+  return tfm.make_transformer(exp.task.attacker), attacker_params, target_params
 
 
 def reuse_calibration(path, exp):

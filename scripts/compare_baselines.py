@@ -178,7 +178,6 @@ def toy_setup(exp) -> TaskSetup:
 def addition_setup(exp) -> TaskSetup:
   import jax
 
-  from banel_jax import checkpoint
   from banel_jax.baselines import one_hot_features, token_id_mask
   from banel_jax.models import transformer as tfm
   from banel_jax.tasks import addition
@@ -187,12 +186,9 @@ def addition_setup(exp) -> TaskSetup:
   for d in (exp.target_dir, exp.attacker_dir):
     if not os.path.isdir(d):
       raise SystemExit(f"no checkpoint at {d}: train it first (see scripts/attack.py)")
-  target = addition.make_target(task)
   attacker = tfm.make_transformer(task.attacker)
-  target_params, _ = checkpoint.load_params(
-      exp.target_dir, like=jax.eval_shape(target.model.init, jax.random.key(0)))
-  attacker_params, _ = checkpoint.load_params(
-      exp.attacker_dir, like=jax.eval_shape(attacker.model.init, jax.random.key(0)))
+  target_params, _, _ = addition.load_target(exp.target_dir)
+  attacker_params, _, _ = addition.load_attacker(exp.attacker_dir)
 
   def malformed(x):
     return ~addition.is_well_formed(np.asarray(x), task.max_operand_len,
