@@ -160,6 +160,7 @@ def make_banel(model: GenerativeModel, config: BanelConfig) -> Banel:
     # 3. Next proposal.
     proposal = state.proposal
     metrics = {"distill_accept_rate": jnp.asarray(jnp.nan, jnp.float32),
+               "distill_ess": jnp.asarray(jnp.nan, jnp.float32),
                "distill_loss": jnp.asarray(jnp.nan, jnp.float32)}
     if config.mode == "distilled":
       extra_x = extra_w = None

@@ -44,6 +44,14 @@ class BanelConfig:
     distill_batch_size: minibatch size of distillation.
     distill_learning_rate: Adam learning rate of distillation.
     distill_reset: restart distillation from the pretrained params every round.
+    distill_target: what distillation fits. ``"proposal"`` (paper's Algorithm 2):
+      the current proposal's samples outside the regions, equally weighted.
+      ``"posterior"``: the same samples importance-weighted by
+      ``p_theta_0(x) / p_theta(x)`` (self-normalised, truncated at
+      ``sqrt(n_accepted)`` times their mean), so the fit aims at the exploration
+      posterior ``p_theta_0(x) * 1[x not in R]`` itself and a proposal's fitting
+      errors (e.g. drift onto strings the pretrained model never writes) do not
+      compound from round to round.
     exact_batch_size: candidates drawn per rejection-sampling batch (exact mode).
     exact_max_batches: most candidate batches drawn per request (exact mode).
     min_acceptance_rate: floor on the posterior's acceptance rate; below it a
@@ -77,6 +85,7 @@ class BanelConfig:
   distill_batch_size: int = 256
   distill_learning_rate: float = 0.1
   distill_reset: bool = False
+  distill_target: Literal["proposal", "posterior"] = "proposal"
   exact_batch_size: int = 4096
   exact_max_batches: int = 1024
   min_acceptance_rate: float = 1e-4
@@ -120,6 +129,8 @@ def validate_config(c: BanelConfig) -> None:
            "expected 'factor' or 'calibrated'")
   _require(c.failure_init in ("proposal", "scratch"), "failure_init", c.failure_init,
            "expected 'proposal' or 'scratch'")
+  _require(c.distill_target in ("proposal", "posterior"), "distill_target",
+           c.distill_target, "expected 'proposal' or 'posterior'")
   _require(c.region_strategy in ("vmap", "loop"), "region_strategy",
            c.region_strategy, "expected 'vmap' or 'loop'")
   for name in ("nre_budget", "samples_per_round", "calibration_samples",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -27,7 +28,9 @@ def make_distiller(model: GenerativeModel, config: BanelConfig) -> Distiller:
   """Returns ``distill(proposal, prior_params, bank, key, extra_x, extra_w)``.
 
   ``distill`` draws ``config.distill_samples`` samples from the current proposal
-  (no reward evaluations), weights those inside the bank's regions by 0, and
+  (no reward evaluations), weights those inside the bank's regions by 0 (and, when
+  ``config.distill_target == "posterior"``, the others by truncated importance
+  weights ``p_theta_0(x) / p_theta(x)``, see :func:`posterior_weights`), and
   fine-tunes by weighted maximum likelihood — from the current params, or from
   ``prior_params`` when ``config.distill_reset``. The optimizer state restarts
   each round. ``extra_x``/``extra_w`` (may be ``None``) join the training set, e.g.
@@ -35,7 +38,8 @@ def make_distiller(model: GenerativeModel, config: BanelConfig) -> Distiller:
 
   Returns of ``distill``:
     ``(proposal, metrics)``; ``metrics["distill_accept_rate"]`` is the fraction
-    of drawn samples outside the regions.
+    of drawn samples outside the regions and ``metrics["distill_ess"]`` the
+    effective sample size ``(sum w)^2 / sum w^2`` of the training weights.
   """
   n = config.distill_samples
 
@@ -46,6 +50,9 @@ def make_distiller(model: GenerativeModel, config: BanelConfig) -> Distiller:
     x = model.sample(proposal.params, sample_key, n)
     accept = ~rejection_mask(model, bank, x, config.region_strategy)
     weights = accept.astype(jnp.float32)
+    if config.distill_target == "posterior":
+      weights = posterior_weights(model.log_prob(prior_params, x),
+                                  model.log_prob(proposal.params, x), accept)
     if extra_x is not None:
       x = jnp.concatenate([x, extra_x.astype(x.dtype)], axis=0)
       weights = jnp.concatenate([weights, extra_w.astype(jnp.float32)], axis=0)
@@ -55,7 +62,47 @@ def make_distiller(model: GenerativeModel, config: BanelConfig) -> Distiller:
                                      epochs=config.distill_epochs,
                                      batch_size=config.distill_batch_size)
     metrics = {"distill_accept_rate": jnp.mean(accept.astype(jnp.float32)),
+               "distill_ess": effective_sample_size(weights),
                "distill_loss": losses[-1].mean()}
     return state, metrics
 
   return distill
+
+
+def posterior_weights(prior_log_prob: jax.Array, proposal_log_prob: jax.Array,
+                      accept: jax.Array) -> jax.Array:
+  """Truncated self-normalised importance weights toward the exploration posterior.
+
+  Samples ``x_i ~ p_theta`` outside the regions (``accept``) get weights
+  proportional to ``p_theta_0(x_i) / p_theta(x_i)``, so that weighted maximum
+  likelihood targets ``p_theta_0(x) * 1[x not in R]``. Weights are scaled to mean
+  1 over the accepted samples and capped at ``sqrt(n_accepted)`` (truncated
+  importance sampling, Ionides 2008), which bounds the variance a single sample
+  the proposal rarely draws could add. Rejected samples, and samples with a
+  non-finite log ratio, get weight 0.
+
+  Args:
+    prior_log_prob: ``f32[N]`` ``log p_theta_0(x)``.
+    proposal_log_prob: ``f32[N]`` ``log p_theta(x)`` of the proposal that drew x.
+    accept: ``bool[N]`` samples outside every region.
+
+  Returns:
+    ``f32[N]`` non-negative weights, mean 1 over the accepted samples (before
+    truncation); all 0 when nothing is accepted.
+  """
+  chex.assert_equal_shape([prior_log_prob, proposal_log_prob, accept])
+  log_w = prior_log_prob - proposal_log_prob
+  keep = accept & jnp.isfinite(log_w)
+  log_w = jnp.where(keep, log_w, -jnp.inf)
+  n_keep = jnp.sum(keep.astype(jnp.float32))
+  # logsumexp of an all -inf vector is -inf; guard it so the result is 0, not NaN.
+  log_total = jax.nn.logsumexp(jnp.where(keep, log_w, -1e30))
+  w = jnp.where(keep, jnp.exp(log_w - log_total) * n_keep, 0.0)
+  return jnp.minimum(w, jnp.sqrt(jnp.maximum(n_keep, 1.0)))
+
+
+def effective_sample_size(weights: jax.Array) -> jax.Array:
+  """Kish's effective sample size ``(sum w)^2 / sum w^2`` (0 for all-zero weights)."""
+  total = jnp.sum(weights)
+  return jnp.where(total > 0, total ** 2 / jnp.maximum(jnp.sum(weights ** 2),
+                                                       jnp.finfo(jnp.float32).tiny), 0.0)

@@ -169,7 +169,10 @@ class BanelRunner:
       a ``run_dir``, rewritten from the restored history when the run resumes).
     progress: show a progress bar over rounds (``tqdm``).
     on_round: optional ``callback(runner, record)`` that may add entries to the
-      round's record before it is written.
+      round's record before it is written. It may read the round's samples in
+      :attr:`round_samples`, which hold the same arrays whether the oracle
+      answered the round or a resumed run replayed it from the ledger (so
+      diagnostics computed from them do not depend on where a run was resumed).
     method: optional bundle with the same round signature as
       :class:`~banel_jax.banel.Banel` (``init(key, prior_params)``,
       ``propose(state, key, n)``, ``update(state, RoundBatch, key)``; e.g. a
@@ -222,6 +225,11 @@ class BanelRunner:
     self.metrics_path = metrics_path
     self.on_round = on_round
     self.history: list[dict] = []
+    # The samples of the round being emitted (see ``on_round``): ``"train"``
+    # ``[S, m, ...]`` and ``"train_evaluated"`` ``bool[S, m]`` (the samples the
+    # budget let the oracle score), and ``"eval"`` ``[S, n_eval, ...]`` on
+    # evaluated rounds; numpy arrays.
+    self.round_samples: dict[str, np.ndarray] = {}
     self._check_prior(prior_params)
     roots = jax.vmap(jax.random.key)(jnp.asarray(self.seeds, jnp.uint32))
     fns = _compiled(self.banel)
@@ -354,6 +362,7 @@ class BanelRunner:
     n = self.config.n_eval
     x, _ = self._sample(self._keys(self.states)["eval"], n)
     x = np.asarray(x)
+    self.round_samples["eval"] = x
     seed_index = np.repeat(np.arange(len(self.seeds)), n)
     r = self.keeper.evaluate_free(x.reshape((-1,) + x.shape[2:]), self.round,
                                   seed_index).reshape(len(self.seeds), n)
@@ -408,6 +417,7 @@ class BanelRunner:
   def evaluate_start(self):
     """Records round 0: the pretrained model's success rate (and checkpoints it)."""
     record = {"round": 0, "nre": self.keeper.spent.tolist()}
+    self.round_samples = {}
     try:
       self._record_eval(record)
     except OracleError as e:
@@ -426,10 +436,13 @@ class BanelRunner:
     exact = getattr(c, "mode", None) == "exact"
     log_norm = (jnp.log(info.acceptance_rate) if exact
                 else jnp.zeros(len(self.seeds), jnp.float32))
+    x_host = np.asarray(x)
+    self.round_samples = {}
     try:
-      rewards, evaluated = self.keeper.evaluate(np.asarray(x), t)
+      rewards, evaluated = self.keeper.evaluate(x_host, t)
     except OracleError as e:
       raise self._stopped(e) from e
+    self.round_samples.update(train=x_host, train_evaluated=evaluated)
     batch = RoundBatch(x=x, rewards=jnp.asarray(rewards),
                        evaluated=jnp.asarray(evaluated), log_norm=log_norm)
     self.states, metrics = self._update(self.states, batch, keys["update"])

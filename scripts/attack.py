@@ -78,6 +78,10 @@ def parse_args(argv=None):
                  help="distillation Adam learning rate.")
   p.add_argument("--reset", action="store_true",
                  help="restart distillation from the pretrained params each round.")
+  p.add_argument("--distill-target", choices=["proposal", "posterior"], default=None,
+                 help="what distillation fits: the current proposal outside the "
+                 "regions (paper), or the exploration posterior p_theta_0 * 1[not "
+                 "in R] through importance weights p_theta_0/p_theta (stops drift).")
   p.add_argument("--no-leading-zeros", action="store_true",
                  help="the harder variant: operands with leading zeros are malformed.")
   p.add_argument("--n-eval", type=int, default=None,
@@ -121,6 +125,7 @@ def build_experiment(args) -> attack_configs.AttackExperiment:
       "failure_learning_rate": args.failure_lr,
       "distill_samples": args.distill_samples, "distill_epochs": args.distill_epochs,
       "distill_learning_rate": args.distill_lr, "n_eval": args.n_eval,
+      "distill_target": args.distill_target,
       "eval_every": args.eval_every}.items() if v is not None}
   if args.reset:
     b["distill_reset"] = True

@@ -15,6 +15,7 @@ from flax.training import train_state
 
 from banel_jax import (BanelConfig, add_region, empty_region_bank, fit_weighted_mle,
                        make_distiller, make_failure_fitter, rejection_mask)
+from banel_jax.distill import effective_sample_size, posterior_weights
 from banel_jax.tasks.toy1d import Toy1DTask
 
 K = 11
@@ -111,8 +112,9 @@ DISTILL = dict(distill_samples=8192, distill_batch_size=1024, distill_epochs=30)
 
 
 @functools.lru_cache(maxsize=None)
-def _distiller(reset):
-  return jax.jit(make_distiller(MODEL, BanelConfig(distill_reset=reset, **DISTILL)))
+def _distiller(reset, target="proposal"):
+  return jax.jit(make_distiller(MODEL, BanelConfig(distill_reset=reset,
+                                                   distill_target=target, **DISTILL)))
 
 
 _TX = optax.adam(0.1)
@@ -159,6 +161,47 @@ def test_distill_reset_starts_from_prior():
                                        jax.random.key(0))
     np.testing.assert_array_equal(state.params["logits"], expected["logits"])
     assert float(metrics["distill_accept_rate"]) == 0.0
+
+
+def test_posterior_target_corrects_a_drifted_proposal(central_bank):
+  """From a proposal that drifted away from p0, the "proposal" target fits the
+  drifted model outside the region while the "posterior" target (importance
+  weights p0/p_theta) recovers p0 restricted to ~R, the exploration posterior."""
+  bank, mask = central_bank
+  prior = _probs(PRIOR)
+  drifted = {"logits": PRIOR["logits"] * 0.3 + 1.0}
+  target_post = np.where(mask, 0.0, prior) / prior[~mask].sum()
+  q = _probs(drifted)
+  target_drift = np.where(mask, 0.0, q) / q[~mask].sum()
+  assert np.abs(target_post - target_drift).max() > 0.1  # the two targets differ
+  fits = {}
+  for target in ("proposal", "posterior"):
+    state, metrics = _distiller(False, target)(_proposal_state(drifted), PRIOR, bank,
+                                               jax.random.key(0))
+    fits[target] = _probs(state.params)
+    assert 0 < float(metrics["distill_ess"]) <= DISTILL["distill_samples"]
+  np.testing.assert_allclose(fits["posterior"], target_post, atol=0.03)
+  np.testing.assert_allclose(fits["proposal"], target_drift, atol=0.03)
+
+
+def test_posterior_weights():
+  lp = jnp.asarray([-1.0, -2.0, -3.0, -4.0])
+  accept = jnp.asarray([True, True, False, True])
+  # proposal == prior: every accepted sample weighs 1, rejected ones 0
+  np.testing.assert_allclose(posterior_weights(lp, lp, accept), [1, 1, 0, 1])
+  # weights follow p0/p_theta, normalised to mean 1 over the accepted samples
+  w = np.asarray(posterior_weights(lp + jnp.log(jnp.asarray([1.0, 2.0, 5.0, 1.0])),
+                                   lp, accept))
+  np.testing.assert_allclose(w, np.array([1, 2, 0, 1]) * 3 / 4, rtol=1e-6)
+  # a dominant sample is truncated at sqrt(n_accepted) times the mean
+  big = posterior_weights(lp + jnp.asarray([0.0, 20.0, 0.0, 0.0]), lp, accept)
+  np.testing.assert_allclose(big[1], np.sqrt(3.0), rtol=1e-6)
+  # non-finite log ratios and all-rejected batches give weight 0, never NaN
+  nan = posterior_weights(lp.at[0].set(jnp.nan), lp, accept)
+  assert float(nan[0]) == 0.0 and np.all(np.isfinite(nan))
+  np.testing.assert_array_equal(posterior_weights(lp, lp, jnp.zeros(4, bool)), 0.0)
+  assert float(effective_sample_size(jnp.asarray([1.0, 1.0, 0.0, 1.0]))) == 3.0
+  assert float(effective_sample_size(jnp.zeros(3))) == 0.0
 
 
 # --- weighted MLE -------------------------------------------------------------------
