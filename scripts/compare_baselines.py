@@ -18,6 +18,17 @@ Writes to ``--out`` (default ``results/baselines_<task>``):
   min-max band;
 * ``tuning.json`` (with ``--tune``): every grid point of every method.
 
+With ``--run-dir DIR`` the comparison is resumable: each method runs in
+``DIR/<method>`` (orbax checkpoints every round, ``config.json``, metrics and
+the ledger of every oracle call; see the README's run-directory section), and
+writes ``DIR/<method>/result.json`` when it finishes; the pretrained rate is kept
+in ``DIR/pretrained.json`` and ``--tune``'s grid points run in
+``DIR/tune/<method>_<i>``. Rerunning the same command after a kill loads the
+finished methods (and grid points), resumes the one that was running from its
+newest checkpoint, and asks the oracle nothing its ledger already holds. The
+per-round diagnostics (distinct and malformed samples) are computed from the
+round's samples, so a replayed round records the same ones.
+
 Settings come from ``scripts/configs/baselines.py``, where the grid and the
 settings it chose are recorded; ``--tune`` reruns the grid (6 configurations per
 tuned method, on separate tuning seeds) and uses its picks.
@@ -26,6 +37,7 @@ Example:
   python scripts/compare_baselines.py --task toy1d              # ~10 minutes
   python scripts/compare_baselines.py --task toy1d --tune       # grid first
   python scripts/compare_baselines.py --task toy1d --tiny       # smoke test
+  python scripts/compare_baselines.py --task toy1d --run-dir runs/baselines_toy1d
   python scripts/compare_baselines.py --task addition           # needs checkpoints
 """
 
@@ -68,6 +80,16 @@ def parse_args(argv=None):
                  help="fresh samples per evaluation.")
   p.add_argument("--out", default=None,
                  help="output folder (default results/baselines_<task>).")
+  p.add_argument("--run-dir", default=None,
+                 help="resumable comparison: every method runs in RUN_DIR/<method> "
+                 "(checkpoints every round, the oracle ledger, metrics, and "
+                 "result.json once finished), the pretrained rate is kept in "
+                 "RUN_DIR/pretrained.json, --tune's grid points run in "
+                 "RUN_DIR/tune/<method>_<i>; rerun the same command to resume after "
+                 "a crash or kill: finished methods are loaded, the interrupted one "
+                 "resumes, and no query in a ledger is asked again. (The large "
+                 "final evaluation of the addition task is not ledgered: an "
+                 "interrupted one is redone.)")
   p.add_argument("--no-progress", action="store_true", help="hide progress bars.")
   return p.parse_args(argv)
 
@@ -244,73 +266,160 @@ def build_method(name: str, setup: TaskSetup, exp):
   return method, run
 
 
-class RoundRecorder:
-  """Oracle wrapper + ``on_round`` hook: per-round diagnostics of the samples.
+def _distinct(x: np.ndarray) -> int:
+  return int(len(np.unique(x.reshape(len(x), -1), axis=0))) if len(x) else 0
 
-  The driver calls the oracle once for the round's training samples (all seeds,
-  equal shares) and, on evaluated rounds, once for the evaluation samples, then
-  emits the round; the hook reads the calls made since the previous round.
+
+def _malformed_fraction(setup: TaskSetup, x: np.ndarray) -> float | None:
+  return float(np.mean(setup.malformed(x))) if len(x) else None
+
+
+def round_diagnostics(setup: TaskSetup, n_seeds: int) -> Callable:
+  """An ``on_round`` hook adding per-round diagnostics of the samples.
+
+  Computed from the round's samples (:attr:`BanelRunner.round_samples`), not by
+  watching the oracle, so a round replayed from a run directory's ledger gets
+  the same diagnostics as one the oracle answered:
+
+  * ``n_distinct_train``: distinct samples among each seed's scored ones;
+  * ``malformed_train``, ``malformed_eval``: malformed fraction of each seed's
+    scored / evaluation samples (tasks that define malformed samples);
+  * ``exact_success_rate``: each seed's exact rate (tasks that know it).
+
+  Args:
+    setup: the task.
+    n_seeds: seeds run side by side.
+
+  Returns:
+    ``on_round(runner, record)``.
   """
 
-  def __init__(self, oracle, n_seeds: int, setup: TaskSetup):
-    self.oracle, self.n_seeds, self.setup = oracle, n_seeds, setup
-    self.calls: list[np.ndarray] = []
-
-  def __call__(self, x):
-    self.calls.append(np.asarray(x))
-    return self.oracle(x)
-
-  def _per_seed(self, x):
-    if x.shape[0] % self.n_seeds:
-      return None
-    return np.split(x, self.n_seeds)
-
-  def on_round(self, runner, record):
+  def on_round(runner, record: dict) -> None:
     import jax
-    calls, self.calls = self.calls, []
-    if record["round"] > 0 and calls:
-      parts = self._per_seed(calls[0])
-      if parts is not None:
-        record["n_distinct_train"] = [
-            int(len(np.unique(p.reshape(len(p), -1), axis=0))) for p in parts]
-        if self.setup.malformed is not None:
-          record["malformed_train"] = [float(np.mean(self.setup.malformed(p)))
-                                       for p in parts]
-    if "success_rate" in record and calls:
-      parts = self._per_seed(calls[-1])
-      if parts is not None and self.setup.malformed is not None:
-        record["malformed_eval"] = [float(np.mean(self.setup.malformed(p)))
-                                    for p in parts]
-    if self.setup.exact_rate is not None:
+    samples = runner.round_samples
+    if "train" in samples:
+      x, scored = samples["train"], samples["train_evaluated"]
+      parts = [x[s][scored[s]] for s in range(n_seeds)]
+      record["n_distinct_train"] = [_distinct(p) for p in parts]
+      if setup.malformed is not None:
+        record["malformed_train"] = [_malformed_fraction(setup, p) for p in parts]
+    if "eval" in samples and setup.malformed is not None:
+      record["malformed_eval"] = [_malformed_fraction(setup, p)
+                                  for p in samples["eval"]]
+    if setup.exact_rate is not None:
       states = runner.states
       record["exact_success_rate"] = [
-          self.setup.exact_rate(jax.tree.map(lambda a, s=s: a[s], states))
-          for s in range(self.n_seeds)]
+          setup.exact_rate(jax.tree.map(lambda a, s=s: a[s], states))
+          for s in range(n_seeds)]
+
+  return on_round
+
+
+# Config sections of the experiment that each method reads (recorded in its run
+# directory and checked when it resumes).
+METHOD_SECTIONS = {"banel": ("banel",), "reinforce": ("reinforce",),
+                   "rnd": ("rnd", "rnd_bonus"),
+                   "pseudo_count": ("pseudo_count", "pseudo_count_bonus"),
+                   "exact_count": ("exact_count",), "unlikelihood": ("unlikelihood",),
+                   "exact_rejection": ("exact_rejection",)}
+RESULT_FILE = "result.json"
+
+
+def run_settings(name: str, setup: TaskSetup, exp, seeds, cfg) -> dict:
+  """JSON-ready description of one method's run (what its results depend on)."""
+  out = {"method": name, "task": setup.name, "task_config": _jsonable(exp.task),
+         "seeds": [int(s) for s in seeds], "run": _jsonable(cfg),
+         "sections": {k: _jsonable(getattr(exp, k))
+                      for k in METHOD_SECTIONS.get(name, ())},
+         "final_eval_samples": getattr(exp, "final_eval_samples", 0),
+         "final_eval_threshold": getattr(exp, "final_eval_threshold", None)}
+  for field in ("target_dir", "attacker_dir"):
+    if hasattr(exp, field):
+      out[field] = getattr(exp, field)
+  return out
+
+
+def _write_json_atomic(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(_jsonable(obj), f, indent=1)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _load_checked(path: str, settings: dict, what: str) -> Any:
+  """``path``'s ``"result"`` if its ``"settings"`` equal ``settings``; else None
+  when missing, and a :class:`RunDirError` naming the differences when not."""
+  from banel_jax.run_dir import RunDirError, diff_records
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    saved = json.load(f)
+  problems = diff_records(saved["settings"], _jsonable(settings))
+  if problems:
+    raise RunDirError(f"{path} ({what}) was written with other settings; differing "
+                      f"fields: {'; '.join(problems)}. Use a new --run-dir, or the "
+                      "original settings to resume.")
+  return saved["result"]
 
 
 def run_method(name: str, setup: TaskSetup, exp, seeds, progress: bool,
-               final_eval_only: bool = False) -> dict:
-  """Runs one method for ``seeds`` side by side; returns its history and timings."""
+               final_eval_only: bool = False, run_dir: str | None = None) -> dict:
+  """Runs one method for ``seeds`` side by side; returns its history and timings.
+
+  Args:
+    name: the method (a key of ``LABELS``).
+    setup: the task.
+    exp: the experiment config.
+    seeds: seeds run side by side.
+    progress: show a progress bar.
+    final_eval_only: evaluate only the pretrained and the final model (tuning).
+    run_dir: optional run directory of this method: the run checkpoints every
+      round and ledgers every oracle call there, and ``result.json`` is written
+      when it finishes. A directory holding a finished run returns its result
+      without running anything; one holding an unfinished run resumes it.
+
+  Raises:
+    RunDirError: ``run_dir`` holds a run of other settings.
+  """
   from banel_jax import BanelRunner
   method, cfg = build_method(name, setup, exp)
   if final_eval_only:
     rounds = -(-cfg.nre_budget // cfg.samples_per_round)
     cfg = dataclasses.replace(cfg, eval_every=rounds + 1)
-  recorder = RoundRecorder(setup.oracle, len(seeds), setup)
+  settings = run_settings(name, setup, exp, seeds, cfg)
+  result_path = None if run_dir is None else os.path.join(run_dir, RESULT_FILE)
+  if result_path is not None:
+    done = _load_checked(result_path, settings, f"{LABELS[name]}'s result")
+    if done is not None:
+      return {**done, "loaded_from": result_path}
   t0 = time.perf_counter()
-  runner = BanelRunner(setup.model, setup.prior_params, recorder, cfg, seeds,
-                       method=method, progress=progress, on_round=recorder.on_round)
-  result = runner.run()
-  wall = time.perf_counter() - t0
-  large = None
-  n_large = getattr(exp, "final_eval_samples", 0)
-  if n_large and min(result.final_success_rates()) < exp.final_eval_threshold:
-    large = large_evaluation(runner, setup, n_large, cfg.n_eval)
-  return {"history": result.history, "wall_time_s": wall, "final_large_eval": large,
-          "nre_spent": result.nre_spent, "eval_calls": result.eval_calls,
-          "n_successes_found_in_training": len(result.successes),
-          "final_success_rate": result.final_success_rates(),
-          "best_success_rate": result.best_success_rates()}
+  runner = BanelRunner(setup.model, setup.prior_params, setup.oracle, cfg, seeds,
+                       method=method, progress=progress,
+                       on_round=round_diagnostics(setup, len(seeds)),
+                       run_dir=run_dir,
+                       extra_config=None if run_dir is None else {
+                           "comparison": settings})
+  t_open = time.perf_counter()
+  try:
+    result = runner.run()
+    large = None
+    n_large = getattr(exp, "final_eval_samples", 0)
+    if n_large and min(result.final_success_rates()) < exp.final_eval_threshold:
+      large = large_evaluation(runner, setup, n_large, cfg.n_eval)
+  finally:
+    runner.close()
+  # the run's own wall time (summed over resumed processes) and this opening
+  wall = result.wall_time_s + (t_open - t0)
+  out = {"history": result.history, "wall_time_s": wall, "final_large_eval": large,
+         "nre_spent": result.nre_spent, "eval_calls": result.eval_calls,
+         "n_successes_found_in_training": len(result.successes),
+         "final_success_rate": result.final_success_rates(),
+         "best_success_rate": result.best_success_rates()}
+  if result_path is not None:
+    _write_json_atomic(result_path, {"settings": settings, "result": out})
+  return out
 
 
 def large_evaluation(runner, setup: TaskSetup, n: int, chunk: int) -> list[dict]:
@@ -361,6 +470,28 @@ def measure_pretrained(setup: TaskSetup, n: int, m: int, seed: int = 10_000) -> 
   return out
 
 
+PRETRAINED_FILE = "pretrained.json"
+
+
+def pretrained_rate(setup: TaskSetup, exp, run_dir: str | None = None) -> dict:
+  """:func:`measure_pretrained` at the experiment's settings; with ``run_dir``,
+  measured once and kept in ``run_dir/pretrained.json`` (a rerun loads it)."""
+  settings = {"task": setup.name, "task_config": _jsonable(exp.task),
+              "samples": exp.pretrained_samples, "m": exp.run.samples_per_round}
+  for field in ("target_dir", "attacker_dir"):
+    if hasattr(exp, field):
+      settings[field] = getattr(exp, field)
+  path = None if run_dir is None else os.path.join(run_dir, PRETRAINED_FILE)
+  if path is not None:
+    done = _load_checked(path, settings, "the pretrained rate")
+    if done is not None:
+      return done
+  out = measure_pretrained(setup, exp.pretrained_samples, exp.run.samples_per_round)
+  if path is not None:
+    _write_json_atomic(path, {"settings": settings, "result": out})
+  return out
+
+
 # ---------------------------------------------------------------------------
 # Tuning.
 
@@ -370,8 +501,13 @@ def grid_points(axes) -> list[dict]:
   return [dict(zip(names, vals)) for vals in itertools.product(*[v for _, v in axes])]
 
 
-def tune(setup: TaskSetup, exp, methods, progress: bool) -> tuple[Any, dict]:
-  """Runs every method's grid on the tuning seeds; returns the picks applied."""
+def tune(setup: TaskSetup, exp, methods, progress: bool,
+         run_dir: str | None = None) -> tuple[Any, dict]:
+  """Runs every method's grid on the tuning seeds; returns the picks applied.
+
+  With ``run_dir``, grid point ``i`` of a method runs (resumably) in
+  ``run_dir/tune/<method>_<i>``.
+  """
   record = {"seeds": list(exp.tuning_seeds), "criterion": "mean final success rate",
             "methods": {}}
   chosen = exp
@@ -379,14 +515,18 @@ def tune(setup: TaskSetup, exp, methods, progress: bool) -> tuple[Any, dict]:
     if name not in methods:
       continue
     points = []
-    for overrides in grid_points(axes):
+    for i, overrides in enumerate(grid_points(axes)):
+      point_dir = (None if run_dir is None
+                   else os.path.join(run_dir, "tune", f"{name}_{i}"))
       res = run_method(name, setup, apply_overrides(exp, overrides), exp.tuning_seeds,
-                       progress, final_eval_only=True)
+                       progress, final_eval_only=True, run_dir=point_dir)
       final = res["final_success_rate"]
       points.append({"overrides": overrides, "final_success_rate": final,
                      "mean": float(np.mean(final)), "wall_time_s": res["wall_time_s"]})
       print(f"  tune {LABELS[name]:15s} {overrides} -> {np.mean(final):.4f} "
-            f"({res['wall_time_s']:.0f}s)", flush=True)
+            f"({res['wall_time_s']:.0f}s"
+            + ("; finished earlier, loaded)" if "loaded_from" in res else ")"),
+            flush=True)
     best = max(points, key=lambda p: p["mean"])
     record["methods"][name] = {"grid": [[a, list(v)] for a, v in axes],
                                "points": points, "chosen": best["overrides"]}
@@ -545,15 +685,17 @@ def main(argv=None):
   progress = not args.no_progress
   t_start = time.perf_counter()
 
+  if args.run_dir is not None:
+    os.makedirs(args.run_dir, exist_ok=True)
+
   tuning = None
   if args.tune:
     print(f"tuning on seeds {list(exp.tuning_seeds)} ...", flush=True)
-    exp, tuning = tune(setup, exp, methods, progress)
+    exp, tuning = tune(setup, exp, methods, progress, args.run_dir)
     with open(os.path.join(out, "tuning.json"), "w") as f:
       json.dump(_jsonable(tuning), f, indent=1)
 
-  pretrained = measure_pretrained(setup, exp.pretrained_samples,
-                                  exp.run.samples_per_round)
+  pretrained = pretrained_rate(setup, exp, args.run_dir)
   print(f"pretrained: {pretrained['rate']:.4g} on {exp.pretrained_samples} samples",
         flush=True)
   runs, rows = {}, []
@@ -561,10 +703,14 @@ def main(argv=None):
     if name == "pretrained":
       continue
     print(f"running {LABELS[name]} ...", flush=True)
-    runs[name] = run_method(name, setup, exp, exp.seeds, progress)
+    method_dir = None if args.run_dir is None else os.path.join(args.run_dir, name)
+    runs[name] = run_method(name, setup, exp, exp.seeds, progress, run_dir=method_dir)
     rows.append(summarize_run(name, runs[name], pretrained, exp))
+    loaded = runs[name].get("loaded_from")
     print(f"  final {np.round(runs[name]['final_success_rate'], 4).tolist()} "
-          f"({runs[name]['wall_time_s']:.0f}s)", flush=True)
+          f"({runs[name]['wall_time_s']:.0f}s)"
+          + (f"; finished earlier, loaded from {loaded}" if loaded else ""),
+          flush=True)
 
   table = markdown_table(rows, pretrained, exp, args.task)
   summary = {"task": args.task, "config": _jsonable(exp), "methods": methods,

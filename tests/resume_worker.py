@@ -17,6 +17,10 @@ wait there to be killed with SIGKILL by the test:
 The test oracle appends every call to a JSON-lines log *when the call returns*:
 an evaluation counts as made only once its result was handed back (a process
 killed inside a call made none, and the resumed run asks again).
+
+``run_comparison`` is one process of ``test_baselines_resume.py``: the main of
+``scripts/compare_baselines.py`` with that logging oracle, pausing inside its
+k-th oracle call. ``kill_when_paused`` waits for a process to pause and kills it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import time
 
@@ -153,18 +159,21 @@ def read_log(path: str) -> list[dict]:
 
 
 class LoggingOracle:
-  """The toy's oracle; logs each call when it returns.
+  """An oracle (default the toy's) that logs each call when it returns.
 
   Args:
     log_path: JSON-lines file of completed calls (``{"pid", "queries"}``).
     pause_at: pause (forever) inside this process's ``pause_at``-th call.
     on_pause: called to pause.
+    oracle: the oracle answering the calls (default ``TASK.oracle``).
   """
 
-  def __init__(self, log_path: str, pause_at: int | None = None, on_pause=None):
+  def __init__(self, log_path: str, pause_at: int | None = None, on_pause=None,
+               oracle=None):
     self.log_path = log_path
     self.pause_at = pause_at
     self.on_pause = on_pause
+    self.oracle = TASK.oracle if oracle is None else oracle
     self.calls = 0
 
   def __call__(self, x):
@@ -172,7 +181,7 @@ class LoggingOracle:
     if self.calls == self.pause_at:
       self.on_pause()
     x = np.asarray(x)
-    r = TASK.oracle(x)
+    r = self.oracle(x)
     _append_line(self.log_path, {"pid": os.getpid(), "queries": x.tolist()})
     return r
 
@@ -276,3 +285,49 @@ def run_all_success(out: str, cache_dir: str) -> None:
                "n_successes": len(result.successes),
                "valid": np.asarray(result.states.regions.valid).tolist(),
                "size": np.asarray(result.states.regions.size).tolist()}, f)
+
+
+# --- scripts/compare_baselines.py as a run process ------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_comparison(argv: list[str], oracle_log: str, pause_at: int | None,
+                   marker: str, cache_dir: str) -> None:
+  """``compare_baselines.py argv`` in this process, with the task's oracle
+  wrapped in a :class:`LoggingOracle` that pauses inside its ``pause_at``-th
+  call (``None``: run to the end)."""
+  _use_cache(cache_dir)
+  if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+  from scripts import compare_baselines
+
+  def with_logging(make_setup):
+    def make(exp):
+      setup = make_setup(exp)
+      return setup._replace(oracle=LoggingOracle(
+          oracle_log, pause_at, lambda: _pause_forever(marker), oracle=setup.oracle))
+    return make
+
+  compare_baselines.SETUPS = {k: with_logging(v)
+                              for k, v in compare_baselines.SETUPS.items()}
+  compare_baselines.main(argv)
+
+
+def kill_when_paused(process, marker, what: str, wait_s: float) -> None:
+  """Waits until ``process`` wrote ``marker`` (it paused), then SIGKILLs it.
+
+  Fails the test if the process exits first or does not pause in ``wait_s``.
+  """
+  import pytest
+  deadline = time.monotonic() + wait_s
+  while not os.path.exists(marker):
+    if not process.is_alive():
+      pytest.fail(f"{what} exited (code {process.exitcode}) before pausing")
+    if time.monotonic() > deadline:
+      process.kill()
+      pytest.fail(f"{what} did not pause in {wait_s} s")
+    time.sleep(0.02)
+  os.kill(process.pid, signal.SIGKILL)
+  process.join(30)
+  assert process.exitcode == -signal.SIGKILL, (what, process.exitcode)

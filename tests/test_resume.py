@@ -20,9 +20,7 @@ random budgets, batch sizes and crash points (in-process, with the stub method).
 
 import json
 import os
-import signal
 import tempfile
-import time
 
 import numpy as np
 import pytest
@@ -83,17 +81,8 @@ def test_sigkill_at_13_moments_then_resume_equals_uninterrupted_run(tmp_path):
     p = ctx.Process(target=resume_worker.run_worker,
                     args=(run_dir, log, pause, str(marker), cache, None))
     p.start()
-    deadline = time.monotonic() + WAIT_S
-    while not marker.exists():
-      if not p.is_alive():
-        pytest.fail(f"process {i} exited (code {p.exitcode}) before reaching {pause}")
-      if time.monotonic() > deadline:
-        p.kill()
-        pytest.fail(f"process {i} did not reach {pause} in {WAIT_S} s")
-      time.sleep(0.02)
-    os.kill(p.pid, signal.SIGKILL)
-    p.join(30)
-    assert p.exitcode == -signal.SIGKILL, (i, pause, p.exitcode)
+    resume_worker.kill_when_paused(p, str(marker), f"process {i} (pause {pause})",
+                                   WAIT_S)
 
   out = str(tmp_path / "final.json")
   p = ctx.Process(target=resume_worker.run_worker,
