@@ -1,0 +1,162 @@
+"""Compute scaling of the addition attack: improvement against failure-model epochs.
+
+The failure model's training epochs are BaNEL's compute knob: more epochs, same
+NRE. For each value of ``--epochs`` this runs ``scripts/attack.py`` (leading zeros
+malformed by default, the harder variant of the paper's study) as its own process,
+with the same seeds and budget, then gathers the improvement factors into one
+JSON and one plot.
+
+Writes to ``--out`` (default ``results/compute_scaling``):
+
+* ``epochs_<E>/``: each attack run's own output (``attack.json``, metrics, plot);
+* ``scaling.json``: the command, per epoch value the final and best-so-far
+  improvement per seed with mean / median / std, and wall times;
+* ``scaling.png``: improvement (final and best-so-far; mean over seeds, with each
+  seed's point) against epochs, log-x.
+
+Finished epoch values (an ``attack.json`` made with the same attack arguments) are
+reused, so a killed study resumes at the value it was on; ``--run-dir`` also
+makes each attack run itself resumable.
+
+Example:
+  python scripts/compute_scaling.py                         # 1 3 10 30, 3 seeds
+  python scripts/compute_scaling.py --epochs 1 2 3 5 10 20 50 100 --seeds 5 \\
+      --nre-budget 7500                                     # the paper's grid
+  python scripts/compute_scaling.py --epochs 1 2 --seeds 1 --nre-budget 500 \\
+      -- --config tiny                                      # smoke test
+Arguments after ``--`` go to ``scripts/attack.py`` unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--epochs", type=int, nargs="+", default=[1, 3, 10, 30],
+                 help="failure-model epochs per round to compare (default 1 3 10 30).")
+  p.add_argument("--seeds", type=int, default=3, help="seeds per epoch value.")
+  p.add_argument("--nre-budget", type=int, default=2500,
+                 help="reward evaluations per seed (the paper: 7,500).")
+  p.add_argument("--n-eval", type=int, default=10_000,
+                 help="fresh samples per success-rate evaluation.")
+  p.add_argument("--leading-zeros", action="store_true",
+                 help="allow leading zeros (default: they are malformed, as in the "
+                 "paper's compute-scaling study).")
+  p.add_argument("--out", default="results/compute_scaling", help="output folder.")
+  p.add_argument("--run-dir", default=None,
+                 help="parent of resumable run directories, one per epoch value.")
+  p.add_argument("attack_args", nargs="*",
+                 help="extra arguments for scripts/attack.py (after '--').")
+  return p.parse_args(argv)
+
+
+def attack_argv(args, epochs: int) -> list[str]:
+  argv = ["--config", "full", "--seeds", str(args.seeds), "--nre-budget",
+          str(args.nre_budget), "--n-eval", str(args.n_eval), "--failure-epochs",
+          str(epochs), "--no-analysis", "--no-progress"]
+  if not args.leading_zeros:
+    argv.append("--no-leading-zeros")
+  return argv + list(args.attack_args)
+
+
+def run_one(args, epochs: int) -> dict:
+  """Runs (or reuses) the attack with ``epochs`` failure epochs; its attack.json."""
+  out = os.path.join(args.out, f"epochs_{epochs}")
+  argv = attack_argv(args, epochs) + ["--out", out]
+  if args.run_dir:
+    argv += ["--run-dir", os.path.join(args.run_dir, f"epochs_{epochs}")]
+  done = os.path.join(out, "attack.json")
+  stamp = os.path.join(out, "argv.json")
+  if os.path.exists(done) and os.path.exists(stamp):
+    with open(stamp) as f:
+      if json.load(f) == argv:
+        print(f"epochs {epochs}: reusing {done}", flush=True)
+        with open(done) as g:
+          return json.load(g)
+  os.makedirs(out, exist_ok=True)
+  if os.path.exists(done):
+    os.remove(done)  # made with other arguments
+  print(f"epochs {epochs}: python scripts/attack.py {' '.join(argv)}", flush=True)
+  subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "attack.py")] + argv,
+                 check=True)
+  with open(stamp, "w") as f:
+    json.dump(argv, f)
+  with open(done) as f:
+    return json.load(f)
+
+
+def summarize(values) -> dict:
+  v = np.asarray(values, np.float64)
+  return {"mean": float(v.mean()), "median": float(np.median(v)),
+          "std": float(v.std()), "per_seed": v.tolist()}
+
+
+def plot(rows: list[dict], path: str, title: str):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  e = [r["failure_epochs"] for r in rows]
+  for key, color in (("improvement_final", "C0"), ("improvement_best", "C1")):
+    means = [r[key]["mean"] for r in rows]
+    ax.plot(e, means, "o-", color=color, label=key.replace("improvement_", "") +
+            " (mean over seeds)")
+    for r in rows:
+      ax.scatter([r["failure_epochs"]] * len(r[key]["per_seed"]),
+                 r[key]["per_seed"], color=color, s=10, alpha=0.4)
+  ax.axhline(1.0, color="k", ls=":", lw=1, label="pretrained")
+  ax.set_xscale("log")
+  ax.set_xlabel("failure-model epochs per round")
+  ax.set_ylabel("improvement over pretrained attacker")
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if args.seeds < 1 or args.nre_budget < 1 or not args.epochs:
+    raise SystemExit("--seeds and --nre-budget must be >= 1, --epochs non-empty")
+  if any(e < 1 for e in args.epochs):
+    raise SystemExit(f"--epochs must all be >= 1, got {args.epochs}")
+  os.makedirs(args.out, exist_ok=True)
+  rows = []
+  for epochs in args.epochs:
+    res = run_one(args, epochs)
+    rows.append({"failure_epochs": epochs,
+                 "improvement_final": summarize(res["improvement_final"]),
+                 "improvement_best": summarize(res["improvement_best"]),
+                 "final_success_rate": res["final_success_rate"],
+                 "pretrained_rate": res["pretrained"]["rate"],
+                 "wall_time_s": res["wall_time_s"]})
+    print(f"epochs {epochs}: improvement final mean "
+          f"{rows[-1]['improvement_final']['mean']:.2f}x, best-so-far mean "
+          f"{rows[-1]['improvement_best']['mean']:.2f}x", flush=True)
+  command = "python scripts/compute_scaling.py " + " ".join(
+      sys.argv[1:] if argv is None else argv)
+  with open(os.path.join(args.out, "scaling.json"), "w") as f:
+    json.dump({"command": command.strip(), "seeds": args.seeds,
+               "nre_budget": args.nre_budget,
+               "leading_zeros_allowed": args.leading_zeros, "rows": rows}, f, indent=1)
+  lz = "allowed" if args.leading_zeros else "malformed"
+  plot(rows, os.path.join(args.out, "scaling.png"),
+       f"compute scaling ({args.seeds} seeds, NRE {args.nre_budget}, leading "
+       f"zeros {lz})")
+  print(f"wrote {args.out}/")
+
+
+if __name__ == "__main__":
+  main()
