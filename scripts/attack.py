@@ -298,7 +298,7 @@ def main(argv=None):
     summary["patterns_banel_per_seed"] = per_seed
     rng = np.random.default_rng(int(jax.random.randint(rule_seed, (), 0, 2**31 - 1)))
     rules = {}
-    for rule in ("carry", "leading_zeros", "carry_leading_zeros"):
+    for rule in patterns.RULES:
       q = patterns.rule_based_queries(rng, exp.rule_samples, rule, task)
       r = oracle(q)
       rules[rule] = clopper_pearson(int(r.sum()), len(r)).as_dict()

@@ -58,6 +58,31 @@ def operand_lengths(x) -> tuple[np.ndarray, np.ndarray]:
   return len_a, len_b
 
 
+def carries_past_shorter(a, b, len_a, len_b) -> np.ndarray:
+  """``bool[n]``: the operands differ in length and ``a + b`` carries out of the
+  shorter one's top digit (``56447489+7580326=``: ``6+7`` carries into the ``5``).
+
+  Lengths are the digits written (leading zeros included).
+
+  >>> carries_past_shorter(np.array([56447489, 123]), np.array([7580326, 45]),
+  ...                      np.array([8, 3]), np.array([7, 2]))
+  array([ True, False])
+  """
+  a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+  len_a, len_b = np.asarray(len_a, np.int64), np.asarray(len_b, np.int64)
+  short = np.minimum(len_a, len_b)
+  low = 10 ** short
+  return (len_a != len_b) & (a % low + b % low >= low)
+
+
+def _pair_shares(len_a, len_b) -> dict[str, float]:
+  n = len(len_a)
+  if n == 0:
+    return {}
+  keys, counts = np.unique(np.stack([len_a, len_b], 1), axis=0, return_counts=True)
+  return {f"{int(k[0])},{int(k[1])}": float(c / n) for k, c in zip(keys, counts)}
+
+
 def _histogram(values, max_value: int) -> list[float]:
   values = np.asarray(values, np.int64)
   if values.size == 0:
@@ -79,7 +104,11 @@ def pattern_summary(x, task: addition.AdditionTaskConfig, rewards=None) -> dict:
     A JSON-able dict: ``n``, ``distinct`` rows, ``malformed_fraction``, among
     well-formed rows the ``leading_zero_share`` and the distributions (fractions,
     index = value) of ``carry_chain_length`` and of the longer ``operand_length``,
-    and ``mean_carry_chain``.
+    and ``mean_carry_chain``; ``length_pair_share`` maps ``"la,lb"`` (digits
+    written in each operand) to its share of the well-formed rows (the target's
+    errors sit at a few length pairs); ``carry_past_shorter_share``: share of the
+    rows whose operands differ in length and whose sum carries out of the
+    shorter operand's top digit.
   """
   x = np.asarray(x)
   n = x.shape[0]
@@ -96,6 +125,9 @@ def pattern_summary(x, task: addition.AdditionTaskConfig, rewards=None) -> dict:
       "mean_carry_chain": float(chain.mean()) if chain.size else 0.0,
       "carry_chain_length": _histogram(chain, task.max_operand_len + 1),
       "operand_length_max": _histogram(np.maximum(len_a, len_b), task.max_operand_len),
+      "length_pair_share": _pair_shares(len_a, len_b),
+      "carry_past_shorter_share": (float(carries_past_shorter(
+          parsed.a[ok], parsed.b[ok], len_a, len_b).mean()) if ok.any() else 0.0),
   }
   if rewards is not None:
     r = np.asarray(rewards)[ok] > 0.5
@@ -109,6 +141,27 @@ def pattern_summary(x, task: addition.AdditionTaskConfig, rewards=None) -> dict:
   return out
 
 
+RULES = ("carry", "leading_zeros", "carry_leading_zeros", "carry_past_shorter",
+         "carry_past_shorter_13")
+
+
+def _carry_past_shorter(rng: np.random.Generator, m: int, exactly_13: bool):
+  """``(a, b)`` texts: ``m`` and ``m - 1`` digits, a carry into the top digit."""
+  if m < 2:
+    raise ValueError(f"the carry-past-shorter rules need max_operand_len >= 2, got {m}")
+  while True:
+    long_ = str(int(rng.integers(1, 10))) + "".join(
+        str(int(d)) for d in rng.integers(0, 10, m - 1))
+    short = str(int(rng.integers(1, 10))) + "".join(
+        str(int(d)) for d in rng.integers(0, 10, m - 2))
+    top = int(long_[1]) + int(short[0])
+    if exactly_13 and top != 13:
+      continue
+    low = 10 ** (m - 1)
+    if int(long_) % low + int(short) >= low:  # carries into the top digit
+      return (long_, short) if rng.random() < 0.5 else (short, long_)
+
+
 def rule_based_queries(rng: np.random.Generator, n: int, rule: str,
                        task: addition.AdditionTaskConfig) -> np.ndarray:
   """Attacker rows built by a hand-written rule.
@@ -120,6 +173,14 @@ def rule_based_queries(rng: np.random.Generator, n: int, rule: str,
     * ``"leading_zeros"``: random operands (no leading zeros) with 1 to 4 leading
       zeros added to one of them, within the length bound.
     * ``"carry_leading_zeros"``: the carry rule with leading zeros on ``b``.
+    * ``"carry_past_shorter"``: operands of ``max_operand_len`` and
+      ``max_operand_len - 1`` digits (no leading zeros, order random) whose sum
+      carries out of the shorter operand's top digit into the longer one's
+      first digit (``56447489+7580326=``).
+    * ``"carry_past_shorter_13"``: as ``"carry_past_shorter"``, with the two
+      digits that meet at the shorter operand's top position summing to
+      exactly 13 (``6+7``, ``4+9``, ...), the pattern shared by the successes
+      BaNEL found while training against the aligned target.
 
   Returns:
     ``int32[n, max_len]`` rows (well-formed for leading zeros allowed).
@@ -145,8 +206,9 @@ def rule_based_queries(rng: np.random.Generator, n: int, rule: str,
       padded = "0" * int(rng.integers(1, min(4, m - len(padded)) + 1)) + padded
       other = operand(m)
       pair = (padded, other) if rng.random() < 0.5 else (other, padded)
+    elif rule in ("carry_past_shorter", "carry_past_shorter_13"):
+      pair = _carry_past_shorter(rng, m, exactly_13=rule.endswith("13"))
     else:
-      raise ValueError(f"unknown rule {rule!r}; expected 'carry', 'leading_zeros' "
-                       "or 'carry_leading_zeros'")
+      raise ValueError(f"unknown rule {rule!r}; expected one of {RULES}")
     texts.append(f"{pair[0]}+{pair[1]}=")
   return addition.encode_batch(texts, max_len=task.max_len)

@@ -1,0 +1,85 @@
+"""Pattern statistics and rule-based attacks of the addition task."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from banel_jax.tasks import addition
+from banel_jax.tasks import addition_patterns as patterns
+
+TASK = addition.AdditionTaskConfig()
+
+
+def _carries(a: int, b: int) -> list[int]:
+  """Carry out of each digit position, units first (schoolbook addition)."""
+  out, carry = [], 0
+  while a or b or carry:
+    s = a % 10 + b % 10 + carry
+    carry = int(s >= 10)
+    out.append(carry)
+    a, b = a // 10, b // 10
+  return out
+
+
+def _longest_run(bits: list[int]) -> int:
+  best = run = 0
+  for c in bits:
+    run = run + 1 if c else 0
+    best = max(best, run)
+  return best
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 10**8 - 1), st.integers(0, 10**8 - 1))
+def test_carry_chain_length_matches_schoolbook_addition(a, b):
+  assert int(patterns.carry_chain_length(np.array([a]), np.array([b]))[0]) == \
+      _longest_run(_carries(a, b))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 8), st.data())
+def test_carries_past_shorter_matches_schoolbook_addition(la, lb, data):
+  a = data.draw(st.integers(10 ** (la - 1) if la > 1 else 0, 10**la - 1))
+  b = data.draw(st.integers(10 ** (lb - 1) if lb > 1 else 0, 10**lb - 1))
+  carries = _carries(a, b) + [0] * 10
+  expected = la != lb and carries[min(la, lb) - 1] == 1
+  got = patterns.carries_past_shorter(np.array([a]), np.array([b]), np.array([la]),
+                                      np.array([lb]))
+  assert bool(got[0]) == expected
+
+
+@pytest.mark.parametrize("rule", patterns.RULES)
+def test_rule_based_queries_are_well_formed(rule):
+  x = patterns.rule_based_queries(np.random.default_rng(0), 200, rule, TASK)
+  assert x.shape == (200, TASK.max_len)
+  assert addition.is_well_formed(x, TASK.max_operand_len, allow_leading_zeros=True).all()
+  texts = addition.decode_batch(x)
+  if rule.startswith("carry_past_shorter"):
+    a, b = zip(*(t[:-1].split("+") for t in texts))
+    lens = {(len(p), len(q)) for p, q in zip(a, b)}
+    assert lens == {(8, 7), (7, 8)}
+    la, lb = np.array([len(p) for p in a]), np.array([len(q) for q in b])
+    ai, bi = np.array([int(p) for p in a]), np.array([int(q) for q in b])
+    assert patterns.carries_past_shorter(ai, bi, la, lb).all()
+    if rule.endswith("13"):
+      longer = [p if len(p) > len(q) else q for p, q in zip(a, b)]
+      shorter = [q if len(p) > len(q) else p for p, q in zip(a, b)]
+      assert all(int(u[1]) + int(v[0]) == 13 for u, v in zip(longer, shorter))
+
+
+def test_unknown_rule_is_refused():
+  with pytest.raises(ValueError, match="unknown rule"):
+    patterns.rule_based_queries(np.random.default_rng(0), 1, "nope", TASK)
+
+
+def test_pattern_summary_on_hand_made_rows():
+  texts = ["12+3=", "007+5=", "56447489+7580326=", "1+2+3=", "99+1="]
+  s = patterns.pattern_summary(addition.encode_batch(texts, TASK.max_len), TASK,
+                               rewards=np.array([0, 0, 1, 0, 0]))
+  assert s["n"] == 5 and s["distinct"] == 5
+  assert s["malformed_fraction"] == pytest.approx(0.2)  # "1+2+3="
+  assert s["leading_zero_share"] == pytest.approx(0.25)  # "007+5=" of 4 parsed
+  assert s["length_pair_share"] == {"2,1": 0.5, "3,1": 0.25, "8,7": 0.25}
+  # 56447489+7580326, 007+5 (7+5) and 99+1 carry past their shorter operand
+  assert s["carry_past_shorter_share"] == pytest.approx(0.75)
+  assert s["success_rate_without_leading_zero"] == pytest.approx(1 / 3)
