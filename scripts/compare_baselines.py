@@ -78,6 +78,10 @@ def parse_args(argv=None):
   p.add_argument("--nre-budget", type=int, default=None, help="NRE per seed.")
   p.add_argument("--n-eval", type=int, default=None,
                  help="fresh samples per evaluation.")
+  p.add_argument("--final-eval-samples", type=int, default=None,
+                 help="addition only: fresh samples of the large final evaluation "
+                 "of seeds whose final rate is below the threshold (default "
+                 "200,000; 0 skips it).")
   p.add_argument("--out", default=None,
                  help="output folder (default results/baselines_<task>).")
   p.add_argument("--run-dir", default=None,
@@ -103,6 +107,10 @@ def build_experiment(args):
   if args.n_eval is not None:
     run = run.replace(n_eval=args.n_eval)
   exp = exp.replace(run=run)
+  if args.final_eval_samples is not None:
+    if args.task != "addition" or args.final_eval_samples < 0:
+      raise SystemExit("--final-eval-samples needs --task addition and a value >= 0")
+    exp = exp.replace(final_eval_samples=args.final_eval_samples)
   if args.seeds is not None:
     if args.seeds < 1:
       raise SystemExit("--seeds must be >= 1")

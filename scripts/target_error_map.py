@@ -1,0 +1,142 @@
+"""Where the addition target errs: its error rate by operand lengths and carries.
+
+Explains what an attacker has to find. Queries are drawn uniformly per operand
+length pair (no leading zeros) and answered by the target's greedy decoding; the
+oracle's reward (1 = wrong answer) is averaged per cell. Then, among queries of
+``max_operand_len`` and ``max_operand_len - 1`` digits (either order), the error
+rate is split by whether the sum carries out of the shorter operand's top digit
+and by the sum of the two digits that meet at that position.
+
+Writes ``--out`` (default ``results/target_error_map``): ``error_map.json`` (the
+command, every cell with its Clopper-Pearson interval) and ``error_map.png``.
+
+Example:
+  python scripts/target_error_map.py                 # ~2 minutes on 2 CPU cores
+  python scripts/target_error_map.py --per-cell 200 --pool 5000   # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--target-dir", default="checkpoints/target",
+                 help="target checkpoint (scripts/train_target.py).")
+  p.add_argument("--per-cell", type=int, default=2000,
+                 help="queries per operand-length pair.")
+  p.add_argument("--pool", type=int, default=100_000,
+                 help="queries of the two longest lengths for the carry split.")
+  p.add_argument("--seed", type=int, default=0, help="numpy seed of the queries.")
+  p.add_argument("--out", default="results/target_error_map", help="output folder.")
+  return p.parse_args(argv)
+
+
+def operands(rng: np.random.Generator, n: int, length: int) -> np.ndarray:
+  """``n`` uniform integers with exactly ``length`` digits (0-9 for one digit)."""
+  low = 10 ** (length - 1) if length > 1 else 0
+  return rng.integers(low, 10 ** length, size=n, dtype=np.int64)
+
+
+def rows(a, b, max_len: int) -> np.ndarray:
+  from banel_jax.tasks import addition
+  return addition.encode_batch([f"{x}+{y}=" for x, y in zip(a, b)], max_len=max_len)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if args.per_cell < 1 or args.pool < 1:
+    raise SystemExit("--per-cell and --pool must be >= 1")
+  from banel_jax.metrics import clopper_pearson
+  from banel_jax.tasks import addition
+  from banel_jax.tasks.addition_patterns import carries_past_shorter
+
+  params, task, meta = addition.load_target(args.target_dir)
+  oracle = addition.make_oracle(params, task.replace(allow_leading_zeros=True))
+  m = task.max_operand_len
+  rng = np.random.default_rng(args.seed)
+
+  # 1. Error rate per operand-length pair (one oracle call: it pads to its chunk).
+  pairs = [(la, lb) for la in range(1, m + 1) for lb in range(1, m + 1)]
+  a = np.concatenate([operands(rng, args.per_cell, la) for la, _ in pairs])
+  b = np.concatenate([operands(rng, args.per_cell, lb) for _, lb in pairs])
+  r_all = oracle(rows(a, b, task.max_len)).reshape(len(pairs), args.per_cell)
+  grid = np.zeros((m, m))
+  cells = []
+  for (la, lb), r in zip(pairs, r_all):
+    est = clopper_pearson(int(r.sum()), len(r))
+    grid[la - 1, lb - 1] = est.rate
+    cells.append({"len_a": la, "len_b": lb, **est.as_dict()})
+  for la in range(1, m + 1):
+    print(f"len_a {la}: " + " ".join(f"{v:.4f}" for v in grid[la - 1]), flush=True)
+
+  # 2. Lengths (m, m - 1) and (m - 1, m): carries and the top digit sum.
+  half = args.pool // 2
+  long_ = np.concatenate([operands(rng, half, m), operands(rng, args.pool - half, m)])
+  short = np.concatenate([operands(rng, half, m - 1),
+                          operands(rng, args.pool - half, m - 1)])
+  swap = np.arange(args.pool) >= half  # second half written short + long
+  a = np.where(swap, short, long_)
+  b = np.where(swap, long_, short)
+  la = np.where(swap, m - 1, m)
+  lb = np.where(swap, m, m - 1)
+  r = oracle(rows(a, b, task.max_len)) > 0.5
+  carry = carries_past_shorter(a, b, la, lb)
+  top_sum = (long_ // 10 ** (m - 2)) % 10 + short // 10 ** (m - 2)
+  by_carry = {name: clopper_pearson(int(r[sel].sum()), int(sel.sum())).as_dict()
+              for name, sel in (("carry", carry), ("no_carry", ~carry))}
+  by_top_sum = []
+  for s in range(1, 19):
+    sel = top_sum == s
+    if sel.any():
+      by_top_sum.append({"top_digit_sum": s,
+                         **clopper_pearson(int(r[sel].sum()), int(sel.sum())).as_dict()})
+  for row in by_top_sum:
+    print(f"lengths ({m},{m - 1}), top digits sum to {row['top_digit_sum']:2d}: "
+          f"{row['successes']}/{row['trials']} = {row['rate']:.4f}", flush=True)
+
+  os.makedirs(args.out, exist_ok=True)
+  command = "python scripts/target_error_map.py " + " ".join(
+      sys.argv[1:] if argv is None else argv)
+  summary = {"command": command.strip(), "target_dir": args.target_dir,
+             "target_steps": meta.get("steps"), "per_cell": args.per_cell,
+             "pool": args.pool, "by_length_pair": cells,
+             f"lengths_{m}_{m - 1}_by_carry_past_shorter": by_carry,
+             f"lengths_{m}_{m - 1}_by_top_digit_sum": by_top_sum}
+  with open(os.path.join(args.out, "error_map.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4))
+  im = ax0.imshow(grid, origin="lower", extent=(0.5, m + 0.5, 0.5, m + 0.5),
+                  cmap="magma")
+  fig.colorbar(im, ax=ax0, label="target error rate")
+  ax0.set_xlabel("digits of b")
+  ax0.set_ylabel("digits of a")
+  ax0.set_title(f"error rate by operand lengths ({args.per_cell} per cell)")
+  ax1.bar([row["top_digit_sum"] for row in by_top_sum],
+          [row["rate"] for row in by_top_sum],
+          yerr=[[row["rate"] - row["low"] for row in by_top_sum],
+                [row["high"] - row["rate"] for row in by_top_sum]], color="C1")
+  ax1.set_xlabel("sum of the digits meeting at the shorter operand's top")
+  ax1.set_ylabel("target error rate")
+  ax1.set_title(f"lengths ({m}, {m - 1}) either order")
+  fig.tight_layout()
+  fig.savefig(os.path.join(args.out, "error_map.png"), dpi=110)
+  print(f"wrote {args.out}/")
+
+
+if __name__ == "__main__":
+  main()
