@@ -149,10 +149,14 @@ def make_banel(model: GenerativeModel, config: BanelConfig) -> Banel:
     if config.tau_mode == "factor":
       log_tau = posterior.log_tau_from_filter_factor(config.filter_factor)
     else:
-      fresh, _ = propose(state, tau_key, config.calibration_samples)
+      fresh, info = propose(state, tau_key, config.calibration_samples)
       lr = posterior.log_ratio(model, state.proposal.params, failure.params, fresh,
                                log_norm)
-      log_tau = posterior.calibrate_log_tau(lr, config.calibrated_reject_fraction)
+      # Exact mode may fill fewer slots than asked (the regions cover most of the
+      # prior): the zero-filled rest must not move the quantile.
+      filled = jnp.arange(config.calibration_samples) < info.n_filled
+      log_tau = posterior.calibrate_log_tau(lr, config.calibrated_reject_fraction,
+                                            valid=filled)
     has_failures = fmetrics["n_failures"] > 0
     regions = posterior.add_region(state.regions, state.proposal.params,
                                    failure.params, log_tau, log_norm,

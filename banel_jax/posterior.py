@@ -100,20 +100,28 @@ def log_tau_from_filter_factor(filter_factor) -> jax.Array:
   return -jnp.log(jnp.asarray(filter_factor, jnp.float32))
 
 
-def calibrate_log_tau(log_ratios: jax.Array, reject_fraction) -> jax.Array:
+def calibrate_log_tau(log_ratios: jax.Array, reject_fraction,
+                      valid: jax.Array | None = None) -> jax.Array:
   """``log tau`` rejecting about ``reject_fraction`` of the samples given.
 
   Args:
     log_ratios: ``f32[n]`` log-ratios ``log p_theta(x) - log p_phi(x)`` of fresh
       proposal samples.
     reject_fraction: target fraction in ``(0, 1)``.
+    valid: optional ``bool[n]``: only these samples count (e.g. the filled slots
+      of a rejection sample that fell short).
 
   Returns:
-    The ``reject_fraction`` quantile of ``log_ratios``; samples strictly below it
-    are rejected (so ties, frequent for discrete models, are kept).
+    The ``reject_fraction`` quantile of the valid ``log_ratios``; samples
+    strictly below it are rejected (so ties, frequent for discrete models, are
+    kept). NaN when no sample is valid (then the region rejects nothing).
   """
   chex.assert_rank(log_ratios, 1)
-  return jnp.quantile(log_ratios, reject_fraction).astype(jnp.float32)
+  if valid is None:
+    return jnp.quantile(log_ratios, reject_fraction).astype(jnp.float32)
+  chex.assert_equal_shape([log_ratios, valid])
+  masked = jnp.where(valid, log_ratios, jnp.nan)
+  return jnp.nanquantile(masked, reject_fraction).astype(jnp.float32)
 
 
 def log_ratio(model: GenerativeModel, proposal_params: Params, failure_params: Params,

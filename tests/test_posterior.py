@@ -331,6 +331,17 @@ def test_calibrated_tau_keeps_ties():
   assert int(jnp.sum(lr < calibrate_log_tau(lr, 0.5))) == 5
 
 
+def test_calibrated_tau_ignores_unfilled_slots():
+  """A short rejection sample leaves zero-filled slots; they must not count."""
+  lr = jnp.asarray([5.0, 6.0, 7.0, 8.0, 0.0, 0.0, 0.0, 0.0], jnp.float32)
+  filled = jnp.arange(8) < 4
+  assert float(calibrate_log_tau(lr, 0.5, valid=filled)) == 6.5
+  assert float(calibrate_log_tau(lr, 0.5)) < 5.0  # what the zeros did before
+  np.testing.assert_array_equal(calibrate_log_tau(lr, 0.5, valid=jnp.ones(8, bool)),
+                                calibrate_log_tau(lr, 0.5))
+  assert np.isnan(float(calibrate_log_tau(lr, 0.5, valid=jnp.zeros(8, bool))))
+
+
 # --- acceptance floor ---------------------------------------------------------------
 
 def _info(filled, drawn, accepted):
