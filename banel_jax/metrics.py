@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy import stats
 
 
 class RateEstimate(NamedTuple):
@@ -31,6 +30,8 @@ def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> RateEst
   k, n = int(successes), int(trials)
   if n < 1 or not 0 <= k <= n:
     raise ValueError(f"need 0 <= successes <= trials and trials >= 1; got {k}/{n}")
+  # imported here: scipy.stats takes seconds to import and only this needs it
+  from scipy import stats  # pylint: disable=import-outside-toplevel
   low = 0.0 if k == 0 else float(stats.beta.ppf(alpha / 2, k, n - k + 1))
   high = 1.0 if k == n else float(stats.beta.ppf(1 - alpha / 2, k + 1, n - k))
   return RateEstimate(k, n, k / n, low, high)
