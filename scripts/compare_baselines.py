@@ -555,6 +555,11 @@ def _settings(name: str, exp) -> dict:
   fields = dict(exp.grid).get(name, ())
   cfg = getattr(exp, section[name])
   out = {a.split(".")[1]: getattr(cfg, a.split(".")[1]) for a, _ in fields}
+  if name == "banel" and cfg.tau_mode == "calibrated":
+    # the filter factor is unused in calibrated mode: show what sets tau instead
+    out.pop("filter_factor", None)
+    out = {"tau_mode": "calibrated",
+           "calibrated_reject_fraction": cfg.calibrated_reject_fraction, **out}
   return out
 
 
