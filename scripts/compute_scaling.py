@@ -23,7 +23,7 @@ Example:
   python scripts/compute_scaling.py --epochs 1 2 3 5 10 20 50 100 --seeds 5 \\
       --nre-budget 7500                                     # the paper's grid
   python scripts/compute_scaling.py --epochs 1 2 --seeds 1 --nre-budget 500 \\
-      -- --config tiny                                      # smoke test
+      --n-eval 1000 --out scaling_smoke                     # a few minutes
 Arguments after ``--`` go to ``scripts/attack.py`` unchanged.
 """
 

@@ -11,8 +11,8 @@ Writes ``--out`` (default ``results/target_error_map``): ``error_map.json`` (the
 command, every cell with its Clopper-Pearson interval) and ``error_map.png``.
 
 Example:
-  python scripts/target_error_map.py                 # ~2 minutes on 2 CPU cores
-  python scripts/target_error_map.py --per-cell 200 --pool 5000   # seconds
+  python scripts/target_error_map.py                 # a few minutes on 2 CPU cores
+  python scripts/target_error_map.py --per-cell 200 --pool 5000   # under a minute
 """
 
 from __future__ import annotations
