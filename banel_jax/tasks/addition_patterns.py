@@ -179,7 +179,7 @@ def rule_based_queries(rng: np.random.Generator, n: int, rule: str,
       first digit (``56447489+7580326=``).
     * ``"carry_past_shorter_13"``: as ``"carry_past_shorter"``, with the two
       digits that meet at the shorter operand's top position summing to
-      exactly 13 (``6+7``, ``4+9``, ...), the pattern shared by the successes
+      exactly 13 (``6+7``, ``4+9``, ...), the pattern of 6 of the 8 successes
       BaNEL found while training against the aligned target.
 
   Returns:
