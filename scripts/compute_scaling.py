@@ -35,8 +35,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -97,9 +95,10 @@ def run_one(args, epochs: int) -> dict:
 
 
 def summarize(values) -> dict:
-  v = np.asarray(values, np.float64)
-  return {"mean": float(v.mean()), "median": float(np.median(v)),
-          "std": float(v.std()), "per_seed": v.tolist()}
+  """:func:`banel_jax.metrics.summarize_over_seeds` plus the per-seed values."""
+  from banel_jax.metrics import summarize_over_seeds
+  v = [float(x) for x in values]
+  return {**summarize_over_seeds(v), "per_seed": v}
 
 
 def plot(rows: list[dict], path: str, title: str):
