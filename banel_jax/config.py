@@ -51,7 +51,11 @@ class BanelConfig:
       ``sqrt(n_accepted)`` times their mean), so the fit aims at the exploration
       posterior ``p_theta_0(x) * 1[x not in R]`` itself and a proposal's fitting
       errors (e.g. drift onto strings the pretrained model never writes) do not
-      compound from round to round.
+      compound from round to round. ``"mixture"``: half the distillation samples
+      are drawn from the pretrained model and half from the proposal, and the
+      accepted ones are weighted by ``p_theta_0 / (p_theta_0/2 + p_theta/2)`` (the
+      balance heuristic, bounded by 2): the same target as ``"posterior"`` without
+      its weight collapse once the proposal has drifted.
     exact_batch_size: candidates drawn per rejection-sampling batch (exact mode).
     exact_max_batches: most candidate batches drawn per request (exact mode).
     min_acceptance_rate: floor on the posterior's acceptance rate; below it a
@@ -85,7 +89,7 @@ class BanelConfig:
   distill_batch_size: int = 256
   distill_learning_rate: float = 0.1
   distill_reset: bool = False
-  distill_target: Literal["proposal", "posterior"] = "proposal"
+  distill_target: Literal["proposal", "posterior", "mixture"] = "proposal"
   exact_batch_size: int = 4096
   exact_max_batches: int = 1024
   min_acceptance_rate: float = 1e-4
@@ -129,8 +133,8 @@ def validate_config(c: BanelConfig) -> None:
            "expected 'factor' or 'calibrated'")
   _require(c.failure_init in ("proposal", "scratch"), "failure_init", c.failure_init,
            "expected 'proposal' or 'scratch'")
-  _require(c.distill_target in ("proposal", "posterior"), "distill_target",
-           c.distill_target, "expected 'proposal' or 'posterior'")
+  _require(c.distill_target in ("proposal", "posterior", "mixture"), "distill_target",
+           c.distill_target, "expected 'proposal', 'posterior' or 'mixture'")
   _require(c.region_strategy in ("vmap", "loop"), "region_strategy",
            c.region_strategy, "expected 'vmap' or 'loop'")
   for name in ("nre_budget", "samples_per_round", "calibration_samples",
@@ -161,6 +165,9 @@ def validate_config(c: BanelConfig) -> None:
            c.failure_batch_size, f"must be <= samples_per_round={c.samples_per_round}")
   _require(c.distill_batch_size <= c.distill_samples, "distill_batch_size",
            c.distill_batch_size, f"must be <= distill_samples={c.distill_samples}")
+  if c.distill_target == "mixture":
+    _require(c.distill_samples >= 2, "distill_samples", c.distill_samples,
+             "distill_target='mixture' draws half from the prior: need >= 2")
   if c.max_regions:
     _require(c.max_regions >= c.num_rounds, "max_regions", c.max_regions,
              f"must be 0 or >= the number of rounds ({c.num_rounds})")

@@ -30,7 +30,9 @@ def make_distiller(model: GenerativeModel, config: BanelConfig) -> Distiller:
   ``distill`` draws ``config.distill_samples`` samples from the current proposal
   (no reward evaluations), weights those inside the bank's regions by 0 (and, when
   ``config.distill_target == "posterior"``, the others by truncated importance
-  weights ``p_theta_0(x) / p_theta(x)``, see :func:`posterior_weights`), and
+  weights ``p_theta_0(x) / p_theta(x)``, see :func:`posterior_weights`; when it is
+  ``"mixture"``, half the samples come from the pretrained model instead and every
+  accepted sample is weighted by :func:`mixture_weights`), and
   fine-tunes by weighted maximum likelihood — from the current params, or from
   ``prior_params`` when ``config.distill_reset``. The optimizer state restarts
   each round. ``extra_x``/``extra_w`` (may be ``None``) join the training set, e.g.
@@ -42,17 +44,27 @@ def make_distiller(model: GenerativeModel, config: BanelConfig) -> Distiller:
     effective sample size ``(sum w)^2 / sum w^2`` of the training weights.
   """
   n = config.distill_samples
+  n_prior = n // 2
 
   def distill(proposal: train_state.TrainState, prior_params: Params,
               bank: RegionBank, key: PRNGKey, extra_x: Samples | None = None,
               extra_w: jax.Array | None = None):
     sample_key, train_key = jax.random.split(key)
-    x = model.sample(proposal.params, sample_key, n)
+    if config.distill_target == "mixture":
+      prior_key, sample_key = jax.random.split(sample_key)
+      x = jnp.concatenate([model.sample(prior_params, prior_key, n_prior),
+                           model.sample(proposal.params, sample_key, n - n_prior)])
+    else:
+      x = model.sample(proposal.params, sample_key, n)
     accept = ~rejection_mask(model, bank, x, config.region_strategy)
     weights = accept.astype(jnp.float32)
     if config.distill_target == "posterior":
       weights = posterior_weights(model.log_prob(prior_params, x),
                                   model.log_prob(proposal.params, x), accept)
+    elif config.distill_target == "mixture":
+      weights = mixture_weights(model.log_prob(prior_params, x),
+                                model.log_prob(proposal.params, x), accept,
+                                prior_fraction=n_prior / n)
     if extra_x is not None:
       x = jnp.concatenate([x, extra_x.astype(x.dtype)], axis=0)
       weights = jnp.concatenate([weights, extra_w.astype(jnp.float32)], axis=0)
@@ -99,6 +111,46 @@ def posterior_weights(prior_log_prob: jax.Array, proposal_log_prob: jax.Array,
   log_total = jax.nn.logsumexp(jnp.where(keep, log_w, -1e30))
   w = jnp.where(keep, jnp.exp(log_w - log_total) * n_keep, 0.0)
   return jnp.minimum(w, jnp.sqrt(jnp.maximum(n_keep, 1.0)))
+
+
+def mixture_weights(prior_log_prob: jax.Array, proposal_log_prob: jax.Array,
+                    accept: jax.Array, prior_fraction: float = 0.5) -> jax.Array:
+  """Balance-heuristic weights toward the exploration posterior from a pooled sample.
+
+  The pool holds a fraction ``a = prior_fraction`` of samples drawn from the
+  pretrained model ``p_theta_0`` and the rest from the proposal ``p_theta``, i.e. it
+  is one sample of ``q = a p_theta_0 + (1 - a) p_theta`` (multiple importance
+  sampling with the balance heuristic, Veach & Guibas 1995). Accepted samples get
+  ``p_theta_0(x) / q(x)``, which is at most ``1 / a`` however far the proposal has
+  drifted, so weighted maximum likelihood targets ``p_theta_0(x) * 1[x not in R]``
+  without the weight degeneracy of plain importance sampling
+  (:func:`posterior_weights`): strings the pretrained model almost never writes
+  (e.g. malformed ones a drifting proposal produces) get weight near 0, and the
+  prior's own accepted samples keep the fit anchored even when the proposal has
+  moved away. Weights are scaled to mean 1 over the accepted samples; rejected
+  samples and non-finite log ratios get 0.
+
+  Args:
+    prior_log_prob: ``f32[N]`` ``log p_theta_0(x)``.
+    proposal_log_prob: ``f32[N]`` ``log p_theta(x)``.
+    accept: ``bool[N]`` samples outside every region.
+    prior_fraction: share ``a`` in ``(0, 1)`` of the pool drawn from the prior.
+
+  Returns:
+    ``f32[N]`` non-negative weights; all 0 when nothing is accepted.
+  """
+  chex.assert_equal_shape([prior_log_prob, proposal_log_prob, accept])
+  if not 0.0 < prior_fraction < 1.0:
+    raise ValueError(f"prior_fraction={prior_fraction} must be in (0, 1)")
+  a = prior_fraction
+  log_q = jnp.logaddexp(jnp.log(a) + prior_log_prob, jnp.log1p(-a) + proposal_log_prob)
+  log_w = prior_log_prob - log_q
+  keep = accept & jnp.isfinite(log_w)
+  w = jnp.where(keep, jnp.exp(jnp.where(keep, log_w, 0.0)), 0.0)
+  total = jnp.sum(w)
+  n_keep = jnp.sum(keep.astype(jnp.float32))
+  return jnp.where(total > 0, w * n_keep / jnp.maximum(total, jnp.finfo(jnp.float32).tiny),
+                   0.0)
 
 
 def effective_sample_size(weights: jax.Array) -> jax.Array:

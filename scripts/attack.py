@@ -78,10 +78,14 @@ def parse_args(argv=None):
                  help="distillation Adam learning rate.")
   p.add_argument("--reset", action="store_true",
                  help="restart distillation from the pretrained params each round.")
-  p.add_argument("--distill-target", choices=["proposal", "posterior"], default=None,
-                 help="what distillation fits: the current proposal outside the "
-                 "regions (paper), or the exploration posterior p_theta_0 * 1[not "
-                 "in R] through importance weights p_theta_0/p_theta (stops drift).")
+  p.add_argument("--distill-target", choices=["proposal", "posterior", "mixture"],
+                 default=None,
+                 help="what distillation fits: 'proposal' = the current proposal "
+                 "outside the regions (paper); 'posterior' = the exploration "
+                 "posterior p_theta_0 * 1[not in R] through importance weights "
+                 "p_theta_0/p_theta; 'mixture' = the same target from half "
+                 "pretrained, half proposal samples with bounded balance-heuristic "
+                 "weights (stops the drift into malformed queries).")
   p.add_argument("--no-leading-zeros", action="store_true",
                  help="the harder variant: operands with leading zeros are malformed.")
   p.add_argument("--n-eval", type=int, default=None,

@@ -68,6 +68,8 @@ def test_config_error_is_a_value_error():
     ({"samples_per_round": 10, "failure_batch_size": 11}, "failure_batch_size"),
     ({"distill_samples": 100, "distill_batch_size": 101}, "distill_batch_size"),
     ({"nre_budget": 1000, "samples_per_round": 100, "max_regions": 9}, "max_regions"),
+    ({"distill_target": "mixture", "distill_samples": 1, "distill_batch_size": 1},
+     "distill_samples"),
 ])
 def test_cross_field_constraints_name_the_field(changes, field):
   with pytest.raises(ConfigError, match=f"BanelConfig.{field}="):

@@ -15,7 +15,8 @@ from flax.training import train_state
 
 from banel_jax import (BanelConfig, add_region, empty_region_bank, fit_weighted_mle,
                        make_distiller, make_failure_fitter, rejection_mask)
-from banel_jax.distill import effective_sample_size, posterior_weights
+from banel_jax.distill import (effective_sample_size, mixture_weights,
+                               posterior_weights)
 from banel_jax.tasks.toy1d import Toy1DTask
 
 K = 11
@@ -166,7 +167,8 @@ def test_distill_reset_starts_from_prior():
 def test_posterior_target_corrects_a_drifted_proposal(central_bank):
   """From a proposal that drifted away from p0, the "proposal" target fits the
   drifted model outside the region while the "posterior" target (importance
-  weights p0/p_theta) recovers p0 restricted to ~R, the exploration posterior."""
+  weights p0/p_theta) and the "mixture" target (half the samples from p0, balance-
+  heuristic weights) recover p0 restricted to ~R, the exploration posterior."""
   bank, mask = central_bank
   prior = _probs(PRIOR)
   drifted = {"logits": PRIOR["logits"] * 0.3 + 1.0}
@@ -175,13 +177,34 @@ def test_posterior_target_corrects_a_drifted_proposal(central_bank):
   target_drift = np.where(mask, 0.0, q) / q[~mask].sum()
   assert np.abs(target_post - target_drift).max() > 0.1  # the two targets differ
   fits = {}
-  for target in ("proposal", "posterior"):
+  for target in ("proposal", "posterior", "mixture"):
     state, metrics = _distiller(False, target)(_proposal_state(drifted), PRIOR, bank,
                                                jax.random.key(0))
     fits[target] = _probs(state.params)
     assert 0 < float(metrics["distill_ess"]) <= DISTILL["distill_samples"]
   np.testing.assert_allclose(fits["posterior"], target_post, atol=0.03)
+  np.testing.assert_allclose(fits["mixture"], target_post, atol=0.03)
   np.testing.assert_allclose(fits["proposal"], target_drift, atol=0.03)
+
+
+def test_mixture_weights():
+  lp0 = jnp.log(jnp.asarray([0.2, 0.1, 0.3, 1e-30, 0.1]))
+  lp1 = jnp.log(jnp.asarray([0.2, 0.3, 0.1, 0.4, 0.1]))
+  accept = jnp.asarray([True, True, True, True, False])
+  w = np.asarray(mixture_weights(lp0, lp1, accept))
+  # p0 / (p0/2 + p/2), scaled to mean 1 over the 4 accepted samples
+  raw = np.array([1.0, 0.1 / 0.2, 0.3 / 0.2, 0.0, 0.0])
+  np.testing.assert_allclose(w, raw * 4 / raw.sum(), rtol=1e-5, atol=1e-12)
+  # before scaling a weight never exceeds 1 / prior_fraction, however large the ratio
+  far = np.asarray(mixture_weights(jnp.zeros(3), jnp.asarray([-50.0, 0.0, 0.0]),
+                                   jnp.ones(3, bool), prior_fraction=0.25))
+  np.testing.assert_allclose(far / far[1], [4.0, 1.0, 1.0],
+                             rtol=1e-5)
+  assert np.isfinite(np.asarray(mixture_weights(lp0.at[0].set(jnp.nan), lp1,
+                                                accept))).all()
+  np.testing.assert_array_equal(mixture_weights(lp0, lp1, jnp.zeros(5, bool)), 0.0)
+  with pytest.raises(ValueError, match="prior_fraction"):
+    mixture_weights(lp0, lp1, accept, prior_fraction=1.0)
 
 
 def test_posterior_weights():
