@@ -205,6 +205,28 @@ def sample_in_chunks(sample_fn, params, key, n, chunk=8192):
   return np.concatenate(out)[:n]
 
 
+def paid_sample_diagnostics(task, n_seeds: int):
+  """An ``on_round`` hook recording, per seed, the malformed share and the
+  both-operands-long share of the round's scored samples (from
+  ``BanelRunner.round_samples``, so a replayed round records the same)."""
+  from banel_jax.tasks import addition
+  from banel_jax.tasks import addition_patterns as patterns
+
+  def on_round(runner, record):
+    samples = runner.round_samples
+    if "train" not in samples:
+      return
+    x, scored = samples["train"], samples["train_evaluated"]
+    parts = [x[s][scored[s]] for s in range(n_seeds)]
+    record["malformed_train"] = [
+        float(1.0 - addition.is_well_formed(p, task.max_operand_len,
+                                            task.allow_leading_zeros).mean())
+        if len(p) else None for p in parts]
+    record["both_long_train"] = [patterns.both_long_share(p, task) for p in parts]
+
+  return on_round
+
+
 def main(argv=None):
   args = parse_args(argv)
   import matplotlib
@@ -252,6 +274,7 @@ def main(argv=None):
   runner = BanelRunner(model, attacker_params, oracle, exp.banel, exp.seeds,
                        metrics_path=metrics_path, progress=not args.no_progress,
                        run_dir=args.run_dir,
+                       on_round=paid_sample_diagnostics(task, len(exp.seeds)),
                        extra_config={"task": config_to_dict(task),
                                      "target_dir": exp.target_dir,
                                      "attacker_dir": exp.attacker_dir})

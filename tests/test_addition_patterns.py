@@ -83,3 +83,13 @@ def test_pattern_summary_on_hand_made_rows():
   # 56447489+7580326, 007+5 (7+5) and 99+1 carry past their shorter operand
   assert s["carry_past_shorter_share"] == pytest.approx(0.75)
   assert s["success_rate_without_leading_zero"] == pytest.approx(1 / 3)
+
+
+def test_both_long_share_on_hand_made_rows():
+  rows = addition.encode_batch(["1234567+7654321=", "12345678+1=", "12+34=",
+                                "01234567+12345678=", "1+"], TASK.max_len)
+  # well-formed: rows 0-3 (row 3 has a leading zero); both operands >= 7 digits: 0, 3
+  assert patterns.both_long_share(rows, TASK) == pytest.approx(2 / 4)
+  strict = TASK.replace(allow_leading_zeros=False)  # row 3 becomes malformed
+  assert patterns.both_long_share(rows, strict) == pytest.approx(1 / 3)
+  assert patterns.both_long_share(rows[4:], TASK) == 0.0

@@ -53,3 +53,35 @@ def test_attack_script_help_documents_options():
   for option in ("--config", "--failure-epochs", "--tau-mode", "--no-leading-zeros",
                  "--run-dir", "--reset"):
     assert option in out
+
+
+def test_attack_run_dir_then_proposal_drift(tmp_path):
+  """The attack script's run directory holds every round's proposal, and
+  ``proposal_drift.py`` reads them back: one row per seed and round (plus the
+  current proposal), with shares in [0, 1] and the round's paid-sample
+  diagnostics in the attack's metrics."""
+  import json
+  run_dir, out = tmp_path / "run", tmp_path / "out"
+  subprocess.run([sys.executable, str(ROOT / "scripts" / "attack.py"), "--config",
+                  "tiny", "--run-dir", str(run_dir), "--out", str(tmp_path / "attack"),
+                  "--no-analysis", "--no-progress"], check=True, cwd=ROOT,
+                 capture_output=True)
+  metrics = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+  trained = [m for m in metrics if m["round"] > 0]
+  assert len(trained) == 2  # NRE 128 at 64 per round
+  for m in trained:
+    for field in ("malformed_train", "both_long_train"):
+      assert len(m[field]) == 2 and all(0.0 <= v <= 1.0 for v in m[field])
+  subprocess.run([sys.executable, str(ROOT / "scripts" / "proposal_drift.py"),
+                  "--run-dir", str(run_dir), "--samples", "64", "--out", str(out)],
+                 check=True, cwd=ROOT, capture_output=True)
+  drift = json.load(open(out / "drift.json"))
+  assert (out / "drift.png").exists()
+  assert sorted((r["seed"], r["round"]) for r in drift["rows"]) == [
+      (s, r) for s in (0, 1) for r in (1, 2, 3)]
+  for row in drift["rows"]:
+    for field in ("malformed", "both_long", "leading_zero", "distinct"):
+      assert 0.0 <= row[field] <= 1.0
+    assert row["success"]["trials"] == 64
+  # Round 1's proposal is the pretrained attacker: it writes few malformed rows.
+  assert all(r["malformed"] < 0.2 for r in drift["rows"] if r["round"] == 1)

@@ -141,6 +141,18 @@ def pattern_summary(x, task: addition.AdditionTaskConfig, rewards=None) -> dict:
   return out
 
 
+def both_long_share(x, task: addition.AdditionTaskConfig) -> float:
+  """Share of the well-formed rows whose operands both have at least
+  ``task.max_operand_len - 1`` digits (where the target's errors are; see
+  ``scripts/target_error_map.py``). 0 when no row is well-formed."""
+  x = np.asarray(x)
+  wf = addition.is_well_formed(x, task.max_operand_len, task.allow_leading_zeros)
+  if not wf.any():
+    return 0.0
+  len_a, len_b = operand_lengths(x[wf])
+  return float(np.mean(np.minimum(len_a, len_b) >= task.max_operand_len - 1))
+
+
 RULES = ("carry", "leading_zeros", "carry_leading_zeros", "carry_past_shorter",
          "carry_past_shorter_13")
 

@@ -1,0 +1,156 @@
+"""How an addition attack's proposal changed, round by round, from its run directory.
+
+BaNEL's region bank keeps the proposal of every round (the params that drew that
+round's scored samples), so a run directory holds the whole trajectory. This
+script samples each stored proposal and the current one (no reward evaluations
+are charged: the target's answers here are evaluation calls, as for the success
+rate) and reports per seed and round:
+
+* ``malformed``: share of rows the oracle rejects as malformed;
+* ``both_long``: share of well-formed rows whose operands both have at least
+  ``max_operand_len - 1`` digits (where the target's errors are, see
+  ``scripts/target_error_map.py``);
+* ``leading_zero``: share of well-formed rows with a leading zero;
+* ``success``: the success rate with its Clopper-Pearson interval.
+
+It is the tool that showed why the 5-seed attack peaks and then declines: the
+proposal drifts into malformed queries (README, "Why it fails here").
+
+Writes ``--out``: ``drift.json`` (the command and every row) and ``drift.png``
+(mean shares and success rate against round).
+
+Example:
+  python scripts/proposal_drift.py --run-dir runs/attack_full30 --out results/drift
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--run-dir", required=True,
+                 help="run directory of scripts/attack.py --run-dir.")
+  p.add_argument("--step", type=int, default=None,
+                 help="checkpoint to read (default: the newest).")
+  p.add_argument("--samples", type=int, default=4000,
+                 help="samples drawn from each proposal (per seed and round).")
+  p.add_argument("--every", type=int, default=1,
+                 help="analyse every this many rounds (the current proposal always).")
+  p.add_argument("--target-dir", default=None,
+                 help="target checkpoint (default: the one the run recorded).")
+  p.add_argument("--attacker-dir", default=None,
+                 help="pretrained attacker checkpoint (default: the run's).")
+  p.add_argument("--seed", type=int, default=0, help="PRNG seed of the samples.")
+  p.add_argument("--out", default=None,
+                 help="output folder (default <run-dir>/drift).")
+  return p.parse_args(argv)
+
+
+def proposal_row(x, rewards, task) -> dict:
+  """The statistics of one proposal's samples (see the module docstring)."""
+  from banel_jax.metrics import clopper_pearson
+  from banel_jax.tasks import addition_patterns as patterns
+  summary = patterns.pattern_summary(x, task, rewards)
+  rate = clopper_pearson(int(np.sum(rewards > 0.5)), len(rewards))
+  return {"malformed": summary["malformed_fraction"],
+          "both_long": patterns.both_long_share(x, task),
+          "leading_zero": summary["leading_zero_share"],
+          "distinct": summary["distinct"] / max(len(x), 1),
+          "success": rate.as_dict()}
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  import matplotlib
+  matplotlib.use("Agg")
+  import jax
+
+  from banel_jax.run_dir import read_checkpoint, unflatten_state
+  from banel_jax.models import transformer as tfm
+  from banel_jax.tasks import addition
+
+  with open(os.path.join(args.run_dir, "config.json")) as f:
+    record = json.load(f)
+  extra = record.get("extra", {})
+  if "task" not in extra:
+    raise SystemExit(f"{args.run_dir} is not an addition attack's run directory "
+                     "(its config.json has no extra.task)")
+  task = addition.AdditionTaskConfig.from_dict(extra["task"])
+  target_dir = args.target_dir or extra.get("target_dir", "checkpoints/target")
+  attacker_dir = args.attacker_dir or extra.get("attacker_dir", "checkpoints/attacker")
+  attacker_params, _, _ = addition.load_attacker(attacker_dir)
+  target_params, _, _ = addition.load_target(target_dir)
+  oracle = addition.make_oracle(target_params, task)
+  model = tfm.make_transformer(task.attacker).model
+  sample = jax.jit(model.sample, static_argnums=2)
+
+  step, arrays, _ = read_checkpoint(args.run_dir, args.step)
+  n_seeds = arrays["proposal.step"].shape[0]
+
+  def params(prefix, index):
+    flat = {k[len(prefix):]: v[index] for k, v in arrays.items() if k.startswith(prefix)}
+    return unflatten_state(flat, attacker_params)
+
+  # Slot r of the region bank holds the proposal that drew round r + 1's samples.
+  rounds = list(range(0, step, args.every))
+  key = jax.random.key(args.seed)
+  rows = []
+  for s in range(n_seeds):
+    for r in rounds + [step]:
+      p = (params("regions.proposal_params.", (s, r)) if r < step
+           else params("proposal.params.", s))
+      x = np.asarray(sample(p, jax.random.fold_in(key, s * 10_000 + r), args.samples))
+      row = {"seed": s, "round": r + 1, **proposal_row(x, oracle(x), task)}
+      rows.append(row)
+      print(f"seed {s} proposal of round {r + 1}: success {row['success']['rate']:.4f} "
+            f"malformed {row['malformed']:.3f} both long {row['both_long']:.3f} "
+            f"leading zero {row['leading_zero']:.4f}", flush=True)
+
+  out = args.out or os.path.join(args.run_dir, "drift")
+  os.makedirs(out, exist_ok=True)
+  command = "python scripts/proposal_drift.py " + " ".join(
+      sys.argv[1:] if argv is None else argv)
+  with open(os.path.join(out, "drift.json"), "w") as f:
+    json.dump({"command": command, "checkpoint_step": step, "task": extra["task"],
+               "samples": args.samples, "rows": rows}, f, indent=1)
+  plot(rows, os.path.join(out, "drift.png"))
+  print(f"wrote {out}/")
+
+
+def plot(rows, path):
+  """Mean (over seeds) shares and success rate of each round's proposal."""
+  import matplotlib.pyplot as plt
+  rounds = sorted({r["round"] for r in rows})
+
+  def mean(field, sub=None):
+    return [np.mean([(r[field][sub] if sub else r[field]) for r in rows
+                     if r["round"] == k]) for k in rounds]
+
+  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+  ax.plot(rounds, mean("malformed"), "o-", label="malformed")
+  ax.plot(rounds, mean("both_long"), "s-", label="both operands long")
+  ax.set_xlabel("round (proposal that drew it)")
+  ax.set_ylabel("share of samples (mean over seeds)")
+  ax.set_ylim(0, 1)
+  ax.legend()
+  ax2.plot(rounds, mean("success", "rate"), "o-", color="tab:red")
+  ax2.set_xlabel("round")
+  ax2.set_ylabel("success rate (mean over seeds)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+if __name__ == "__main__":
+  main()
