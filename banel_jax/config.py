@@ -44,6 +44,12 @@ class BanelConfig:
     distill_batch_size: minibatch size of distillation.
     distill_learning_rate: Adam learning rate of distillation.
     distill_reset: restart distillation from the pretrained params every round.
+    distill_pack: put the accepted samples first in each distillation epoch, so
+      every minibatch holds ``distill_batch_size`` accepted samples and an epoch
+      makes ``ceil(n_accepted / distill_batch_size)`` steps. By default a
+      minibatch is ``distill_batch_size`` drawn samples of which only the
+      accepted count, so when few are accepted an epoch is many small, noisy
+      steps on the same few samples (see :func:`~banel_jax.mle.fit_weighted_mle`).
     distill_target: what distillation fits. ``"proposal"`` (paper's Algorithm 2):
       the current proposal's samples outside the regions, equally weighted.
       ``"posterior"``: the same samples importance-weighted by
@@ -89,6 +95,7 @@ class BanelConfig:
   distill_batch_size: int = 256
   distill_learning_rate: float = 0.1
   distill_reset: bool = False
+  distill_pack: bool = False
   distill_target: Literal["proposal", "posterior", "mixture"] = "proposal"
   exact_batch_size: int = 4096
   exact_max_batches: int = 1024
@@ -158,7 +165,7 @@ def validate_config(c: BanelConfig) -> None:
              "expected a finite number > 0")
   _require(_is_number(c.min_acceptance_rate) and 0.0 <= c.min_acceptance_rate < 1.0,
            "min_acceptance_rate", c.min_acceptance_rate, "expected a number in [0, 1)")
-  for name in ("distill_reset", "learn_from_successes"):
+  for name in ("distill_reset", "distill_pack", "learn_from_successes"):
     _require(isinstance(getattr(c, name), bool), name, getattr(c, name),
              "expected True or False")
   _require(c.failure_batch_size <= c.samples_per_round, "failure_batch_size",

@@ -72,7 +72,8 @@ def make_distiller(model: GenerativeModel, config: BanelConfig) -> Distiller:
     state = proposal.replace(params=start, opt_state=proposal.tx.init(start))
     state, losses = fit_weighted_mle(state, x, weights, train_key,
                                      epochs=config.distill_epochs,
-                                     batch_size=config.distill_batch_size)
+                                     batch_size=config.distill_batch_size,
+                                     pack=config.distill_pack)
     metrics = {"distill_accept_rate": jnp.mean(accept.astype(jnp.float32)),
                "distill_ess": effective_sample_size(weights),
                "distill_loss": losses[-1].mean()}

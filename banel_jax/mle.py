@@ -28,13 +28,21 @@ def weighted_nll(log_prob_fn, params, x: Samples, weights: jax.Array) -> jax.Arr
 
 
 def fit_weighted_mle(state: train_state.TrainState, x: Samples, weights: jax.Array,
-                     key: PRNGKey, *, epochs: int, batch_size: int
+                     key: PRNGKey, *, epochs: int, batch_size: int,
+                     pack: bool = False
                      ) -> tuple[train_state.TrainState, jax.Array]:
   """Fits ``state.params`` by weighted maximum likelihood with minibatch Adam/SGD.
 
   Each epoch shuffles the ``N`` samples and takes ``N // batch_size`` steps (the
   remainder of the shuffled order is left out of that epoch). A minibatch whose
   weights are all 0 makes no step at all (params and optimizer state unchanged).
+
+  With ``pack``, each epoch's shuffled order puts the samples of positive weight
+  first, so minibatches hold ``batch_size`` of them and an epoch makes
+  ``ceil(n_positive / batch_size)`` steps. Without it, a minibatch holds whichever
+  of its ``batch_size`` samples have positive weight: when few do (a low
+  acceptance rate), an epoch is ``N // batch_size`` small, noisy steps on the
+  same few samples.
 
   Args:
     state: a ``TrainState`` whose ``apply_fn`` is the model's ``log_prob``.
@@ -43,6 +51,7 @@ def fit_weighted_mle(state: train_state.TrainState, x: Samples, weights: jax.Arr
     key: PRNG key for the shuffles.
     epochs: number of passes (static).
     batch_size: minibatch size (static, ``<= N``).
+    pack: put positive-weight samples first in every epoch (static).
 
   Returns:
     ``(state, losses)`` with ``losses`` of shape ``[epochs, N // batch_size]``.
@@ -68,7 +77,10 @@ def fit_weighted_mle(state: train_state.TrainState, x: Samples, weights: jax.Arr
     return new_state, loss
 
   def epoch(state, k):
-    perm = jax.random.permutation(k, n)[: steps * batch_size]
+    perm = jax.random.permutation(k, n)
+    if pack:  # a stable sort keeps the shuffled order within each group
+      perm = perm[jnp.argsort(weights[perm] <= 0, stable=True)]
+    perm = perm[: steps * batch_size]
     xb = x[perm].reshape((steps, batch_size) + x.shape[1:])
     wb = weights[perm].reshape(steps, batch_size)
     return jax.lax.scan(step, state, (xb, wb))

@@ -78,6 +78,10 @@ def parse_args(argv=None):
                  help="distillation Adam learning rate.")
   p.add_argument("--reset", action="store_true",
                  help="restart distillation from the pretrained params each round.")
+  p.add_argument("--distill-pack", action="store_true",
+                 help="put accepted samples first in each distillation epoch: full "
+                 "minibatches of accepted samples and ceil(accepted / batch) steps "
+                 "per epoch, instead of samples/batch steps on whatever was accepted.")
   p.add_argument("--distill-target", choices=["proposal", "posterior", "mixture"],
                  default=None,
                  help="what distillation fits: 'proposal' = the current proposal "
@@ -133,6 +137,8 @@ def build_experiment(args) -> attack_configs.AttackExperiment:
       "eval_every": args.eval_every}.items() if v is not None}
   if args.reset:
     b["distill_reset"] = True
+  if args.distill_pack:
+    b["distill_pack"] = True
   banel = exp.banel.replace(**b)
   if banel.failure_batch_size > banel.samples_per_round:
     banel = banel.replace(failure_batch_size=banel.samples_per_round)

@@ -41,6 +41,7 @@ INVALID = [
     ("max_regions", -1),
     ("max_regions", 2.5),
     ("distill_reset", "yes"),
+    ("distill_pack", 1),
     ("learn_from_successes", 1),
 ] + [(f, 0) for f in INT_FIELDS] + [(f, -5) for f in INT_FIELDS] + [
     (f, 10.0) for f in INT_FIELDS] + [(f, True) for f in INT_FIELDS]
