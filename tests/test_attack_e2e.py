@@ -51,7 +51,7 @@ def test_attack_script_help_documents_options():
   out = subprocess.run([sys.executable, str(ROOT / "scripts" / "attack.py"), "--help"],
                        capture_output=True, text=True, check=True).stdout
   for option in ("--config", "--failure-epochs", "--tau-mode", "--no-leading-zeros",
-                 "--run-dir", "--reset"):
+                 "--run-dir", "--reset", "--distill-pack", "--distill-target"):
     assert option in out
 
 
