@@ -16,8 +16,9 @@ Session 9 (``results/attack_drift``, ``results/attack_ablations``): every 30-epo
 run peaks near NRE 2,500 and then declines because the proposal drifts into
 malformed queries (compounding 50% rejection per round hands the mass to the
 prior's rare modes no failure covers). ``--reset`` gave 9.3x on 2 seeds at NRE
-4,500 but 0.5x final (6.2x best so far) on 5 seeds at NRE 7,500, so the default
-stays without reset.
+4,500 but 0.5x final (6.2x best so far) on 5 seeds at NRE 7,500, and adding
+``--reject-fraction 0.3`` gave 0x final (2.9x best so far), so the default stays
+the paper's algorithm without reset.
 
 ``get_config()`` is the paper-sized run (NRE 7,500, 5 seeds); ``get_quick_config()``
 is the README's main job (a few minutes on 2 CPU cores); ``get_tiny_config()`` is for
