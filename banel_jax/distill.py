@@ -57,14 +57,14 @@ def make_distiller(model: GenerativeModel, config: BanelConfig) -> Distiller:
     else:
       x = model.sample(proposal.params, sample_key, n)
     accept = ~rejection_mask(model, bank, x, config.region_strategy)
-    weights = accept.astype(jnp.float32)
-    if config.distill_target == "posterior":
-      weights = posterior_weights(model.log_prob(prior_params, x),
-                                  model.log_prob(proposal.params, x), accept)
-    elif config.distill_target == "mixture":
-      weights = mixture_weights(model.log_prob(prior_params, x),
-                                model.log_prob(proposal.params, x), accept,
-                                prior_fraction=n_prior / n)
+    if config.distill_target == "proposal":
+      weights = accept.astype(jnp.float32)
+    else:
+      log_p0 = model.log_prob(prior_params, x)
+      log_p = model.log_prob(proposal.params, x)
+      weights = (posterior_weights(log_p0, log_p, accept)
+                 if config.distill_target == "posterior" else
+                 mixture_weights(log_p0, log_p, accept, prior_fraction=n_prior / n))
     if extra_x is not None:
       x = jnp.concatenate([x, extra_x.astype(x.dtype)], axis=0)
       weights = jnp.concatenate([weights, extra_w.astype(jnp.float32)], axis=0)
@@ -104,14 +104,21 @@ def posterior_weights(prior_log_prob: jax.Array, proposal_log_prob: jax.Array,
     truncation); all 0 when nothing is accepted.
   """
   chex.assert_equal_shape([prior_log_prob, proposal_log_prob, accept])
-  log_w = prior_log_prob - proposal_log_prob
+  w, n_keep = _self_normalised(prior_log_prob - proposal_log_prob, accept)
+  return jnp.minimum(w, jnp.sqrt(jnp.maximum(n_keep, 1.0)))
+
+
+def _self_normalised(log_w: jax.Array, accept: jax.Array
+                     ) -> tuple[jax.Array, jax.Array]:
+  """``exp(log_w)`` over the accepted samples with a finite ``log_w``, scaled to
+  mean 1 over them (in log space, so large ratios cannot overflow); 0 elsewhere
+  and everywhere when none is kept. Also returns the number kept."""
   keep = accept & jnp.isfinite(log_w)
   log_w = jnp.where(keep, log_w, -jnp.inf)
   n_keep = jnp.sum(keep.astype(jnp.float32))
   # logsumexp of an all -inf vector is -inf; guard it so the result is 0, not NaN.
   log_total = jax.nn.logsumexp(jnp.where(keep, log_w, -1e30))
-  w = jnp.where(keep, jnp.exp(log_w - log_total) * n_keep, 0.0)
-  return jnp.minimum(w, jnp.sqrt(jnp.maximum(n_keep, 1.0)))
+  return jnp.where(keep, jnp.exp(log_w - log_total) * n_keep, 0.0), n_keep
 
 
 def mixture_weights(prior_log_prob: jax.Array, proposal_log_prob: jax.Array,
@@ -145,13 +152,7 @@ def mixture_weights(prior_log_prob: jax.Array, proposal_log_prob: jax.Array,
     raise ValueError(f"prior_fraction={prior_fraction} must be in (0, 1)")
   a = prior_fraction
   log_q = jnp.logaddexp(jnp.log(a) + prior_log_prob, jnp.log1p(-a) + proposal_log_prob)
-  log_w = prior_log_prob - log_q
-  keep = accept & jnp.isfinite(log_w)
-  w = jnp.where(keep, jnp.exp(jnp.where(keep, log_w, 0.0)), 0.0)
-  total = jnp.sum(w)
-  n_keep = jnp.sum(keep.astype(jnp.float32))
-  return jnp.where(total > 0, w * n_keep / jnp.maximum(total, jnp.finfo(jnp.float32).tiny),
-                   0.0)
+  return _self_normalised(prior_log_prob - log_q, accept)[0]
 
 
 def effective_sample_size(weights: jax.Array) -> jax.Array:

@@ -14,13 +14,13 @@ rate) and reports per seed and round:
 * ``success``: the success rate with its Clopper-Pearson interval.
 
 It is the tool that showed why the 5-seed attack peaks and then declines: the
-proposal drifts into malformed queries (README, "Why it fails here").
+proposal drifts into malformed queries (README, "Why it peaks, then declines").
 
 Writes ``--out``: ``drift.json`` (the command and every row) and ``drift.png``
 (mean shares and success rate against round).
 
 Example:
-  python scripts/proposal_drift.py --run-dir runs/attack_full30 --out results/drift
+  python scripts/proposal_drift.py --run-dir runs/attack_full30 --out results/attack_drift
 """
 
 from __future__ import annotations
