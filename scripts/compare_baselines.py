@@ -31,7 +31,8 @@ round's samples, so a replayed round records the same ones.
 
 Settings come from ``scripts/configs/baselines.py``, where the grid and the
 settings it chose are recorded; ``--tune`` reruns the grid (6 configurations per
-tuned method, on separate tuning seeds) and uses its picks.
+tuned method, on separate tuning seeds; the addition attack's grid runs on 2
+seeds at NRE 2,500, about 2 hours here) and uses its picks.
 
 Example:
   python scripts/compare_baselines.py --task toy1d              # ~10 minutes
@@ -513,11 +514,18 @@ def tune(setup: TaskSetup, exp, methods, progress: bool,
          run_dir: str | None = None) -> tuple[Any, dict]:
   """Runs every method's grid on the tuning seeds; returns the picks applied.
 
-  With ``run_dir``, grid point ``i`` of a method runs (resumably) in
+  The grid runs at ``exp.tuning_run`` where the config sets one (the addition
+  attack tunes at a smaller budget than it reports), without the large final
+  evaluation; the picks are applied to ``exp`` itself. With ``run_dir``, grid point ``i`` of a method runs (resumably) in
   ``run_dir/tune/<method>_<i>``.
   """
+  tune_exp = exp
+  if getattr(exp, "tuning_run", None) is not None:
+    tune_exp = tune_exp.replace(run=exp.tuning_run)
+  if getattr(exp, "final_eval_samples", 0):
+    tune_exp = tune_exp.replace(final_eval_samples=0)  # picks use n_eval's rate
   record = {"seeds": list(exp.tuning_seeds), "criterion": "mean final success rate",
-            "methods": {}}
+            "run": _jsonable(tune_exp.run), "methods": {}}
   chosen = exp
   for name, axes in exp.grid:
     if name not in methods:
@@ -526,7 +534,8 @@ def tune(setup: TaskSetup, exp, methods, progress: bool,
     for i, overrides in enumerate(grid_points(axes)):
       point_dir = (None if run_dir is None
                    else os.path.join(run_dir, "tune", f"{name}_{i}"))
-      res = run_method(name, setup, apply_overrides(exp, overrides), exp.tuning_seeds,
+      res = run_method(name, setup, apply_overrides(tune_exp, overrides),
+                       exp.tuning_seeds,
                        progress, final_eval_only=True, run_dir=point_dir)
       final = res["final_success_rate"]
       points.append({"overrides": overrides, "final_success_rate": final,

@@ -12,16 +12,21 @@ tuning grid; ``scripts/compare_baselines.py`` reads them.
 * :func:`get_tiny_config` — seconds-long smoke variant of either.
 
 **Equal tuning effort.** Every tuned method gets a grid of 6 configurations
-(2 x 3), run on tuning seeds 100-104 (reported runs use seeds 0-4), picked by
-the mean final success rate (``--tune`` reruns it):
+(2 x 3), run on tuning seeds (toy: 100-104 at the reported budget; addition:
+100-101 at NRE 2,500, ``AdditionComparison.tuning_run``; reported runs use seeds
+0-4), picked by the mean final success rate (``--tune`` reruns it):
 
-* BaNEL: ``filter_factor`` in {1.032, 1.2, 2} x ``failure_epochs`` in {20, 50};
+* BaNEL: toy ``filter_factor`` in {1.032, 1.2, 2} x ``failure_epochs`` in
+  {20, 50}; addition (calibrated tau, 30 failure epochs)
+  ``calibrated_reject_fraction`` in {0.3, 0.5, 0.7} x ``distill_reset`` in
+  {False, True};
 * REINFORCE, RND, pseudo-count, exact-count: policy ``learning_rate`` in
-  {0.03, 0.3} x KL weight ``kl_weight`` in {0, 0.01, 0.1} (method-specific knobs
+  {0.03, 0.3} (addition: {1e-5, 1e-4}) x KL weight ``kl_weight`` in
+  {0, 0.01, 0.1} (method-specific knobs
   at ``BASELINES.md``'s starting settings; with Adam the bonus weight ``beta``
   only matters relative to ``kl_weight`` and the advantage clip, so it is 1);
 * unlikelihood: ``learning_rate`` in {0.03, 0.3} x anchor weight ``mu`` in
-  {0, 0.1, 1};
+  {0, 0.1, 1} (addition: {1e-5, 1e-4} x {0.1, 1, 10});
 * exact rejection and the pretrained model have no knobs.
 
 Toy grid results (``results/baselines_toy1d/tuning.json``; mean final success
@@ -76,9 +81,11 @@ TOY_GRID: tuple[tuple[str, tuple[tuple[str, tuple[Any, ...]], ...]], ...] = (
 # The same structure for the transformer (Adam 1e-5 to 1e-4, BASELINES.md).
 _PG_GRID_LM = lambda m: ((f"{m}.learning_rate", (1e-5, 1e-4)),  # noqa: E731
                          (f"{m}.kl_weight", (0.0, 0.01, 0.1)))
+# BaNEL's addition config sets tau by calibration (the filter factor is unused),
+# so its two knobs are the fraction each region rejects and the reset.
 ADDITION_GRID = (
-    ("banel", (("banel.filter_factor", (1.5, 2.0, 4.0)),
-               ("banel.failure_epochs", (10, 20)))),
+    ("banel", (("banel.calibrated_reject_fraction", (0.3, 0.5, 0.7)),
+               ("banel.distill_reset", (False, True)))),
     ("reinforce", _PG_GRID_LM("reinforce")),
     ("rnd", _PG_GRID_LM("rnd")),
     ("pseudo_count", _PG_GRID_LM("pseudo_count")),
@@ -102,6 +109,8 @@ class ToyComparison:
     exact_rejection: the exact-rejection reference.
     seeds: reported seeds (run side by side under ``vmap``).
     tuning_seeds: seeds of the tuning runs.
+    tuning_run: the budget, m and evaluation of the tuning runs (``None``: the
+      same as ``run``); the large final evaluation is skipped while tuning.
     pretrained_samples: samples for the pretrained rate.
     final_eval_samples: if > 0, methods with a seed whose final rate is below
       ``final_eval_threshold`` are re-evaluated on this many fresh samples.
@@ -129,6 +138,7 @@ class ToyComparison:
       capacity=1000, batch_size=65_536, max_batches=64)
   seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
   tuning_seeds: tuple[int, ...] = (100, 101, 102, 103, 104)
+  tuning_run: RunConfig | None = None  # the grid runs at ``run``
   pretrained_samples: int = 200_000
   final_eval_samples: int = 0  # exact rates are known on the toy
   final_eval_threshold: float = 1e-3
@@ -143,8 +153,10 @@ class AdditionComparison:
   """The addition-attack comparison (paper's table: NRE 7,500, 5 seeds).
 
   Needs ``checkpoints/target`` and ``checkpoints/attacker`` (see
-  ``scripts/attack.py``). Not tuned yet: ``ADDITION_GRID`` has the same shape as
-  the toy's; the settings below are ``BASELINES.md``'s starting points.
+  ``scripts/attack.py``). ``ADDITION_GRID`` has the same shape as the toy's (6
+  points per method) and runs at ``tuning_run`` on ``tuning_seeds``; until its
+  picks are recorded here, the settings below are ``BASELINES.md``'s starting
+  points.
   """
 
   task: Any = None  # AdditionTaskConfig (imported lazily: see get_addition_config)
@@ -169,7 +181,11 @@ class AdditionComparison:
   exact_rejection: ExactRejectionConfig = ExactRejectionConfig(
       capacity=7500, batch_size=4096, max_batches=64)
   seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-  tuning_seeds: tuple[int, ...] = (100, 101, 102, 103, 104)
+  # A grid point at the reported size takes 25-70 minutes here, so the grid runs
+  # on 2 tuning seeds at NRE 2,500 (30 points: about 2 hours on 2 cores).
+  tuning_seeds: tuple[int, ...] = (100, 101)
+  tuning_run: RunConfig | None = RunConfig(nre_budget=2500, samples_per_round=500,
+                                           n_eval=10_000, eval_every=5)
   pretrained_samples: int = 200_000
   final_eval_samples: int = 200_000  # for seeds whose final rate is below 1e-3
   final_eval_threshold: float = 1e-3
@@ -221,8 +237,8 @@ def get_tiny_config(task: str = "toy1d"):
       unlikelihood=base.unlikelihood.replace(steps=2, anchor_samples=32),
       exact_rejection=base.exact_rejection.replace(capacity=128, batch_size=256,
                                                    max_batches=8),
-      seeds=(0, 1), tuning_seeds=(100, 101), pretrained_samples=1024,
-      final_eval_samples=1024)
+      seeds=(0, 1), tuning_seeds=(100, 101), tuning_run=None,
+      pretrained_samples=1024, final_eval_samples=1024)
 
 
 CONFIGS = {"toy1d": get_config, "addition": get_addition_config}
