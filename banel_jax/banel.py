@@ -78,6 +78,7 @@ class Banel(NamedTuple):
   update: Callable[[BanelState, RoundBatch, PRNGKey], tuple[BanelState, dict]]
   config: BanelConfig
   model: GenerativeModel
+  support: Callable[[Samples], jax.Array] | None = None
 
 
 def round_keys(state: BanelState) -> dict[str, PRNGKey]:
@@ -90,12 +91,21 @@ def round_keys(state: BanelState) -> dict[str, PRNGKey]:
   return {"propose": propose_key, "update": update_key, "eval": eval_key}
 
 
-def make_banel(model: GenerativeModel, config: BanelConfig) -> Banel:
+def make_banel(model: GenerativeModel, config: BanelConfig,
+               support: Callable[[Samples], jax.Array] | None = None) -> Banel:
   """Builds BaNEL's ``init``, ``propose`` and ``update`` for ``model``.
 
   Args:
     model: the generator's family (proposal and failure model alike).
     config: a :class:`BanelConfig` (static).
+    support: optional free validity check, a jit-able ``x[n, ...] -> bool[n]``
+      that is ``False`` where the reward is known to be 0 without asking the
+      oracle (e.g. :func:`banel_jax.tasks.addition.well_formed_mask`). The
+      exploration posterior becomes ``p_0 * 1[x not in R] * support(x)``:
+      distillation never fits samples outside it and exact mode never draws
+      them. Failure models cannot learn such a region when the prior almost
+      never writes it, so without this check compounding rejection can hand it
+      the proposal's mass (README, "Why it peaks, then declines").
 
   Returns:
     A :class:`Banel` bundle. All three functions are pure and jit-able;
@@ -106,7 +116,7 @@ def make_banel(model: GenerativeModel, config: BanelConfig) -> Banel:
   # after round one and recompile ``propose`` and ``update`` on round two.
   failure_tx = make_failure_tx(config)
   fit_failure = make_failure_fitter(model, config, tx=failure_tx)
-  distill = make_distiller(model, config)
+  distill = make_distiller(model, config, support=support)
   distill_tx = make_distill_tx(config)
   event_rank = len(model.event_shape)
 
@@ -126,7 +136,7 @@ def make_banel(model: GenerativeModel, config: BanelConfig) -> Banel:
       return posterior.sample_posterior_by_rejection(
           model, state.prior_params, state.regions, key, n,
           batch_size=config.exact_batch_size, max_batches=config.exact_max_batches,
-          region_strategy=config.region_strategy)
+          region_strategy=config.region_strategy, support=support)
     x = model.sample(state.proposal.params, key, n)
     one = jnp.asarray(n, jnp.int32)
     return x, posterior.PosteriorSampleInfo(n_filled=one, n_drawn=one, n_accepted=one)
@@ -185,7 +195,8 @@ def make_banel(model: GenerativeModel, config: BanelConfig) -> Banel:
                               nre=state.nre + metrics["n_evaluated"])
     return new_state, metrics
 
-  return Banel(init=init, propose=propose, update=update, config=config, model=model)
+  return Banel(init=init, propose=propose, update=update, config=config, model=model,
+               support=support)
 
 
 def _all_finite(tree) -> jax.Array:

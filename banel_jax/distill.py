@@ -24,8 +24,13 @@ def make_distill_tx(config: BanelConfig) -> optax.GradientTransformation:
 Distiller = Callable[..., tuple[train_state.TrainState, dict]]
 
 
-def make_distiller(model: GenerativeModel, config: BanelConfig) -> Distiller:
+def make_distiller(model: GenerativeModel, config: BanelConfig,
+                   support: Callable[[Samples], jax.Array] | None = None
+                   ) -> Distiller:
   """Returns ``distill(proposal, prior_params, bank, key, extra_x, extra_w)``.
+
+  With ``support`` (a jit-able ``x -> bool[n]``), samples outside it count as
+  rejected too: the distiller never fits what is known to score 0 for free.
 
   ``distill`` draws ``config.distill_samples`` samples from the current proposal
   (no reward evaluations), weights those inside the bank's regions by 0 (and, when
@@ -57,6 +62,8 @@ def make_distiller(model: GenerativeModel, config: BanelConfig) -> Distiller:
     else:
       x = model.sample(proposal.params, sample_key, n)
     accept = ~rejection_mask(model, bank, x, config.region_strategy)
+    if support is not None:
+      accept = accept & support(x)
     if config.distill_target == "proposal":
       weights = accept.astype(jnp.float32)
     else:

@@ -19,7 +19,7 @@ whole union is one ``vmap`` over the stacked params.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import chex
 import jax
@@ -192,9 +192,13 @@ class PosteriorSampleInfo(NamedTuple):
 def sample_posterior_by_rejection(model: GenerativeModel, prior_params: Params,
                                   bank: RegionBank, key: PRNGKey, n: int, *,
                                   batch_size: int, max_batches: int,
-                                  region_strategy: str = "vmap"
-                                  ) -> tuple[Samples, PosteriorSampleInfo]:
+                                  region_strategy: str = "vmap",
+                                  support: Callable[[Samples], jax.Array] | None
+                                  = None) -> tuple[Samples, PosteriorSampleInfo]:
   """Exact samples of ``p_post ∝ p_0 * 1[x not in R]`` by rejection from ``p_0``.
+
+  With ``support`` (jit-able ``x -> bool[n]``) the target is
+  ``p_0 * 1[x not in R] * support(x)``.
 
   Draws candidate batches of ``batch_size`` from the prior inside a
   ``lax.while_loop`` until ``n`` are accepted or ``max_batches`` batches are
@@ -218,6 +222,8 @@ def sample_posterior_by_rejection(model: GenerativeModel, prior_params: Params,
     i, filled, buf, n_drawn, n_acc = carry
     cand = model.sample(prior_params, jax.random.fold_in(key, i), batch_size)
     acc = ~rejection_mask(model, bank, cand, region_strategy)
+    if support is not None:
+      acc = acc & support(cand)
     pos = filled + jnp.cumsum(acc.astype(jnp.int32)) - 1
     dest = jnp.where(acc & (pos < n), pos, n)  # n is out of bounds: dropped
     buf = buf.at[dest].set(cand, mode="drop")

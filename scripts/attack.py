@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -90,6 +91,11 @@ def parse_args(argv=None):
                  "p_theta_0/p_theta; 'mixture' = the same target from half "
                  "pretrained, half proposal samples with bounded balance-heuristic "
                  "weights (stops the drift into malformed queries).")
+  p.add_argument("--support-filter", action="store_true",
+                 help="give BaNEL the query grammar as a free validity check: "
+                 "distillation treats malformed queries (reward 0 whatever the "
+                 "target says, no evaluation needed) as rejected, so the proposal "
+                 "cannot drift into them.")
   p.add_argument("--no-leading-zeros", action="store_true",
                  help="the harder variant: operands with leading zeros are malformed.")
   p.add_argument("--n-eval", type=int, default=None,
@@ -145,6 +151,8 @@ def build_experiment(args) -> attack_configs.AttackExperiment:
   exp = exp.replace(banel=banel)
   if args.no_leading_zeros:
     exp = exp.replace(task=exp.task.replace(allow_leading_zeros=False))
+  if args.support_filter:
+    exp = exp.replace(support_filter=True)
   n_seeds = args.seeds if args.seeds is not None else len(exp.seeds)
   if n_seeds < 1:
     raise SystemExit("--seeds must be >= 1")
@@ -277,13 +285,22 @@ def main(argv=None):
   if os.path.exists(metrics_path):
     os.remove(metrics_path)
   from banel_jax.checkpoint import config_to_dict
+  method = None
+  if exp.support_filter:
+    from banel_jax import make_banel
+    method = make_banel(model, exp.banel, support=functools.partial(
+        addition.well_formed_mask, max_operand_len=task.max_operand_len,
+        allow_leading_zeros=task.allow_leading_zeros))
   runner = BanelRunner(model, attacker_params, oracle, exp.banel, exp.seeds,
                        metrics_path=metrics_path, progress=not args.no_progress,
-                       run_dir=args.run_dir,
+                       run_dir=args.run_dir, method=method,
                        on_round=paid_sample_diagnostics(task, len(exp.seeds)),
                        extra_config={"task": config_to_dict(task),
                                      "target_dir": exp.target_dir,
-                                     "attacker_dir": exp.attacker_dir})
+                                     "attacker_dir": exp.attacker_dir,
+                                     # only when on: older run directories resume
+                                     **({"support_filter": True}
+                                        if exp.support_filter else {})})
   t_run = time.perf_counter()
   result = runner.run()
   wall = time.perf_counter() - t_run
@@ -294,6 +311,7 @@ def main(argv=None):
       "task": "addition_attack", "config_name": args.config,
       "task_config": _jsonable(dataclasses.asdict(task)),
       "banel_config": dataclasses.asdict(exp.banel), "seeds": list(exp.seeds),
+      "support_filter": exp.support_filter,
       "pretrained": pre.as_dict(), "pretrained_source": source,
       "pretrained_rate_is_lower_bound": pre.successes == 0,
       "final_success_rate": final.tolist(), "best_success_rate": best.tolist(),

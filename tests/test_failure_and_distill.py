@@ -187,6 +187,30 @@ def test_posterior_target_corrects_a_drifted_proposal(central_bank):
   np.testing.assert_allclose(fits["proposal"], target_drift, atol=0.03)
 
 
+def test_support_keeps_distillation_off_known_zero_samples(central_bank):
+  """A free support check (here: bins 0-2 can never score) is rejection the
+  distiller applies on top of the regions: the fit is p0 restricted to
+  ~R and the support, even from a proposal that drifted onto bins 0-2."""
+  bank, mask = central_bank
+  prior = _probs(PRIOR)
+  outside_support = XS <= 2
+  support = lambda x: x > 2  # noqa: E731
+  drifted = {"logits": PRIOR["logits"].at[:3].add(3.0)}
+  cfg = BanelConfig(distill_reset=False, distill_target="proposal", **DISTILL)
+  distill = jax.jit(make_distiller(MODEL, cfg, support=support))
+  state, metrics = distill(_proposal_state(drifted), PRIOR, bank, jax.random.key(0))
+  keep = ~mask & ~np.asarray(outside_support)
+  q = _probs(drifted)
+  np.testing.assert_allclose(_probs(state.params), np.where(keep, q, 0) / q[keep].sum(),
+                             atol=0.03)
+  assert float(metrics["distill_accept_rate"]) == pytest.approx(q[keep].sum(),
+                                                                abs=0.03)
+  # without it, the drifted bins keep most of the mass
+  state, _ = _distiller(False)(_proposal_state(drifted), PRIOR, bank,
+                               jax.random.key(0))
+  assert _probs(state.params)[:3].sum() > 0.3
+
+
 def test_mixture_weights():
   lp0 = jnp.log(jnp.asarray([0.2, 0.1, 0.3, 1e-30, 0.1]))
   lp1 = jnp.log(jnp.asarray([0.2, 0.3, 0.1, 0.4, 0.1]))

@@ -150,6 +150,25 @@ def test_rejection_samples_follow_posterior(three_regions):
   assert abs(rate - z) < 5 * np.sqrt(z * (1 - z) / drawn)
 
 
+def test_rejection_samples_respect_a_support_check(three_regions):
+  """``support`` restricts the exact posterior further: no sample outside it,
+  and the acceptance rate estimates the mass of p0 on ~R and the support."""
+  _, inside, bank = three_regions
+  keep = ~inside.any(0) & (np.arange(K) % 2 == 0)
+  sample = jax.jit(functools.partial(sample_posterior_by_rejection, MODEL,
+                                     support=lambda x: x % 2 == 0),
+                   static_argnames=("n", "batch_size", "max_batches"))
+  n = 5000
+  x, info = sample(PRIOR, bank, jax.random.key(7), n=n, batch_size=4096,
+                   max_batches=64)
+  x = np.asarray(x)
+  assert int(info.n_filled) == n
+  assert np.all(keep[x])
+  z = np.exp(_lsm(PRIOR["logits"]))[keep].sum()
+  drawn = int(info.n_drawn)
+  assert abs(float(info.acceptance_rate) - z) < 5 * np.sqrt(z * (1 - z) / drawn)
+
+
 def test_rejection_sampler_stops_short_when_batches_run_out():
   # a region rejecting every bin but one of mass ~1e-3 under the prior
   prior = np.exp(_lsm(PRIOR["logits"]))

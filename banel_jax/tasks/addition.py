@@ -252,6 +252,42 @@ def _digits_value(x, start, stop):
   return np.sum(digits * (10 ** power.astype(np.int64)), axis=1)
 
 
+class _Grammar(NamedTuple):
+  syntax_ok: Any
+  leading_zero: Any
+  length: Any
+  plus_pos: Any
+  eq_pos: Any
+
+
+def _grammar(x, max_operand_len: int, xp) -> _Grammar:
+  """The query grammar on ``int[n, L]`` rows with array module ``xp`` (numpy on
+  host, ``jax.numpy`` under ``jit``): one definition for both."""
+  L = x.shape[1]  # pylint: disable=invalid-name
+  is_eos = x == EOS_ID
+  has_eos = is_eos.any(axis=1)
+  length = xp.where(has_eos, xp.argmax(is_eos, axis=1), L).astype(xp.int32)
+  content = xp.arange(L)[None, :] < length[:, None]
+  is_plus = (x == PLUS_ID) & content
+  is_eq = (x == EQUALS_ID) & content
+  is_digit = (x >= 0) & (x <= 9)
+  only_known = ~xp.any(content & ~(is_digit | is_plus | is_eq), axis=1)
+  plus_pos = xp.argmax(is_plus, axis=1)
+  eq_pos = xp.argmax(is_eq, axis=1)
+  len_a = plus_pos
+  len_b = eq_pos - plus_pos - 1
+  syntax_ok = (has_eos & only_known
+               & (is_plus.sum(axis=1) == 1) & (is_eq.sum(axis=1) == 1)
+               & (eq_pos == length - 1)
+               & (len_a >= 1) & (len_a <= max_operand_len)
+               & (len_b >= 1) & (len_b <= max_operand_len))
+  b_first = xp.take_along_axis(x, xp.clip(plus_pos + 1, 0, L - 1)[:, None],
+                               axis=1)[:, 0]
+  leading_zero = syntax_ok & (((len_a > 1) & (x[:, 0] == 0))
+                              | ((len_b > 1) & (b_first == 0)))
+  return _Grammar(syntax_ok, leading_zero, length, plus_pos, eq_pos)
+
+
 def parse_queries(x, max_operand_len: int = 8, allow_leading_zeros: bool = True
                   ) -> ParsedQueries:
   """Parses attacker-format rows against the query grammar (see module doc).
@@ -272,28 +308,10 @@ def parse_queries(x, max_operand_len: int = 8, allow_leading_zeros: bool = True
   if max_operand_len > _MAX_SUPPORTED_OPERAND_LEN:
     raise ValueError(f"max_operand_len={max_operand_len} > "
                      f"{_MAX_SUPPORTED_OPERAND_LEN} would overflow int64")
-  n, L = x.shape  # pylint: disable=invalid-name
-  rows = np.arange(n)
-  is_eos = x == EOS_ID
-  has_eos = is_eos.any(axis=1)
-  length = np.where(has_eos, np.argmax(is_eos, axis=1), L).astype(np.int32)
-  content = np.arange(L)[None, :] < length[:, None]
-  is_plus = (x == PLUS_ID) & content
-  is_eq = (x == EQUALS_ID) & content
-  is_digit = (x >= 0) & (x <= 9)
-  only_known = ~np.any(content & ~(is_digit | is_plus | is_eq), axis=1)
-  plus_pos = np.argmax(is_plus, axis=1)
-  eq_pos = np.argmax(is_eq, axis=1)
-  len_a = plus_pos
-  len_b = eq_pos - plus_pos - 1
-  syntax_ok = (has_eos & only_known
-               & (is_plus.sum(axis=1) == 1) & (is_eq.sum(axis=1) == 1)
-               & (eq_pos == length - 1)
-               & (len_a >= 1) & (len_a <= max_operand_len)
-               & (len_b >= 1) & (len_b <= max_operand_len))
-  b_first = x[rows, np.clip(plus_pos + 1, 0, L - 1)]
-  leading_zero = syntax_ok & (((len_a > 1) & (x[:, 0] == 0))
-                              | ((len_b > 1) & (b_first == 0)))
+  g = _grammar(x, max_operand_len, np)
+  syntax_ok, leading_zero, plus_pos, eq_pos = (g.syntax_ok, g.leading_zero,
+                                               g.plus_pos, g.eq_pos)
+  length, n = g.length, x.shape[0]
   well_formed = syntax_ok & (allow_leading_zeros | ~leading_zero)
   zero = np.zeros(n, np.int64)
   a = np.where(syntax_ok, _digits_value(x, zero, plus_pos), 0)
@@ -305,6 +323,22 @@ def is_well_formed(x, max_operand_len: int = 8, allow_leading_zeros: bool = True
                    ) -> np.ndarray:
   """``bool[n]``: which rows of ``x`` are well-formed queries."""
   return parse_queries(x, max_operand_len, allow_leading_zeros).well_formed
+
+
+def well_formed_mask(x: Array, max_operand_len: int = 8,
+                     allow_leading_zeros: bool = True) -> Array:
+  """``bool[n]``: well-formed rows of ``x``, in ``jax.numpy`` (jit- and
+  vmap-able; the same grammar as :func:`parse_queries`).
+
+  Use it as BaNEL's free ``support`` (:func:`banel_jax.make_banel`): a malformed
+  query scores 0 whatever the target answers, so no reward evaluation is needed
+  to know it fails.
+  """
+  x = jnp.asarray(x)
+  if x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.integer):
+    raise ValueError(f"queries must be int[n, max_len], got {x.dtype}{x.shape}")
+  g = _grammar(x, max_operand_len, jnp)
+  return g.syntax_ok & (allow_leading_zeros | ~g.leading_zero)
 
 
 def parse_answers(tokens) -> tuple[np.ndarray, np.ndarray]:

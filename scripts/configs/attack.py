@@ -47,6 +47,9 @@ class AttackExperiment:
     pretrained_samples: samples used to measure the pretrained attacker's rate.
     analysis_samples: samples per seed for the pattern analysis at the end.
     rule_samples: queries per rule-based attack.
+    support_filter: give BaNEL the grammar as a free validity check
+      (``make_banel(..., support=addition.well_formed_mask)``): malformed
+      queries are never distilled into the proposal.
   """
 
   task: AdditionTaskConfig = AdditionTaskConfig()
@@ -65,6 +68,7 @@ class AttackExperiment:
   pretrained_samples: int = 200_000
   analysis_samples: int = 10_000
   rule_samples: int = 10_000
+  support_filter: bool = False
 
   def replace(self, **changes) -> "AttackExperiment":
     return dataclasses.replace(self, **changes)
