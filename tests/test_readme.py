@@ -25,3 +25,4 @@ def test_readme_python_blocks_run():
     exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
   assert namespace["result"].nre_spent == [300, 300]
   assert int(namespace["state"].round) == 1
+  assert namespace["filtered"].nre_spent == [300]
