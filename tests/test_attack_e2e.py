@@ -51,7 +51,8 @@ def test_attack_script_help_documents_options():
   out = subprocess.run([sys.executable, str(ROOT / "scripts" / "attack.py"), "--help"],
                        capture_output=True, text=True, check=True).stdout
   for option in ("--config", "--failure-epochs", "--tau-mode", "--no-leading-zeros",
-                 "--run-dir", "--reset", "--distill-pack", "--distill-target"):
+                 "--run-dir", "--reset", "--distill-pack", "--distill-target",
+                 "--support-filter"):
     assert option in out
 
 
@@ -59,13 +60,16 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
   """The attack script's run directory holds every round's proposal, and
   ``proposal_drift.py`` reads them back: one row per seed and round (plus the
   current proposal), with shares in [0, 1] and the round's paid-sample
-  diagnostics in the attack's metrics."""
+  diagnostics in the attack's metrics. (The run uses ``--support-filter``, which
+  the run directory's config records.)"""
   import json
   run_dir, out = tmp_path / "run", tmp_path / "out"
   subprocess.run([sys.executable, str(ROOT / "scripts" / "attack.py"), "--config",
                   "tiny", "--run-dir", str(run_dir), "--out", str(tmp_path / "attack"),
-                  "--no-analysis", "--no-progress"], check=True, cwd=ROOT,
-                 capture_output=True)
+                  "--no-analysis", "--no-progress", "--support-filter"], check=True,
+                 cwd=ROOT, capture_output=True)
+  assert json.load(open(run_dir / "config.json"))["extra"]["support_filter"] is True
+  assert json.load(open(tmp_path / "attack" / "attack.json"))["support_filter"] is True
   metrics = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
   trained = [m for m in metrics if m["round"] > 0]
   assert len(trained) == 2  # NRE 128 at 64 per round
