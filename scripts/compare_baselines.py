@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -60,7 +61,8 @@ sys.path.insert(0, ROOT)
 
 from scripts.configs import baselines as configs  # noqa: E402
 
-LABELS = {"pretrained": "pretrained", "banel": "BaNEL", "reinforce": "REINFORCE",
+LABELS = {"pretrained": "pretrained", "banel": "BaNEL",
+          "banel_support": "BaNEL + support check", "reinforce": "REINFORCE",
           "rnd": "RND", "pseudo_count": "pseudo-count", "exact_count": "exact-count",
           "unlikelihood": "unlikelihood", "exact_rejection": "exact rejection"}
 
@@ -150,6 +152,9 @@ class TaskSetup(NamedTuple):
       sampler for exact rejection's many candidates (or ``model``).
     methods: methods the task supports.
     prior_exact_rate: the pretrained model's exact success rate, or ``None``.
+    support: a jit-able ``x -> bool[n]`` free validity check (``False`` where
+      the reward is 0 whatever the oracle says), or ``None``; given to BaNEL in
+      the ``banel_support`` method only.
   """
 
   name: str
@@ -165,6 +170,7 @@ class TaskSetup(NamedTuple):
   fast_prior_model: Any
   methods: tuple[str, ...]
   prior_exact_rate: float | None = None
+  support: Callable | None = None
 
 
 def toy_setup(exp) -> TaskSetup:
@@ -202,7 +208,8 @@ def toy_setup(exp) -> TaskSetup:
       name="toy1d", model=model, prior_params=task.prior_params(), oracle=task.oracle,
       featurize=one_hot_features(task.num_bins), num_values=task.num_bins,
       malformed=None, exact_rate=exact_rate, token_log_prob=None, token_mask=None,
-      fast_prior_model=model._replace(sample=fast_sample), methods=configs.METHODS,
+      fast_prior_model=model._replace(sample=fast_sample),
+      methods=tuple(m for m in configs.METHODS if m != "banel_support"),
       prior_exact_rate=task.exact_success_rate(prior_logp))
 
 
@@ -232,7 +239,10 @@ def addition_setup(exp) -> TaskSetup:
       num_values=addition.VOCAB_SIZE, malformed=malformed, exact_rate=None,
       token_log_prob=attacker.token_log_prob, token_mask=token_id_mask(range(10)),
       fast_prior_model=attacker.model,
-      methods=tuple(m for m in configs.METHODS if m != "exact_count"))
+      methods=tuple(m for m in configs.METHODS if m != "exact_count"),
+      support=functools.partial(addition.well_formed_mask,
+                                max_operand_len=task.max_operand_len,
+                                allow_leading_zeros=task.allow_leading_zeros))
 
 
 SETUPS = {"toy1d": toy_setup, "addition": addition_setup}
@@ -247,13 +257,18 @@ def build_method(name: str, setup: TaskSetup, exp):
   from banel_jax import baselines as B
   run = exp.run
   model = setup.model
-  if name == "banel":
+  if name in ("banel", "banel_support"):
     cfg = exp.banel.replace(nre_budget=run.nre_budget,
                             samples_per_round=run.samples_per_round,
                             n_eval=run.n_eval, eval_every=run.eval_every)
     if cfg.failure_batch_size > cfg.samples_per_round:
       cfg = cfg.replace(failure_batch_size=cfg.samples_per_round)
-    return None, cfg
+    if name == "banel":
+      return None, cfg
+    if setup.support is None:
+      raise ValueError(f"task {setup.name!r} has no free support check")
+    from banel_jax import make_banel
+    return make_banel(model, cfg, support=setup.support), cfg
   if name == "reinforce":
     method = B.make_reinforce(model, exp.reinforce)
   elif name == "rnd":
@@ -326,7 +341,8 @@ def round_diagnostics(setup: TaskSetup, n_seeds: int) -> Callable:
 
 # Config sections of the experiment that each method reads (recorded in its run
 # directory and checked when it resumes).
-METHOD_SECTIONS = {"banel": ("banel",), "reinforce": ("reinforce",),
+METHOD_SECTIONS = {"banel": ("banel",), "banel_support": ("banel",),
+                   "reinforce": ("reinforce",),
                    "rnd": ("rnd", "rnd_bonus"),
                    "pseudo_count": ("pseudo_count", "pseudo_count_bonus"),
                    "exact_count": ("exact_count",), "unlikelihood": ("unlikelihood",),
@@ -556,15 +572,16 @@ def tune(setup: TaskSetup, exp, methods, progress: bool,
 
 
 def _settings(name: str, exp) -> dict:
-  section = {"banel": "banel", "reinforce": "reinforce", "rnd": "rnd",
-             "pseudo_count": "pseudo_count", "exact_count": "exact_count",
-             "unlikelihood": "unlikelihood", "exact_rejection": "exact_rejection"}
+  section = {"banel": "banel", "banel_support": "banel", "reinforce": "reinforce",
+             "rnd": "rnd", "pseudo_count": "pseudo_count",
+             "exact_count": "exact_count", "unlikelihood": "unlikelihood",
+             "exact_rejection": "exact_rejection"}
   if name not in section:
     return {}
-  fields = dict(exp.grid).get(name, ())
+  fields = dict(exp.grid).get(section[name], ())  # banel_support: BaNEL's knobs
   cfg = getattr(exp, section[name])
   out = {a.split(".")[1]: getattr(cfg, a.split(".")[1]) for a, _ in fields}
-  if name == "banel" and cfg.tau_mode == "calibrated":
+  if section[name] == "banel" and cfg.tau_mode == "calibrated":
     # the filter factor is unused in calibrated mode: show what sets tau instead
     out.pop("filter_factor", None)
     out = {"tau_mode": "calibrated",
@@ -703,6 +720,10 @@ def main(argv=None):
   out = args.out or os.path.join("results", f"baselines_{args.task}")
   os.makedirs(out, exist_ok=True)
   setup = SETUPS[args.task](exp)
+  unsupported = [m for m in (args.methods or ()) if m not in setup.methods]
+  if unsupported:
+    raise SystemExit(f"--task {args.task} does not support {unsupported} (it "
+                     f"supports {list(setup.methods)})")
   methods = [m for m in (args.methods or configs.METHODS) if m in setup.methods]
   progress = not args.no_progress
   t_start = time.perf_counter()

@@ -1,6 +1,8 @@
 """``compare_baselines.tune``: the grid runs at the tuning protocol, picks apply
 to the reported config."""
 
+import pytest
+
 from scripts import compare_baselines
 from scripts.configs import baselines as configs
 
@@ -55,3 +57,18 @@ def test_toy_grid_runs_at_the_reported_budget(monkeypatch):
   monkeypatch.setattr(compare_baselines, "run_method", fake_run_method)
   compare_baselines.tune(None, exp, ["reinforce"], progress=False)
   assert seen and all(r == exp.run for r in seen)
+
+
+def test_banel_support_is_banel_with_the_tasks_support_check():
+  exp = configs.get_tiny_config("toy1d")
+  setup = compare_baselines.toy_setup(exp)
+  assert "banel_support" not in setup.methods  # the toy has no free check
+  with pytest.raises(ValueError, match="no free support check"):
+    compare_baselines.build_method("banel_support", setup, exp)
+  check = lambda x: x > 2  # noqa: E731
+  method, cfg = compare_baselines.build_method(
+      "banel_support", setup._replace(support=check), exp)
+  assert method.support is check
+  assert cfg == compare_baselines.build_method("banel", setup, exp)[1]
+  assert compare_baselines._settings("banel_support", exp) == \
+      compare_baselines._settings("banel", exp)

@@ -27,7 +27,11 @@ tuning grid; ``scripts/compare_baselines.py`` reads them.
   only matters relative to ``kl_weight`` and the advantage clip, so it is 1);
 * unlikelihood: ``learning_rate`` in {0.03, 0.3} x anchor weight ``mu`` in
   {0, 0.1, 1} (addition: {1e-5, 1e-4} x {0.1, 1, 10});
-* exact rejection and the pretrained model have no knobs.
+* exact rejection and the pretrained model have no knobs;
+* ``banel_support`` (addition only: BaNEL given the grammar as a free support
+  check, ``make_banel(..., support=addition.well_formed_mask)``) runs at BaNEL's
+  picks, without a grid of its own. It uses knowledge the other methods are not
+  given, and its row says so.
 
 Toy grid results (``results/baselines_toy1d/tuning.json``; mean final success
 rate over tuning seeds 100-104, n_eval 10,000; the pretrained rate is 0.011):
@@ -61,8 +65,8 @@ from banel_jax.config import BanelConfig
 from banel_jax.tasks.toy1d import Toy1DTask
 from scripts.configs import toy1d as toy_configs
 
-METHODS = ("pretrained", "banel", "reinforce", "rnd", "pseudo_count", "exact_count",
-           "unlikelihood", "exact_rejection")
+METHODS = ("pretrained", "banel", "banel_support", "reinforce", "rnd", "pseudo_count",
+           "exact_count", "unlikelihood", "exact_rejection")
 
 # name -> ((field path, values), (field path, values)); a path is
 # "<method section>.<field>" of the experiment config below.
