@@ -20,6 +20,12 @@ prior's rare modes no failure covers). ``--reset`` gave 9.3x on 2 seeds at NRE
 ``--reject-fraction 0.3`` gave 0x final (2.9x best so far), so the default stays
 the paper's algorithm without reset.
 
+Session 10 (``results/attack_support``): with the grammar as a free support
+check (``support_filter=True``, ``--support-filter``) malformed paid queries
+stayed at 0.2-5%, every seed reached 4-15x by NRE 2,500 (7.8x mean best so far)
+and the run still declined to 0.7x final: the mass moved on to leading zeros and
+carry-free sums. The default stays the paper's algorithm (no support check).
+
 ``get_config()`` is the paper-sized run (NRE 7,500, 5 seeds); ``get_quick_config()``
 is the README's main job (a few minutes on 2 CPU cores); ``get_tiny_config()`` is for
 the test suite.
