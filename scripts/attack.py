@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import subprocess
@@ -288,9 +287,7 @@ def main(argv=None):
   method = None
   if exp.support_filter:
     from banel_jax import make_banel
-    method = make_banel(model, exp.banel, support=functools.partial(
-        addition.well_formed_mask, max_operand_len=task.max_operand_len,
-        allow_leading_zeros=task.allow_leading_zeros))
+    method = make_banel(model, exp.banel, support=addition.make_support(task))
   runner = BanelRunner(model, attacker_params, oracle, exp.banel, exp.seeds,
                        metrics_path=metrics_path, progress=not args.no_progress,
                        run_dir=args.run_dir, method=method,

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import itertools
 import json
 import os
@@ -240,9 +239,7 @@ def addition_setup(exp) -> TaskSetup:
       token_log_prob=attacker.token_log_prob, token_mask=token_id_mask(range(10)),
       fast_prior_model=attacker.model,
       methods=tuple(m for m in configs.METHODS if m != "exact_count"),
-      support=functools.partial(addition.well_formed_mask,
-                                max_operand_len=task.max_operand_len,
-                                allow_leading_zeros=task.allow_leading_zeros))
+      support=addition.make_support(task))
 
 
 SETUPS = {"toy1d": toy_setup, "addition": addition_setup}
@@ -532,14 +529,11 @@ def tune(setup: TaskSetup, exp, methods, progress: bool,
 
   The grid runs at ``exp.tuning_run`` where the config sets one (the addition
   attack tunes at a smaller budget than it reports), without the large final
-  evaluation; the picks are applied to ``exp`` itself. With ``run_dir``, grid point ``i`` of a method runs (resumably) in
+  evaluation (picks use the ``n_eval`` rate); the picks are applied to ``exp``
+  itself. With ``run_dir``, grid point ``i`` of a method runs (resumably) in
   ``run_dir/tune/<method>_<i>``.
   """
-  tune_exp = exp
-  if getattr(exp, "tuning_run", None) is not None:
-    tune_exp = tune_exp.replace(run=exp.tuning_run)
-  if getattr(exp, "final_eval_samples", 0):
-    tune_exp = tune_exp.replace(final_eval_samples=0)  # picks use n_eval's rate
+  tune_exp = exp.replace(run=exp.tuning_run or exp.run, final_eval_samples=0)
   record = {"seeds": list(exp.tuning_seeds), "criterion": "mean final success rate",
             "run": _jsonable(tune_exp.run), "methods": {}}
   chosen = exp
@@ -572,16 +566,13 @@ def tune(setup: TaskSetup, exp, methods, progress: bool,
 
 
 def _settings(name: str, exp) -> dict:
-  section = {"banel": "banel", "banel_support": "banel", "reinforce": "reinforce",
-             "rnd": "rnd", "pseudo_count": "pseudo_count",
-             "exact_count": "exact_count", "unlikelihood": "unlikelihood",
-             "exact_rejection": "exact_rejection"}
-  if name not in section:
+  if name not in METHOD_SECTIONS:
     return {}
-  fields = dict(exp.grid).get(section[name], ())  # banel_support: BaNEL's knobs
-  cfg = getattr(exp, section[name])
+  section = METHOD_SECTIONS[name][0]  # the method's own config section
+  fields = dict(exp.grid).get(section, ())  # banel_support: BaNEL's knobs
+  cfg = getattr(exp, section)
   out = {a.split(".")[1]: getattr(cfg, a.split(".")[1]) for a, _ in fields}
-  if section[name] == "banel" and cfg.tau_mode == "calibrated":
+  if section == "banel" and cfg.tau_mode == "calibrated":
     # the filter factor is unused in calibrated mode: show what sets tau instead
     out.pop("filter_factor", None)
     out = {"tau_mode": "calibrated",

@@ -56,6 +56,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -309,14 +310,11 @@ def parse_queries(x, max_operand_len: int = 8, allow_leading_zeros: bool = True
     raise ValueError(f"max_operand_len={max_operand_len} > "
                      f"{_MAX_SUPPORTED_OPERAND_LEN} would overflow int64")
   g = _grammar(x, max_operand_len, np)
-  syntax_ok, leading_zero, plus_pos, eq_pos = (g.syntax_ok, g.leading_zero,
-                                               g.plus_pos, g.eq_pos)
-  length, n = g.length, x.shape[0]
-  well_formed = syntax_ok & (allow_leading_zeros | ~leading_zero)
-  zero = np.zeros(n, np.int64)
-  a = np.where(syntax_ok, _digits_value(x, zero, plus_pos), 0)
-  b = np.where(syntax_ok, _digits_value(x, plus_pos + 1, eq_pos), 0)
-  return ParsedQueries(well_formed, syntax_ok, leading_zero, length, a, b)
+  well_formed = g.syntax_ok & (allow_leading_zeros | ~g.leading_zero)
+  zero = np.zeros(x.shape[0], np.int64)
+  a = np.where(g.syntax_ok, _digits_value(x, zero, g.plus_pos), 0)
+  b = np.where(g.syntax_ok, _digits_value(x, g.plus_pos + 1, g.eq_pos), 0)
+  return ParsedQueries(well_formed, g.syntax_ok, g.leading_zero, g.length, a, b)
 
 
 def is_well_formed(x, max_operand_len: int = 8, allow_leading_zeros: bool = True
@@ -339,6 +337,15 @@ def well_formed_mask(x: Array, max_operand_len: int = 8,
     raise ValueError(f"queries must be int[n, max_len], got {x.dtype}{x.shape}")
   g = _grammar(x, max_operand_len, jnp)
   return g.syntax_ok & (allow_leading_zeros | ~g.leading_zero)
+
+
+def make_support(task_config: AdditionTaskConfig = AdditionTaskConfig()
+                 ) -> Callable[[Array], Array]:
+  """:func:`well_formed_mask` under the task's operand bound and leading-zeros
+  switch: BaNEL's free ``support`` for this task (``make_banel(..., support=)``)."""
+  return functools.partial(well_formed_mask,
+                           max_operand_len=task_config.max_operand_len,
+                           allow_leading_zeros=task_config.allow_leading_zeros)
 
 
 def parse_answers(tokens) -> tuple[np.ndarray, np.ndarray]:
