@@ -53,8 +53,25 @@ def config_to_dict(config: Any) -> dict:
   """
   if not dataclasses.is_dataclass(config) or isinstance(config, type):
     raise TypeError(f"config_to_dict expects a dataclass instance, got {config!r}")
-  return {f.name: _jsonable(getattr(config, f.name))
-          for f in dataclasses.fields(config)}
+  return {name: _jsonable(value) for name, value in recorded_fields(config)}
+
+
+def recorded_fields(config: Any) -> list[tuple[str, Any]]:
+  """``(name, value)`` of the fields of a config dataclass that records keep.
+
+  A class may list, in a ``OMIT_WHEN_DEFAULT`` class attribute, fields added
+  after records of it were written: while such a field holds its default (the
+  behaviour from before it existed), it is left out, so checkpoint metadata and
+  run directories written before it still match.
+  """
+  omit = getattr(type(config), "OMIT_WHEN_DEFAULT", ())
+  out = []
+  for f in dataclasses.fields(config):
+    value = getattr(config, f.name)
+    if f.name in omit and value == f.default:
+      continue
+    out.append((f.name, value))
+  return out
 
 
 def _jsonable(value):

@@ -181,9 +181,13 @@ def load_models(exp):
   from banel_jax.models import transformer as tfm
   from banel_jax.tasks import addition
 
-  target_params, _, _ = addition.load_target(exp.target_dir)
+  target_params, target_task, _ = addition.load_target(exp.target_dir)
   attacker_params, _, _ = addition.load_attacker(exp.attacker_dir)
-  return tfm.make_transformer(exp.task.attacker), attacker_params, target_params
+  try:  # the target's width and input format come with its checkpoint
+    exp = exp.replace(task=addition.with_target_of(exp.task, target_task))
+  except ValueError as e:
+    raise SystemExit(f"{exp.target_dir}: {e}") from None
+  return exp, tfm.make_transformer(exp.task.attacker), attacker_params, target_params
 
 
 def reuse_calibration(path, exp):
@@ -255,7 +259,7 @@ def main(argv=None):
   out = args.out or os.path.join("results", f"attack_{args.config}")
   os.makedirs(out, exist_ok=True)
   ensure_checkpoints(exp, args.train_missing)
-  attacker, attacker_params, target_params = load_models(exp)
+  exp, attacker, attacker_params, target_params = load_models(exp)
   task = exp.task
   scorer = addition.make_scorer(target_params, task)
   oracle = addition.make_oracle(target_params, task)

@@ -219,12 +219,15 @@ def addition_setup(exp) -> TaskSetup:
   from banel_jax.models import transformer as tfm
   from banel_jax.tasks import addition
 
-  task = exp.task
   for d in (exp.target_dir, exp.attacker_dir):
     if not os.path.isdir(d):
       raise SystemExit(f"no checkpoint at {d}: train it first (see scripts/attack.py)")
+  target_params, target_task, _ = addition.load_target(exp.target_dir)
+  try:  # the target's width and input format come with its checkpoint
+    task = addition.with_target_of(exp.task, target_task)
+  except ValueError as e:
+    raise SystemExit(f"{exp.target_dir}: {e}") from None
   attacker = tfm.make_transformer(task.attacker)
-  target_params, _, _ = addition.load_target(exp.target_dir)
   attacker_params, _, _ = addition.load_attacker(exp.attacker_dir)
 
   def malformed(x):
@@ -691,7 +694,8 @@ def plot(runs: dict, pretrained: dict, path: str, title: str):
 
 def _jsonable(v):
   if dataclasses.is_dataclass(v) and not isinstance(v, type):
-    return {f.name: _jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    from banel_jax.checkpoint import recorded_fields
+    return {name: _jsonable(x) for name, x in recorded_fields(v)}
   if isinstance(v, dict):
     return {str(k): _jsonable(x) for k, x in v.items()}
   if isinstance(v, (list, tuple)):

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import sys
 import time
 
 import jax
@@ -45,6 +47,12 @@ def parse_args(argv=None):
   p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay")
   p.add_argument("--width", type=int, default=64, help="target residual width")
   p.add_argument("--layers", type=int, default=2, help="target blocks")
+  p.add_argument("--format", choices=addition.TARGET_FORMATS, default="aligned",
+                 help="how the target reads a query: 'aligned' (operands "
+                      "right-aligned in blank-filled fields; learns in hundreds "
+                      "of steps) or 'raw' (the query as written; a leading zero "
+                      "shifts the digits; needs a wider model and thousands of "
+                      "steps)")
   p.add_argument("--heads", type=int, default=4, help="attention heads")
   p.add_argument("--steps-per-call", type=int, default=25,
                  help="optimizer steps per jitted lax.scan call")
@@ -66,7 +74,7 @@ def main(argv=None):
   if args.eval_every % args.steps_per_call:
     raise SystemExit("--eval-every must be a multiple of --steps-per-call")
   cpu0, wall0 = time.process_time(), time.time()
-  task = addition.AdditionTaskConfig()
+  task = addition.AdditionTaskConfig(target_format=args.format)
   task = task.replace(target=task.target.replace(
       num_layers=args.layers, width=args.width, num_heads=args.heads))
   target = addition.make_target(task)
@@ -131,7 +139,8 @@ def main(argv=None):
   wrong = clopper_pearson(int(scores.target_wrong.sum()), len(queries))
 
   result = {
-      "command": "python scripts/train_target.py",
+      "command": shlex.join(["python", "scripts/train_target.py",
+                             *(sys.argv[1:] if argv is None else argv)]),
       "args": vars(args),
       "task": checkpoint.config_to_dict(task),
       "num_params": int(sum(x.size for x in jax.tree.leaves(params))),

@@ -129,6 +129,26 @@ def test_target_sequences_hold_aligned_query_and_reversed_sum():
     np.testing.assert_array_equal(np.flatnonzero(w), np.arange(q, q + len(answer) + 1))
 
 
+def test_raw_target_sequences_hold_the_query_as_written_then_the_reversed_sum():
+  cfg = add.AdditionTaskConfig(target_format="raw")
+  tokens, weights = jax.jit(add.sample_target_sequences, static_argnums=(1, 2))(
+      jax.random.key(1), 64, cfg)
+  tokens, weights = np.asarray(tokens), np.asarray(weights)
+  assert tokens.shape == weights.shape == (64, cfg.target.max_len)
+  starts = set()
+  for row, w in zip(tokens, weights):
+    text = add.decode(row)  # up to the answer's EOS
+    query, answer = text.split("=")
+    a, b = query.split("+")
+    assert a[0] != "0" or len(a) == 1
+    assert answer == str(int(a) + int(b))[::-1]
+    start = len(query) + 1
+    starts.add(start)
+    np.testing.assert_array_equal(np.flatnonzero(w),
+                                  np.arange(start, start + len(answer) + 1))
+  assert len(starts) > 5  # the answer starts wherever the query ends
+
+
 def test_target_prefix_aligns_operands():
   x = add.encode_batch(["12+3=", "04+56="], max_len=8)
   parsed = add.parse_queries(x, 3)
@@ -229,6 +249,43 @@ def test_oracle_smoke_with_a_real_tiny_target(tiny_target_params, caplog):
   assert not [m for m in caplog.messages if "Compiling" in m], caplog.messages
   with pytest.raises(ValueError, match="int\\[n, 8\\]"):
     oracle(x[:, :5])
+
+
+def test_oracle_with_a_raw_format_target_decodes_the_query_as_written():
+  cfg = TINY.replace(target_format="raw")
+  params = jax.jit(add.make_target(cfg).model.init)(jax.random.key(3))
+  texts = ["1+2=", "99+99=", "01+2=", "1+02=", "12+3=", "1+2"]
+  x = add.encode_batch(texts, max_len=cfg.max_len)
+  scores = add.make_scorer(params, cfg, batch_size=4)(x)
+  target = add.make_target(cfg)
+  for i, text in enumerate(texts[:-1]):  # each row decoded on its own
+    prefix = jnp.asarray([add.encode(text)], jnp.int32)
+    direct = np.asarray(target.greedy_decode(params, prefix, cfg.answer_len))
+    valid, value = add.parse_answers(direct)
+    assert scores.answer[i] == (value[0] if valid[0] else -1), text
+  assert not scores.syntax_ok[-1]
+  with pytest.raises(ValueError, match="target_format"):
+    TINY.replace(target_format="unaligned")
+
+
+def test_target_format_is_recorded_only_when_not_the_default():
+  assert "target_format" not in checkpoint.config_to_dict(TINY)  # old records
+  raw = TINY.replace(target_format="raw")
+  d = checkpoint.config_to_dict(raw)
+  assert d["target_format"] == "raw"
+  assert add.AdditionTaskConfig.from_dict(d) == raw
+  assert add.AdditionTaskConfig.from_dict(checkpoint.config_to_dict(TINY)) == TINY
+
+
+def test_with_target_of_takes_the_targets_shape_and_format():
+  wide = TINY_TARGET.replace(width=32)
+  target_task = TINY.replace(target=wide, target_format="raw",
+                             allow_leading_zeros=False)
+  got = add.with_target_of(TINY, target_task)
+  assert got.target == wide and got.target_format == "raw"
+  assert got.allow_leading_zeros  # the experiment's switch is kept
+  with pytest.raises(ValueError, match="max_operand_len"):
+    add.with_target_of(add.AdditionTaskConfig(), TINY)
 
 
 def test_config_validation():

@@ -38,6 +38,12 @@ answer is read back as an
 integer, so ``8610`` EOS (0168) also counts as 168; an answer that is not one or
 more digits followed by EOS is wrong.
 
+With ``target_format="raw"`` the target's prefix is instead the query exactly
+as written (``1 2 3 + 4 5 =``, no blanks), so its answer starts right after the
+``=``, wherever that is, and a leading zero moves every later digit; it is
+decoded with ``greedy_decode_ragged``. This is the harder format to learn (see
+scripts/ADDITION_NOTES.md) and the one closer to a language model reading text.
+
 Pretraining distribution (:func:`sample_queries`): operand lengths uniform in
 ``1..max_operand_len``, first digit nonzero unless the operand is one digit
 long (so no leading zeros), other digits uniform.
@@ -57,7 +63,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -147,6 +153,7 @@ def decode_batch(x) -> list[str]:
 # Configuration.
 
 
+TARGET_FORMATS = ("aligned", "raw")
 DEFAULT_TARGET_CONFIG = TransformerConfig(max_len=28, num_layers=2, width=64,
                                           num_heads=4)
 
@@ -162,14 +169,26 @@ class AdditionTaskConfig:
     max_len: the attacker's sequence length (tokens + EOS + PAD, no BOS).
     target: the target transformer's config; its ``max_len`` must hold the
       aligned query plus the longest answer (``query_len + answer_len``).
+    target_format: how the target reads a query (internal to the target):
+      ``"aligned"`` (each operand right-aligned in a field of blanks, the
+      default; see the module doc) or ``"raw"`` (the query exactly as written,
+      ``a+b=``, so a digit's position depends on the operand lengths and a
+      leading zero shifts every digit after it).
   """
 
   max_operand_len: int = 8
   allow_leading_zeros: bool = True
   max_len: int = 24
   target: TransformerConfig = DEFAULT_TARGET_CONFIG
+  target_format: str = "aligned"
+
+  # Added in session 11: records written before it (aligned targets) still match.
+  OMIT_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("target_format",)
 
   def __post_init__(self):
+    if self.target_format not in TARGET_FORMATS:
+      raise ValueError(f"target_format must be one of {TARGET_FORMATS}, got "
+                       f"{self.target_format!r}")
     if not 1 <= self.max_operand_len <= _MAX_SUPPORTED_OPERAND_LEN:
       raise ValueError(f"max_operand_len must be in [1, "
                        f"{_MAX_SUPPORTED_OPERAND_LEN}], got {self.max_operand_len}")
@@ -514,20 +533,26 @@ def target_prefix(queries: Array, len_a: Array, len_b: Array,
 def sample_target_sequences(key: PRNGKey, n: int,
                             config: AdditionTaskConfig = AdditionTaskConfig()
                             ) -> tuple[Array, Array]:
-  """Target training rows: an aligned query from the pretraining distribution,
-  then its answer.
+  """Target training rows: a query from the pretraining distribution in the
+  target's format (``config.target_format``), then its answer.
 
   Returns:
     ``(tokens, weights)``: ``int32[n, target.max_len]`` rows holding the
-    :func:`target_prefix` of a :func:`sample_queries`-distributed query, the
-    reversed sum digits, EOS, then PAD; ``f32[n, target.max_len]`` equal to 1 on
-    the answer digits and its EOS (the positions the loss scores), else 0.
+    query's target prefix (``"aligned"``: :func:`target_prefix`, always
+    ``query_len`` tokens; ``"raw"``: ``a+b=`` as written), the reversed sum
+    digits, EOS, then PAD; ``f32[n, target.max_len]`` equal to 1 on the answer
+    digits and its EOS (the positions the loss scores), else 0.
   """
   m = config.max_operand_len
   k_a, k_b = jax.random.split(key)
   la, da = _sample_operand_digits(k_a, n, m)
   lb, db = _sample_operand_digits(k_b, n, m)
-  prefix = target_prefix(_assemble(la, da, lb, db, config.query_len + 1), la, lb, m)
+  query = _assemble(la, da, lb, db, config.query_len + 1)
+  if config.target_format == "raw":
+    prefix, start = query[:, :config.query_len], la + lb + 2
+  else:
+    prefix = target_prefix(query, la, lb, m)
+    start = jnp.full((n,), config.query_len, jnp.int32)
   k = jnp.arange(m + 1)[None, :]
 
   def reversed_digits(length, digits):  # units first, zeros past the length
@@ -543,15 +568,15 @@ def sample_target_sequences(key: PRNGKey, n: int,
     carry = t // 10
   s = jnp.stack(sum_digits, axis=1)  # [n, m + 1], units first
   num_digits = jnp.maximum(1, jnp.max(jnp.where(s != 0, k + 1, 0), axis=1))
-  q = config.query_len
   total = config.target.max_len
   j = jnp.arange(total)[None, :]
-  prefix = jnp.pad(prefix, ((0, 0), (0, total - q)))
-  ans = jnp.take_along_axis(s, jnp.clip(j - q, 0, m), axis=1)
-  end = q + num_digits[:, None]
-  tokens = jnp.select([j < q, j < end, j == end],
+  start = start[:, None]
+  prefix = jnp.pad(prefix, ((0, 0), (0, total - config.query_len)))
+  ans = jnp.take_along_axis(s, jnp.clip(j - start, 0, m), axis=1)
+  end = start + num_digits[:, None]
+  tokens = jnp.select([j < start, j < end, j == end],
                       [prefix, ans, jnp.full_like(j, EOS_ID)], PAD_ID)
-  weights = ((j >= q) & (j <= end)).astype(jnp.float32)
+  weights = ((j >= start) & (j <= end)).astype(jnp.float32)
   return tokens.astype(jnp.int32), weights
 
 
@@ -723,8 +748,8 @@ def make_answer_fn(target_params: Params,
                    batch_size: int = 4096) -> AnswerFn:
   """The target's greedy answers as an :data:`AnswerFn` (host, numpy in/out).
 
-  Builds the :func:`target_prefix` and runs ``greedy_decode`` for
-  ``answer_len`` steps under ``jit``, in chunks of ``batch_size`` rows (the
+  Builds the target's prefix (``config.target_format``) and runs greedy
+  decoding for ``answer_len`` steps under ``jit``, in chunks of ``batch_size`` rows (the
   last chunk padded), so one compile serves every call.
 
   Args:
@@ -737,6 +762,9 @@ def make_answer_fn(target_params: Params,
 
   @jax.jit
   def decode_chunk(params, queries, len_a, len_b):
+    if config.target_format == "raw":  # the query as written, ragged
+      return target.greedy_decode_ragged(params, queries[:, :config.query_len],
+                                         len_a + len_b + 2, steps)
     prefix = target_prefix(queries, len_a, len_b, m)
     return target.greedy_decode(params, prefix, steps)
 
@@ -825,6 +853,24 @@ def save_target(directory, params: Params, config: AdditionTaskConfig,
 def load_target(directory) -> tuple[Params, AdditionTaskConfig, dict]:
   """``(params, task_config, metadata)`` of a target saved by :func:`save_target`."""
   return _load(directory, TARGET_KIND, lambda task: make_target(task).model)
+
+
+def with_target_of(task: AdditionTaskConfig,
+                   target_task: AdditionTaskConfig) -> AdditionTaskConfig:
+  """``task`` with the target's shape and input format from ``target_task``.
+
+  The target's architecture and format are properties of its checkpoint (see
+  :func:`load_target`), while the grammar and the leading-zeros switch belong
+  to the experiment. Raises ``ValueError`` if the two disagree on the grammar's
+  sizes (``max_operand_len``, ``max_len``).
+  """
+  for field in ("max_operand_len", "max_len"):
+    if getattr(task, field) != getattr(target_task, field):
+      raise ValueError(f"the target checkpoint was made for {field}="
+                       f"{getattr(target_task, field)}, the experiment has "
+                       f"{getattr(task, field)}")
+  return task.replace(target=target_task.target,
+                      target_format=target_task.target_format)
 
 
 def save_attacker(directory, params: Params, config: AdditionTaskConfig,
