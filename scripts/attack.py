@@ -39,6 +39,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from scripts._cli import command_line  # noqa: E402
 from scripts.configs import attack as attack_configs  # noqa: E402
 
 
@@ -309,6 +310,7 @@ def main(argv=None):
   best = np.array(result.best_success_rates())
   rate0 = max(pre.rate, 1.0 / pre.trials)  # avoid /0 when no success was seen
   summary = {
+      "command": command_line("attack.py", argv),
       "task": "addition_attack", "config_name": args.config,
       "task_config": _jsonable(dataclasses.asdict(task)),
       "banel_config": dataclasses.asdict(exp.banel), "seeds": list(exp.seeds),

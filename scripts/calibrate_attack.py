@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import jax
@@ -26,6 +27,9 @@ from tqdm import tqdm
 from banel_jax.metrics import clopper_pearson
 from banel_jax.models.transformer import make_transformer
 from banel_jax.tasks import addition
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scripts._cli import command_line  # noqa: E402
 
 WINDOW = (1e-4, 2e-3)
 
@@ -89,7 +93,7 @@ def main(argv=None):
   well_formed_zeros = counts["syntax_ok"]
   well_formed_no_zeros = counts["syntax_ok"] - counts["leading_zero"]
   result = {
-      "command": "python scripts/calibrate_attack.py",
+      "command": command_line("calibrate_attack.py", argv),
       "args": vars(args),
       "target": {"path": args.target, "steps": target_meta.get("steps"),
                  "task": target_meta["task"]},

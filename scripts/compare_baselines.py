@@ -58,6 +58,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from scripts._cli import command_line  # noqa: E402
 from scripts.configs import baselines as configs  # noqa: E402
 
 LABELS = {"pretrained": "pretrained", "banel": "BaNEL",
@@ -730,6 +731,7 @@ def main(argv=None):
   if args.tune:
     print(f"tuning on seeds {list(exp.tuning_seeds)} ...", flush=True)
     exp, tuning = tune(setup, exp, methods, progress, args.run_dir)
+    tuning = {"command": command_line("compare_baselines.py", argv), **tuning}
     with open(os.path.join(out, "tuning.json"), "w") as f:
       json.dump(_jsonable(tuning), f, indent=1)
 
@@ -751,7 +753,8 @@ def main(argv=None):
           flush=True)
 
   table = markdown_table(rows, pretrained, exp, args.task)
-  summary = {"task": args.task, "config": _jsonable(exp), "methods": methods,
+  summary = {"command": command_line("compare_baselines.py", argv),
+             "task": args.task, "config": _jsonable(exp), "methods": methods,
              "pretrained": pretrained, "rows": rows,
              "tuning": tuning if tuning is not None else "see scripts/configs/"
              "baselines.py (settings chosen by the grid there)",

@@ -36,6 +36,9 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from scripts._cli import command_line  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -144,10 +147,9 @@ def main(argv=None):
     print(f"epochs {epochs}: improvement final mean "
           f"{rows[-1]['improvement_final']['mean']:.2f}x, best-so-far mean "
           f"{rows[-1]['improvement_best']['mean']:.2f}x", flush=True)
-  command = "python scripts/compute_scaling.py " + " ".join(
-      sys.argv[1:] if argv is None else argv)
   with open(os.path.join(args.out, "scaling.json"), "w") as f:
-    json.dump({"command": command.strip(), "seeds": args.seeds,
+    json.dump({"command": command_line("compute_scaling.py", argv),
+               "seeds": args.seeds,
                "nre_budget": args.nre_budget,
                "leading_zeros_allowed": args.leading_zeros, "rows": rows}, f, indent=1)
   lz = "allowed" if args.leading_zeros else "malformed"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import jax
@@ -26,6 +27,9 @@ from tqdm import tqdm
 from banel_jax import checkpoint
 from banel_jax.models.transformer import make_transformer
 from banel_jax.tasks import addition
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scripts._cli import command_line  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -92,7 +96,7 @@ def main(argv=None):
   parsed = addition.parse_queries(x, task.max_operand_len, allow_leading_zeros=False)
 
   result = {
-      "command": "python scripts/pretrain_attacker.py",
+      "command": command_line("pretrain_attacker.py", argv),
       "args": vars(args),
       "model": checkpoint.config_to_dict(task.attacker),
       "num_params": int(sum(v.size for v in jax.tree.leaves(params))),

@@ -35,6 +35,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from scripts._cli import command_line  # noqa: E402
+
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
@@ -119,8 +121,7 @@ def main(argv=None):
 
   out = args.out or os.path.join(args.run_dir, "drift")
   os.makedirs(out, exist_ok=True)
-  command = "python scripts/proposal_drift.py " + " ".join(
-      sys.argv[1:] if argv is None else argv)
+  command = command_line("proposal_drift.py", argv)
   with open(os.path.join(out, "drift.json"), "w") as f:
     json.dump({"command": command, "checkpoint_step": step, "task": extra["task"],
                "samples": args.samples, "rows": rows}, f, indent=1)

@@ -27,6 +27,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from scripts._cli import command_line  # noqa: E402
+
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
@@ -106,9 +108,8 @@ def main(argv=None):
           f"{row['successes']}/{row['trials']} = {row['rate']:.4f}", flush=True)
 
   os.makedirs(args.out, exist_ok=True)
-  command = "python scripts/target_error_map.py " + " ".join(
-      sys.argv[1:] if argv is None else argv)
-  summary = {"command": command.strip(), "target_dir": args.target_dir,
+  summary = {"command": command_line("target_error_map.py", argv),
+             "target_dir": args.target_dir,
              "target_steps": meta.get("steps"), "per_cell": args.per_cell,
              "pool": args.pool, "by_length_pair": cells,
              f"lengths_{m}_{m - 1}_by_carry_past_shorter": by_carry,

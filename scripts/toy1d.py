@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from banel_jax import BanelConfig, BanelRunner  # noqa: E402
 from banel_jax.metrics import summarize_over_seeds  # noqa: E402
 from banel_jax.tasks import toy1d  # noqa: E402
+from scripts._cli import command_line  # noqa: E402
 from scripts.configs import toy1d as toy_configs  # noqa: E402
 
 
@@ -89,7 +90,8 @@ def build_experiment(args) -> toy_configs.Toy1DExperiment:
 
 
 def run_mode(exp: toy_configs.Toy1DExperiment, mode: str, out: str,
-             progress: bool, run_dir: str | None = None) -> dict:
+             progress: bool, run_dir: str | None = None,
+             command: str | None = None) -> dict:
   import jax
   task = exp.task
   cfg: BanelConfig = exp.banel.replace(mode=mode)
@@ -133,6 +135,7 @@ def run_mode(exp: toy_configs.Toy1DExperiment, mode: str, out: str,
   first_all = next((h["nre"][0] for h in evaluated
                     if min(h["success_rate"]) >= 0.9), None)
   summary = {
+      "command": command or command_line("toy1d.py"),
       "task": "toy1d", "mode": mode,
       "config": dataclasses.asdict(cfg), "task_config": dataclasses.asdict(task),
       "seeds": list(exp.seeds),
@@ -174,7 +177,9 @@ def main(argv=None):
   exp = build_experiment(args)
   os.makedirs(args.out, exist_ok=True)
   modes = ["distilled", "exact"] if args.mode == "both" else [args.mode]
-  summaries = {m: run_mode(exp, m, args.out, not args.no_progress, args.run_dir)
+  command = command_line("toy1d.py", argv)
+  summaries = {m: run_mode(exp, m, args.out, not args.no_progress, args.run_dir,
+                           command)
                for m in modes}
 
   import matplotlib.pyplot as plt

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 
@@ -30,6 +29,9 @@ from tqdm import tqdm
 from banel_jax import checkpoint
 from banel_jax.metrics import clopper_pearson
 from banel_jax.tasks import addition
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scripts._cli import command_line  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -139,8 +141,7 @@ def main(argv=None):
   wrong = clopper_pearson(int(scores.target_wrong.sum()), len(queries))
 
   result = {
-      "command": shlex.join(["python", "scripts/train_target.py",
-                             *(sys.argv[1:] if argv is None else argv)]),
+      "command": command_line("train_target.py", argv),
       "args": vars(args),
       "task": checkpoint.config_to_dict(task),
       "num_params": int(sum(x.size for x in jax.tree.leaves(params))),

@@ -1,5 +1,6 @@
 """A tiny end-to-end attack: BaNEL against a (random, tiny) addition target."""
 
+import shlex
 import subprocess
 import sys
 import pathlib
@@ -69,7 +70,12 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
                   "--no-analysis", "--no-progress", "--support-filter"], check=True,
                  cwd=ROOT, capture_output=True)
   assert json.load(open(run_dir / "config.json"))["extra"]["support_filter"] is True
-  assert json.load(open(tmp_path / "attack" / "attack.json"))["support_filter"] is True
+  summary = json.load(open(tmp_path / "attack" / "attack.json"))
+  assert summary["support_filter"] is True
+  assert summary["command"] == shlex.join([
+      "python", "scripts/attack.py", "--config", "tiny", "--run-dir", str(run_dir),
+      "--out", str(tmp_path / "attack"), "--no-analysis", "--no-progress",
+      "--support-filter"])
   metrics = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
   trained = [m for m in metrics if m["round"] > 0]
   assert len(trained) == 2  # NRE 128 at 64 per round

@@ -66,8 +66,12 @@ def _without_wall_times(v):
 
 
 def _comparison(tmp_path, name):
+  """comparison.json without wall times, and without the command line (its
+  --run-dir and --out differ between the runs compared)."""
   with open(tmp_path / f"out_{name}" / "comparison.json") as f:
-    return _without_wall_times(json.load(f))
+    out = _without_wall_times(json.load(f))
+  assert out.pop("command").startswith("python scripts/compare_baselines.py ")
+  return out
 
 
 def _calls(run_dir, method):

@@ -9,6 +9,7 @@ arguments.
 
 import json
 import pathlib
+import shlex
 import sys
 
 import numpy as np
@@ -43,6 +44,7 @@ def test_reuses_finished_runs_and_aggregates(tmp_path):
             [4.0, 4.0, 10.0])
   compute_scaling.main(argv)
   res = json.loads((out / "scaling.json").read_text())
+  assert res["command"] == shlex.join(["python", "scripts/compute_scaling.py", *argv])
   assert [r["failure_epochs"] for r in res["rows"]] == [1, 10]
   first, second = res["rows"]
   assert first["improvement_final"]["mean"] == pytest.approx(3.0)
