@@ -182,12 +182,10 @@ def load_models(exp):
   from banel_jax.models import transformer as tfm
   from banel_jax.tasks import addition
 
-  target_params, target_task, _ = addition.load_target(exp.target_dir)
+  # the target's width and input format come with its checkpoint
+  target_params, task = addition.load_target_for(exp.target_dir, exp.task)
   attacker_params, _, _ = addition.load_attacker(exp.attacker_dir)
-  try:  # the target's width and input format come with its checkpoint
-    exp = exp.replace(task=addition.with_target_of(exp.task, target_task))
-  except ValueError as e:
-    raise SystemExit(f"{exp.target_dir}: {e}") from None
+  exp = exp.replace(task=task)
   return exp, tfm.make_transformer(exp.task.attacker), attacker_params, target_params
 
 

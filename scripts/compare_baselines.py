@@ -223,11 +223,8 @@ def addition_setup(exp) -> TaskSetup:
   for d in (exp.target_dir, exp.attacker_dir):
     if not os.path.isdir(d):
       raise SystemExit(f"no checkpoint at {d}: train it first (see scripts/attack.py)")
-  target_params, target_task, _ = addition.load_target(exp.target_dir)
-  try:  # the target's width and input format come with its checkpoint
-    task = addition.with_target_of(exp.task, target_task)
-  except ValueError as e:
-    raise SystemExit(f"{exp.target_dir}: {e}") from None
+  # the target's width and input format come with its checkpoint
+  target_params, task = addition.load_target_for(exp.target_dir, exp.task)
   attacker = tfm.make_transformer(task.attacker)
   attacker_params, _, _ = addition.load_attacker(exp.attacker_dir)
 

@@ -288,6 +288,17 @@ def test_with_target_of_takes_the_targets_shape_and_format():
     add.with_target_of(add.AdditionTaskConfig(), TINY)
 
 
+def test_load_target_for_merges_the_checkpoints_target(tmp_path, tiny_target_params):
+  raw = TINY.replace(target_format="raw")
+  add.save_target(tmp_path / "t", tiny_target_params, raw)
+  params, task = add.load_target_for(tmp_path / "t", TINY)
+  assert task == raw
+  same = jax.tree.map(np.array_equal, params, tiny_target_params)
+  assert all(jax.tree.leaves(same))
+  with pytest.raises(checkpoint.CheckpointError, match="max_operand_len"):
+    add.load_target_for(tmp_path / "t", add.AdditionTaskConfig())
+
+
 def test_config_validation():
   with pytest.raises(ValueError, match="target.max_len"):
     add.AdditionTaskConfig(target=tfm.TransformerConfig(max_len=20))

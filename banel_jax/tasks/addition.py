@@ -873,6 +873,21 @@ def with_target_of(task: AdditionTaskConfig,
                       target_format=target_task.target_format)
 
 
+def load_target_for(directory, task: AdditionTaskConfig
+                    ) -> tuple[Params, AdditionTaskConfig]:
+  """``(params, task with the target's shape and format)`` of a saved target.
+
+  :func:`load_target` then :func:`with_target_of`; a checkpoint made for
+  another grammar raises :class:`~banel_jax.checkpoint.CheckpointError` naming
+  ``directory``.
+  """
+  params, target_task, _ = load_target(directory)
+  try:
+    return params, with_target_of(task, target_task)
+  except ValueError as e:
+    raise checkpoint.CheckpointError(f"{directory}: {e}") from None
+
+
 def save_attacker(directory, params: Params, config: AdditionTaskConfig,
                   overwrite: bool = False, **extra) -> None:
   """Saves attacker params (model ``config.attacker``) with the task config."""
