@@ -132,9 +132,13 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
 
   def propose(state: BanelState, key: PRNGKey, n: int):
     """Samples the current proposal: ``(x[n, ...], info)``."""
-    if config.mode == "exact":
+    if config.mode == "exact" or config.proposal_filter:
+      # Exact mode: the posterior itself, by rejection from the pretrained model.
+      # A filtered distilled proposal: the proposal restricted to outside the
+      # regions (and the support), by rejection from the proposal.
+      base = state.prior_params if config.mode == "exact" else state.proposal.params
       return posterior.sample_posterior_by_rejection(
-          model, state.prior_params, state.regions, key, n,
+          model, base, state.regions, key, n,
           batch_size=config.exact_batch_size, max_batches=config.exact_max_batches,
           region_strategy=config.region_strategy, support=support)
     x = model.sample(state.proposal.params, key, n)

@@ -346,6 +346,12 @@ class BanelRunner:
     return int(np.asarray(self.states.round).reshape(-1)[0])
 
   @property
+  def _rejection_sampled(self) -> bool:
+    """Whether the proposal samples by rejection (exact mode, or a filter)."""
+    return (getattr(self.config, "mode", None) == "exact"
+            or getattr(self.config, "proposal_filter", False))
+
+  @property
   def done(self) -> bool:
     return self.keeper.exhausted
 
@@ -353,7 +359,7 @@ class BanelRunner:
 
   def _sample(self, key, n):
     x, info = self._propose(self.states, key, n)
-    if getattr(self.config, "mode", None) == "exact":
+    if self._rejection_sampled:
       posterior.check_acceptance(info, n, self.config.min_acceptance_rate)
     return x, info
 
@@ -433,8 +439,7 @@ class BanelRunner:
     t = self.round
     keys = self._keys(self.states)
     x, info = self._sample(keys["propose"], c.samples_per_round)
-    exact = getattr(c, "mode", None) == "exact"
-    log_norm = (jnp.log(info.acceptance_rate) if exact
+    log_norm = (jnp.log(info.acceptance_rate) if self._rejection_sampled
                 else jnp.zeros(len(self.seeds), jnp.float32))
     x_host = np.asarray(x)
     self.round_samples = {}

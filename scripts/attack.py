@@ -96,6 +96,13 @@ def parse_args(argv=None):
                  "distillation treats malformed queries (reward 0 whatever the "
                  "target says, no evaluation needed) as rejected, so the proposal "
                  "cannot drift into them.")
+  p.add_argument("--proposal-filter", action="store_true",
+                 help="draw every paid, calibration and evaluation sample from the "
+                 "proposal restricted to outside the regions (and the grammar with "
+                 "--support-filter), by rejection: no evaluation is spent on a query "
+                 "the regions already reject. Costs 2 log-prob passes per region "
+                 "per candidate and more candidates as acceptance falls (practical "
+                 "on an accelerator; slow on a CPU).")
   p.add_argument("--no-leading-zeros", action="store_true",
                  help="the harder variant: operands with leading zeros are malformed.")
   p.add_argument("--n-eval", type=int, default=None,
@@ -145,6 +152,8 @@ def build_experiment(args) -> attack_configs.AttackExperiment:
     b["distill_reset"] = True
   if args.distill_pack:
     b["distill_pack"] = True
+  if args.proposal_filter:
+    b["proposal_filter"] = True
   banel = exp.banel.replace(**b)
   if banel.failure_batch_size > banel.samples_per_round:
     banel = banel.replace(failure_batch_size=banel.samples_per_round)

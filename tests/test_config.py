@@ -43,6 +43,7 @@ INVALID = [
     ("distill_reset", "yes"),
     ("distill_pack", 1),
     ("learn_from_successes", 1),
+    ("proposal_filter", "no"),
 ] + [(f, 0) for f in INT_FIELDS] + [(f, -5) for f in INT_FIELDS] + [
     (f, 10.0) for f in INT_FIELDS] + [(f, True) for f in INT_FIELDS]
 
@@ -71,6 +72,7 @@ def test_config_error_is_a_value_error():
     ({"nre_budget": 1000, "samples_per_round": 100, "max_regions": 9}, "max_regions"),
     ({"distill_target": "mixture", "distill_samples": 1, "distill_batch_size": 1},
      "distill_samples"),
+    ({"mode": "exact", "proposal_filter": True}, "proposal_filter"),
 ])
 def test_cross_field_constraints_name_the_field(changes, field):
   with pytest.raises(ConfigError, match=f"BanelConfig.{field}="):
