@@ -11,6 +11,13 @@ rate) and reports per seed and round:
   ``max_operand_len - 1`` digits (where the target's errors are, see
   ``scripts/target_error_map.py``);
 * ``leading_zero``: share of well-formed rows with a leading zero;
+* ``inside_regions``: share of rows inside the regions that existed when the
+  proposal drew its round (regions ``1 .. r - 1`` for round ``r``): what the
+  round paid for although the exploration posterior already gave it no mass, and
+  what ``--proposal-filter`` would not pay for;
+* ``inside_own_region``: share of rows inside the region fitted on that round's
+  failures (about ``calibrated_reject_fraction`` in calibrated mode: a check that
+  the bank was read back right; ``None`` for the current proposal);
 * ``success``: the success rate with its Clopper-Pearson interval.
 
 It is the tool that showed why the 5-seed attack peaks and then declines: the
@@ -78,6 +85,7 @@ def main(argv=None):
   matplotlib.use("Agg")
   import jax
 
+  from banel_jax import posterior
   from banel_jax.run_dir import read_checkpoint, unflatten_state
   from banel_jax.models import transformer as tfm
   from banel_jax.tasks import addition
@@ -99,10 +107,29 @@ def main(argv=None):
 
   step, arrays, _ = read_checkpoint(args.run_dir, args.step)
   n_seeds = arrays["proposal.step"].shape[0]
+  capacity = arrays["regions.log_tau"].shape[1]
 
   def params(prefix, index):
     flat = {k[len(prefix):]: v[index] for k, v in arrays.items() if k.startswith(prefix)}
     return unflatten_state(flat, attacker_params)
+
+  add_region = jax.jit(posterior.add_region)
+  inside = jax.jit(lambda bank, x: posterior.rejection_mask(model, bank, x, "loop"))
+  empty = posterior.empty_region_bank(attacker_params, capacity)
+
+  def bank_of(s, slots):
+    """Seed ``s``'s bank holding only the stored regions ``slots``."""
+    bank = empty
+    for j in slots:
+      if arrays["regions.valid"][s, j]:
+        bank = add_region(bank, params("regions.proposal_params.", (s, j)),
+                          params("regions.failure_params.", (s, j)),
+                          arrays["regions.log_tau"][s, j],
+                          arrays["regions.log_norm"][s, j])
+    return bank
+
+  def share_inside(bank, x):
+    return float(np.mean(np.asarray(inside(bank, x)))) if int(bank.size) else 0.0
 
   # Slot r of the region bank holds the proposal that drew round r + 1's samples.
   rounds = list(range(0, step, args.every))
@@ -113,11 +140,15 @@ def main(argv=None):
       p = (params("regions.proposal_params.", (s, r)) if r < step
            else params("proposal.params.", s))
       x = np.asarray(sample(p, jax.random.fold_in(key, s * 10_000 + r), args.samples))
-      row = {"seed": s, "round": r + 1, **proposal_row(x, oracle(x), task)}
+      row = {"seed": s, "round": r + 1, **proposal_row(x, oracle(x), task),
+             "inside_regions": share_inside(bank_of(s, range(r)), x),
+             "inside_own_region": (share_inside(bank_of(s, [r]), x) if r < step
+                                   else None)}
       rows.append(row)
       print(f"seed {s} proposal of round {r + 1}: success {row['success']['rate']:.4f} "
             f"malformed {row['malformed']:.3f} both long {row['both_long']:.3f} "
-            f"leading zero {row['leading_zero']:.4f}", flush=True)
+            f"leading zero {row['leading_zero']:.4f} "
+            f"inside earlier regions {row['inside_regions']:.3f}", flush=True)
 
   out = args.out or os.path.join(args.run_dir, "drift")
   os.makedirs(out, exist_ok=True)
@@ -141,6 +172,7 @@ def plot(rows, path):
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
   ax.plot(rounds, mean("malformed"), "o-", label="malformed")
   ax.plot(rounds, mean("both_long"), "s-", label="both operands long")
+  ax.plot(rounds, mean("inside_regions"), "^-", label="inside earlier regions")
   ax.set_xlabel("round (proposal that drew it)")
   ax.set_ylabel("share of samples (mean over seeds)")
   ax.set_ylim(0, 1)

@@ -93,5 +93,16 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
     for field in ("malformed", "both_long", "leading_zero", "distinct"):
       assert 0.0 <= row[field] <= 1.0
     assert row["success"]["trials"] == 64
+  # Round r's proposal is tested against the r - 1 regions before it (none for
+  # round 1), and about half of its samples lie in its own region (calibrated
+  # to reject 50% of fresh proposal samples; 64 samples here).
+  for row in drift["rows"]:
+    assert 0.0 <= row["inside_regions"] <= 1.0
+    if row["round"] == 1:
+      assert row["inside_regions"] == 0.0
+    if row["round"] < 3:
+      assert 0.25 <= row["inside_own_region"] <= 0.75, row
+    else:
+      assert row["inside_own_region"] is None  # the current proposal: no region yet
   # Round 1's proposal is the pretrained attacker: it writes few malformed rows.
   assert all(r["malformed"] < 0.2 for r in drift["rows"] if r["round"] == 1)
