@@ -132,7 +132,7 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
 
   def propose(state: BanelState, key: PRNGKey, n: int):
     """Samples the current proposal: ``(x[n, ...], info)``."""
-    if config.mode == "exact" or config.proposal_filter:
+    if config.samples_by_rejection:
       # Exact mode: the posterior itself, by rejection from the pretrained model.
       # A filtered distilled proposal: the proposal restricted to outside the
       # regions (and the support), by rejection from the proposal.

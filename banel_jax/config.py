@@ -130,6 +130,11 @@ class BanelConfig:
     return math.ceil(self.nre_budget / self.samples_per_round)
 
   @property
+  def samples_by_rejection(self) -> bool:
+    """Whether ``propose`` samples by rejection (exact mode, or a filter)."""
+    return self.mode == "exact" or self.proposal_filter
+
+  @property
   def region_capacity(self) -> int:
     """Static number of slots in the region bank."""
     return self.max_regions or self.num_rounds

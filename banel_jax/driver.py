@@ -347,9 +347,8 @@ class BanelRunner:
 
   @property
   def _rejection_sampled(self) -> bool:
-    """Whether the proposal samples by rejection (exact mode, or a filter)."""
-    return (getattr(self.config, "mode", None) == "exact"
-            or getattr(self.config, "proposal_filter", False))
+    # Baselines' configs have no such property: they sample their model directly.
+    return getattr(self.config, "samples_by_rejection", False)
 
   @property
   def done(self) -> bool:

@@ -117,9 +117,8 @@ def main(argv=None):
   inside = jax.jit(lambda bank, x: posterior.rejection_mask(model, bank, x, "loop"))
   empty = posterior.empty_region_bank(attacker_params, capacity)
 
-  def bank_of(s, slots):
-    """Seed ``s``'s bank holding only the stored regions ``slots``."""
-    bank = empty
+  def bank_of(s, slots, bank=empty):
+    """``bank`` plus seed ``s``'s stored regions ``slots``."""
     for j in slots:
       if arrays["regions.valid"][s, j]:
         bank = add_region(bank, params("regions.proposal_params.", (s, j)),
@@ -136,12 +135,14 @@ def main(argv=None):
   key = jax.random.key(args.seed)
   rows = []
   for s in range(n_seeds):
+    earlier, n_earlier = empty, 0  # seed s's regions 0 .. n_earlier - 1
     for r in rounds + [step]:
+      earlier, n_earlier = bank_of(s, range(n_earlier, r), earlier), r
       p = (params("regions.proposal_params.", (s, r)) if r < step
            else params("proposal.params.", s))
       x = np.asarray(sample(p, jax.random.fold_in(key, s * 10_000 + r), args.samples))
       row = {"seed": s, "round": r + 1, **proposal_row(x, oracle(x), task),
-             "inside_regions": share_inside(bank_of(s, range(r)), x),
+             "inside_regions": share_inside(earlier, x),
              "inside_own_region": (share_inside(bank_of(s, [r]), x) if r < step
                                    else None)}
       rows.append(row)
