@@ -177,6 +177,34 @@ def check_metadata(metadata: Mapping[str, Any], expected: Mapping[str, Any],
                           + "; ".join(problems))
 
 
+def restore_target(tree):
+  """A restore target that puts every array of ``tree`` on the default device.
+
+  Orbax otherwise restores each array with the sharding recorded when it was
+  saved, which fails ("Topology mismatch") when the checkpoint was written on
+  another platform or device count: a CPU-trained checkpoint loaded on a GPU, a
+  run directory resumed on another machine.
+
+  Args:
+    tree: a pytree whose leaves have ``shape`` and ``dtype`` (arrays,
+      ``jax.ShapeDtypeStruct`` or orbax ``ArrayMetadata``).
+
+  Returns:
+    The same tree of ``jax.ShapeDtypeStruct`` on ``jax.devices()[0]``.
+  """
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=sharding),
+      tree)
+
+
+def _saved_target(ckptr, path):
+  """:func:`restore_target` of the arrays saved at ``path`` (from their metadata)."""
+  tree = ckptr.metadata(path)
+  tree = getattr(tree, "item_metadata", tree)
+  return restore_target(getattr(tree, "tree", tree))
+
+
 def load_params(directory, *, expected_metadata: Mapping[str, Any] | None = None,
                 like: Params | None = None) -> tuple[Params, dict]:
   """Loads a checkpoint written by :func:`save_params`.
@@ -200,8 +228,9 @@ def load_params(directory, *, expected_metadata: Mapping[str, Any] | None = None
   metadata = load_metadata(directory)
   if expected_metadata is not None:
     check_metadata(metadata, expected_metadata, where=f"checkpoint {directory}")
+  path = os.path.join(directory, PARAMS_DIR)
   with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(os.path.join(directory, PARAMS_DIR))
+    params = ckptr.restore(path, _saved_target(ckptr, path))
   if like is not None:
     _check_like(params, like, directory)
   return params, metadata

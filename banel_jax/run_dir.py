@@ -51,7 +51,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no lock
   fcntl = None
 
-from banel_jax.checkpoint import CheckpointError
+from banel_jax.checkpoint import CheckpointError, restore_target
 from banel_jax.ledger import LEDGER_FILE
 
 CONFIG_FILE = "config.json"
@@ -333,7 +333,7 @@ class RunDirectory:
           f"checkpoint step {step} of {self.path} holds a state of another structure "
           f"than this run's: {'; '.join(problems[:10])}")
     flat = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(dict(target))))["state"]
+        state=ocp.args.StandardRestore(restore_target(dict(target)))))["state"]
     if _digest(jax.device_get(flat)) != host["state_digest"]:
       raise ValueError("its arrays do not match the checksum saved with them")
     return unflatten_state(flat, like), host

@@ -46,6 +46,9 @@ def parse_args(argv=None):
                  help="batch of the log-likelihood comparison (default 1024).")
   p.add_argument("--peer-train-batch", type=int, default=512,
                  help="batch of the training comparison (default 512).")
+  p.add_argument("--peer-device", default="cpu",
+                 help="PyTorch device of the peer: 'cpu' (default, the CPU reference) "
+                 "or 'cuda' to compare on the same GPU that JAX uses.")
   p.add_argument("--target", action="store_true",
                  help="also measure the addition target's shape.")
   p.add_argument("--out", default="results/bench_transformer.json",
@@ -119,9 +122,23 @@ def bench_jax(cfg, batch_sizes, repeats, train_batches):
           "compilations_on_repeat_calls": compiles_after_warmup}
 
 
-def bench_peer(cfg, threads, repeats, sample_batch, score_batch, train_batch):
+def bench_peer(cfg, threads, repeats, sample_batch, score_batch, train_batch,
+               device="cpu"):
   import torch
   from transformers import GPT2Config, GPT2LMHeadModel
+
+  if device.startswith("cuda") and not torch.cuda.is_available():
+    raise SystemExit(f"--peer-device {device}: PyTorch sees no CUDA device")
+
+  def synced(fn):
+    # CUDA calls return before the kernels finish: time them to completion.
+    if not device.startswith("cuda"):
+      return fn
+
+    def run():
+      fn()
+      torch.cuda.synchronize()
+    return run
 
   torch.set_num_threads(threads)
   torch.manual_seed(0)
@@ -129,9 +146,9 @@ def bench_peer(cfg, threads, repeats, sample_batch, score_batch, train_batch):
                       n_embd=cfg.width, n_layer=cfg.num_layers, n_head=cfg.num_heads,
                       n_inner=cfg.mlp_ratio * cfg.width, bos_token_id=cfg.bos_id,
                       eos_token_id=cfg.eos_id, pad_token_id=cfg.pad_id)
-  model = GPT2LMHeadModel(hf_cfg).eval()
-  res = {"torch_version": torch.__version__}
-  bos = torch.full((sample_batch, 1), cfg.bos_id, dtype=torch.long)
+  model = GPT2LMHeadModel(hf_cfg).to(device).eval()
+  res = {"torch_version": torch.__version__, "device": device}
+  bos = torch.full((sample_batch, 1), cfg.bos_id, dtype=torch.long, device=device)
 
   def gen():
     with torch.no_grad():
@@ -139,9 +156,10 @@ def bench_peer(cfg, threads, repeats, sample_batch, score_batch, train_batch):
                      max_new_tokens=cfg.max_len, min_new_tokens=cfg.max_len,
                      use_cache=True, pad_token_id=cfg.pad_id)
   res["sample_batch"] = sample_batch
-  res["sample_tokens_per_s"] = sample_batch * cfg.max_len / _median_time(gen, repeats)
+  res["sample_tokens_per_s"] = (sample_batch * cfg.max_len
+                                / _median_time(synced(gen), repeats))
 
-  x = torch.randint(0, 10, (score_batch, cfg.max_len + 1))
+  x = torch.randint(0, 10, (score_batch, cfg.max_len + 1), device=device)
   x[:, 0] = cfg.bos_id
 
   def score():
@@ -150,11 +168,12 @@ def bench_peer(cfg, threads, repeats, sample_batch, score_batch, train_batch):
       logp = torch.log_softmax(logits, -1).gather(-1, x[:, 1:, None])[..., 0].sum(1)
     return logp
   res["score_batch"] = score_batch
-  res["log_prob_sequences_per_s"] = score_batch / _median_time(score, repeats)
+  res["log_prob_sequences_per_s"] = (score_batch
+                                     / _median_time(synced(score), repeats))
 
   model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-  xt = torch.randint(0, 10, (train_batch, cfg.max_len + 1))
+  xt = torch.randint(0, 10, (train_batch, cfg.max_len + 1), device=device)
   xt[:, 0] = cfg.bos_id
 
   def train():
@@ -165,7 +184,7 @@ def bench_peer(cfg, threads, repeats, sample_batch, score_batch, train_batch):
     loss.backward()
     opt.step()
   res["train_batch"] = train_batch
-  res["train_steps_per_s"] = 1.0 / _median_time(train, repeats)
+  res["train_steps_per_s"] = 1.0 / _median_time(synced(train), repeats)
   return res
 
 
@@ -191,7 +210,8 @@ def main(argv=None):
     cfg = shapes["attacker"]
     print("[attacker] PyTorch / transformers GPT-2 ...", flush=True)
     peer = bench_peer(cfg, args.threads, args.repeats, args.peer_sample_batch,
-                      args.peer_score_batch, args.peer_train_batch)
+                      args.peer_score_batch, args.peer_train_batch,
+                      args.peer_device)
     ours = report["results"]["attacker"]["jax"]["by_batch"]
     ratios = {
         "sample_tokens_per_s": ours[str(args.peer_sample_batch)]["sample_tokens_per_s"]

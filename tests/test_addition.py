@@ -1,6 +1,10 @@
 """Tests of banel_jax.tasks.addition, greedy_decode_ragged and banel_jax.checkpoint."""
 
 import logging
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -362,6 +366,32 @@ def test_checkpoint_round_trip(tmp_path, tiny_target_params):
     checkpoint.save_params(path, tiny_target_params, meta)
   checkpoint.save_params(path, tiny_target_params, {"steps": 4}, overwrite=True)
   assert checkpoint.load_metadata(path) == {"steps": 4}
+
+
+_SAVE_ON_DEVICE_3 = """
+import sys
+import jax, jax.numpy as jnp
+from banel_jax import checkpoint
+w = jax.device_put(jnp.arange(6.0).reshape(2, 3), jax.devices()[3])
+checkpoint.save_params(sys.argv[1], {"w": w}, {"saved_on": str(w.devices())})
+"""
+
+
+def test_checkpoint_written_on_another_topology_loads_on_this_device(tmp_path):
+  # A checkpoint records each array's sharding; one saved on device 3 of a
+  # 4-device process (or on CPU, then loaded on a GPU) used to fail to restore
+  # with orbax's "Topology mismatch". It must land on this process's device.
+  assert jax.device_count() < 4
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+  subprocess.run([sys.executable, "-c", _SAVE_ON_DEVICE_3, str(tmp_path / "p")],
+                 env=env, check=True, capture_output=True)
+  params, meta = checkpoint.load_params(tmp_path / "p")
+  assert "3" in meta["saved_on"]
+  assert params["w"].devices() == {jax.devices()[0]}
+  np.testing.assert_array_equal(params["w"], np.arange(6.0).reshape(2, 3))
 
 
 def test_checkpoint_errors_name_the_problem(tmp_path, tiny_target_params):
