@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from banel_jax import posterior
+from banel_jax import sharding as seed_sharding
 from banel_jax.banel import BanelState, RoundBatch, make_banel, round_keys
 from banel_jax.budget import BudgetKeeper, OracleError, OraclePolicy
 from banel_jax.checkpoint import config_to_dict
@@ -193,6 +194,11 @@ class BanelRunner:
     extra_config: more JSON-ready settings of the run (e.g.
       ``{"task": config_to_dict(task)}``) recorded in ``config.json`` and
       checked on resume.
+    shard_seeds: split the seeds over the local devices with ``jax.sharding``
+      (:mod:`banel_jax.sharding`): the state's seed axis is sharded over the
+      largest number of devices that divides the number of seeds, the
+      pretrained params are replicated, and ``jit`` runs each device's seeds
+      there. A no-op on one device. Results do not depend on it.
 
   Raises:
     RunDirError: ``run_dir`` holds a run with another config (the message names
@@ -207,7 +213,8 @@ class BanelRunner:
                on_round: Callable[["BanelRunner", dict], None] | None = None,
                method: Any = None, run_dir: str | os.PathLike | None = None,
                keep_checkpoints: int = 3, oracle_policy: OraclePolicy | None = None,
-               extra_config: Mapping[str, Any] | None = None):
+               extra_config: Mapping[str, Any] | None = None,
+               shard_seeds: bool = True):
     seeds = list(seeds)
     if not seeds:
       raise ValueError("seeds must name at least one seed")
@@ -231,7 +238,10 @@ class BanelRunner:
     # evaluated rounds; numpy arrays.
     self.round_samples: dict[str, np.ndarray] = {}
     self._check_prior(prior_params)
+    self.mesh = seed_sharding.seed_mesh(len(self.seeds)) if shard_seeds else None
     roots = jax.vmap(jax.random.key)(jnp.asarray(self.seeds, jnp.uint32))
+    roots = seed_sharding.shard_seeds(roots, self.mesh)
+    prior_params = seed_sharding.replicate(prior_params, self.mesh)
     fns = _compiled(self.banel)
     self._init, self._propose, self._update = fns["init"], fns["propose"], fns["update"]
     self._keys = _ROUND_KEYS
@@ -247,7 +257,8 @@ class BanelRunner:
         resumed = self.run_dir.restore(self.states)
         position = (0, 0)
         if resumed is not None:
-          _, self.states, host = resumed
+          _, states, host = resumed
+          self.states = seed_sharding.shard_seeds(states, self.mesh)
           position = (host["ledger"]["calls"], host["ledger"]["offset"])
         ledger = Ledger(self.run_dir.ledger_path, calls_before=position[0],
                         offset=position[1])
