@@ -283,7 +283,8 @@ class RunDirectory:
 
   def _new_manager(self) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
-                                           cleanup_tmp_directories=True)
+                                           cleanup_tmp_directories=True,
+                                           enable_async_checkpointing=False)
     return ocp.CheckpointManager(self.checkpoint_dir, options=options,
                                  item_names=("state", "host"))
 
