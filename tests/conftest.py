@@ -5,6 +5,9 @@ own programs, so one seed-vmapped BaNEL run of the 1-D toy is shared by the file
 that check a whole run (``test_banel_round.py``, ``test_budget.py``).
 """
 
+import os
+import pathlib
+
 import jax
 import numpy as np
 import pytest
@@ -13,6 +16,16 @@ from banel_jax import BanelConfig, BanelRunner, run_banel
 from banel_jax.tasks.toy1d import Toy1DTask
 
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def four_cpu_devices_env():
+  """Environment of a child process with 4 CPU devices that imports this repo."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+  return env
 
 
 class RecordingOracle:

@@ -22,6 +22,11 @@ def _trace(res):
           "nre": [h.get("nre") for h in res.history], "spent": res.nre_spent}
 
 
+def _device_counts(states):
+  """The distinct numbers of devices the leaves of ``states`` are split over."""
+  return sorted({len(x.sharding.device_set) for x in jax.tree_util.tree_leaves(states)})
+
+
 def _max_diff(a, b):
   def host(x):
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -45,28 +50,25 @@ def main(run_dir):
                        seeds=seeds, progress=False, shard_seeds=shard, **kw)
 
   sharded = runner(True)
-  leaf_devices = [len(x.sharding.device_set)
-                  for x in jax.tree_util.tree_leaves(sharded.states)]
+  leaf_devices = _device_counts(sharded.states)
   res_sharded = sharded.run()
-  end_devices = [len(x.sharding.device_set)
-                 for x in jax.tree_util.tree_leaves(sharded.states)]
+  end_devices = _device_counts(sharded.states)
   res_single = runner(False).run()
   first = runner(True, run_dir=run_dir)
   first.evaluate_start()
   first.step()
   first.close()
   resumed = runner(True, run_dir=run_dir)
-  resumed_devices = [len(x.sharding.device_set)
-                     for x in jax.tree_util.tree_leaves(resumed.states)]
+  resumed_devices = _device_counts(resumed.states)
   res_resumed = resumed.run()
   mesh3 = sharding.seed_mesh(3)
   mesh6 = sharding.seed_mesh(6)
   print(json.dumps({
       "device_count": jax.device_count(),
       "mesh": None if sharded.mesh is None else int(sharded.mesh.devices.size),
-      "leaf_devices": sorted(set(leaf_devices)),
-      "end_devices": sorted(set(end_devices)),
-      "resumed_devices": sorted(set(resumed_devices)),
+      "leaf_devices": leaf_devices,
+      "end_devices": end_devices,
+      "resumed_devices": resumed_devices,
       "mesh3": None if mesh3 is None else int(mesh3.devices.size),
       "mesh6": None if mesh6 is None else int(mesh6.devices.size),
       "sharded": _trace(res_sharded),

@@ -1,8 +1,6 @@
 """Tests of banel_jax.tasks.addition, greedy_decode_ragged and banel_jax.checkpoint."""
 
 import logging
-import os
-import pathlib
 import subprocess
 import sys
 
@@ -377,17 +375,14 @@ checkpoint.save_params(sys.argv[1], {"w": w}, {"saved_on": str(w.devices())})
 """
 
 
-def test_checkpoint_written_on_another_topology_loads_on_this_device(tmp_path):
+def test_checkpoint_written_on_another_topology_loads_on_this_device(
+    tmp_path, four_cpu_devices_env):
   # A checkpoint records each array's sharding; one saved on device 3 of a
   # 4-device process (or on CPU, then loaded on a GPU) used to fail to restore
   # with orbax's "Topology mismatch". It must land on this process's device.
   assert jax.device_count() < 4
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  root = pathlib.Path(__file__).resolve().parents[1]
-  env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
   subprocess.run([sys.executable, "-c", _SAVE_ON_DEVICE_3, str(tmp_path / "p")],
-                 env=env, check=True, capture_output=True)
+                 env=four_cpu_devices_env, check=True, capture_output=True)
   params, meta = checkpoint.load_params(tmp_path / "p")
   assert "3" in meta["saved_on"]
   assert params["w"].devices() == {jax.devices()[0]}

@@ -1,7 +1,6 @@
 """Seeds sharded over several devices (banel_jax.sharding and the runner)."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -27,16 +26,14 @@ def test_one_device_or_no_even_split_means_no_mesh():
     sharding.seed_mesh(2, devices=[])
 
 
-def test_sharded_run_equals_the_single_device_run_and_resumes_sharded(tmp_path):
+def test_sharded_run_equals_the_single_device_run_and_resumes_sharded(
+    tmp_path, four_cpu_devices_env):
   # 4 CPU devices in a child process (this one has 1): the 4-seed toy run with
   # its seed axis split over them must give the very same history and final
   # state as on one device, keep its state split over 4 devices to the end, and
   # a run directory written sharded must resume onto the 4 devices.
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
   out = subprocess.run([sys.executable, str(ROOT / "tests" / "sharded_worker.py"),
-                        str(tmp_path / "run")], env=env, check=True,
+                        str(tmp_path / "run")], env=four_cpu_devices_env, check=True,
                        capture_output=True, text=True)
   r = json.loads(out.stdout.strip().splitlines()[-1])
   assert r["device_count"] == 4 and r["mesh"] == 4
