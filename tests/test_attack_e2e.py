@@ -7,6 +7,7 @@ import pathlib
 
 import jax
 import numpy as np
+import pytest
 
 import banel_jax as bj
 from banel_jax.models import transformer as tfm
@@ -106,3 +107,40 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
       assert row["inside_own_region"] is None  # the current proposal: no region yet
   # Round 1's proposal is the pretrained attacker: it writes few malformed rows.
   assert all(r["malformed"] < 0.2 for r in drift["rows"] if r["round"] == 1)
+  # region_lift.py reads the same bank: region 1 was calibrated to take in half of
+  # fresh samples of the pretrained attacker, which is what it measures against.
+  sys.path.insert(0, str(ROOT))
+  from scripts import region_lift
+  lift_out = tmp_path / "lift"
+  region_lift.main(["--run-dir", str(run_dir), "--samples", "256", "--rule-queries",
+                    "400", "--min-outside", "5", "--out", str(lift_out)])
+  lift = json.load(open(lift_out / "lift.json"))
+  assert (lift_out / "lift.png").exists()
+  (run,) = lift["runs"]
+  assert run["n_samples"] == 256 and run["n_errors"] >= 1
+  assert run["regions"] == 4 and [s["regions"] for s in run["seeds"]] == [2, 2]
+  for s in run["seeds"]:
+    assert 0.3 <= s["inside_samples"][0] <= 0.7, s
+    for key in ("inside_samples", "inside_errors"):
+      union = s[f"union_{key}"]
+      assert union[0] == s[key][0] and union[1] >= max(s[key]) and union[1] <= 1.0
+    for x, e, v in zip(s["union_inside_samples"], s["union_inside_errors"],
+                       s["union_lift"]):
+      if v is not None:
+        assert v == pytest.approx((1 - e) / (1 - x))
+
+
+def test_region_lift_shares_and_lift():
+  """Union shares accumulate region by region; the lift is left out when too few
+  samples lie outside the union."""
+  sys.path.insert(0, str(ROOT))
+  from scripts import region_lift
+  x = np.array([[1, 0, 0, 0], [0, 1, 0, 0]], bool)  # 4 samples, 2 regions
+  e = np.array([[1, 1], [0, 0]], bool)              # 2 errors, both in region 1
+  r = region_lift.region_shares(x, e, min_outside=2)
+  assert r["inside_samples"] == [0.25, 0.25] and r["inside_errors"] == [1.0, 0.0]
+  assert r["union_inside_samples"] == [0.25, 0.5]
+  assert r["union_inside_errors"] == [1.0, 1.0]
+  assert r["union_lift"] == [0.0, 0.0]
+  r = region_lift.region_shares(x, ~e, min_outside=3)  # errors outside both
+  assert r["union_lift"] == [pytest.approx(1 / 0.75), None]  # 2 outside < 3
