@@ -73,7 +73,7 @@ def lift(inside_errors: float, inside_samples: float, n_samples: int,
   ``min_outside`` of the ``n_samples`` samples lie outside (too few to tell)."""
   if (1.0 - inside_samples) * n_samples < min_outside - 1e-9:
     return None
-  return (1.0 - inside_errors) / (1.0 - inside_samples)
+  return float((1.0 - inside_errors) / (1.0 - inside_samples))
 
 
 def region_shares(inside_x: np.ndarray, inside_e: np.ndarray,
@@ -87,6 +87,19 @@ def region_shares(inside_x: np.ndarray, inside_e: np.ndarray,
           "inside_errors": inside_e.mean(axis=1).tolist(),
           "union_inside_samples": ux.tolist(), "union_inside_errors": ue.tolist(),
           "union_lift": [lift(e, x, n, min_outside) for e, x in zip(ue, ux)]}
+
+
+def mean_by_regions(seeds: list[dict]) -> list[dict]:
+  """Per number of regions ``k``: the mean union lift over the seeds where it is
+  measured, and how many seeds that is."""
+  most = max((len(s["union_lift"]) for s in seeds), default=0)
+  out = []
+  for k in range(most):
+    v = [s["union_lift"][k] for s in seeds
+         if k < len(s["union_lift"]) and s["union_lift"][k] is not None]
+    out.append({"regions": k + 1, "mean": float(np.mean(v)) if v else None,
+                "seeds": len(v)})
+  return out
 
 
 def analyse_run(run_dir: str, args, cache: dict) -> dict:
@@ -158,6 +171,7 @@ def analyse_run(run_dir: str, args, cache: dict) -> dict:
           "failure_epochs": record["config"].get("failure_epochs"),
           "support_filter": bool(extra.get("support_filter", False)),
           "n_samples": n_x, "n_errors": len(queries) - n_x,
+          "union_lift_mean_by_regions": mean_by_regions(seeds),
           "last_measured_lift_mean": float(np.mean(last)) if last else None,
           "max_lift_mean": float(np.mean(peak)) if peak else None,
           "regions_sparing_errors": int(sum(e < x for x, e in per_region)),
@@ -172,10 +186,13 @@ def plot(runs: list[dict], path: str):
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
   for i, run in enumerate(runs):
     name = os.path.basename(os.path.normpath(run["run_dir"]))
+    means = run["union_lift_mean_by_regions"]
+    ax.plot([m["regions"] for m in means],
+            [np.nan if m["mean"] is None else max(m["mean"], 1e-2) for m in means],
+            "o-", color=f"C{i}", lw=2, label=f"{name} (mean over seeds)")
     for k, s in enumerate(run["seeds"]):
-      y = [np.nan if v is None else max(v, 1e-3) for v in s["union_lift"]]
-      ax.plot(range(1, len(y) + 1), y, "-", color=f"C{i}", alpha=0.7,
-              label=name if k == 0 else None)
+      y = [np.nan if v is None else max(v, 1e-2) for v in s["union_lift"]]
+      ax.plot(range(1, len(y) + 1), y, "-", color=f"C{i}", alpha=0.25, lw=1)
       ax2.scatter(s["inside_samples"], s["inside_errors"], color=f"C{i}", s=10,
                   alpha=0.6, label=name if k == 0 else None)
   ax.axhline(1.0, color="k", ls=":", lw=1)

@@ -144,3 +144,7 @@ def test_region_lift_shares_and_lift():
   assert r["union_lift"] == [0.0, 0.0]
   r = region_lift.region_shares(x, ~e, min_outside=3)  # errors outside both
   assert r["union_lift"] == [pytest.approx(1 / 0.75), None]  # 2 outside < 3
+  by_regions = region_lift.mean_by_regions(
+      [{"union_lift": [1.0, 2.0, None]}, {"union_lift": [3.0, None, None]}])
+  assert [(m["mean"], m["seeds"]) for m in by_regions] == [(2.0, 2), (2.0, 1),
+                                                          (None, 0)]
