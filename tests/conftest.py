@@ -5,8 +5,11 @@ own programs, so one seed-vmapped BaNEL run of the 1-D toy is shared by the file
 that check a whole run (``test_banel_round.py``, ``test_budget.py``).
 """
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -16,7 +19,19 @@ from banel_jax import BanelConfig, BanelRunner, run_banel
 from banel_jax.tasks.toy1d import Toy1DTask
 
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+_PERSISTENT_CACHE_HIT = "/jax/compilation_cache/cache_hits"
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# One XLA compilation cache on disk for this test session, shared with the child
+# processes the tests start (kill-and-resume workers, scripts, notebook kernels):
+# they restart the same programs many times. A fresh folder per session, so no
+# program compiled by other code is ever reused; set JAX_COMPILATION_CACHE_DIR
+# (to a folder, or to an empty string for none) to choose otherwise.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _xla_cache = tempfile.mkdtemp(prefix="banel_jax_tests_xla_cache_")
+  atexit.register(shutil.rmtree, _xla_cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _xla_cache
+  jax.config.update("jax_compilation_cache_dir", _xla_cache)
 
 
 @pytest.fixture
@@ -60,6 +75,10 @@ def toy_runs():
     if event == _BACKEND_COMPILE:
       compiles.append(kwargs.get("fun_name", "?"))
 
+  def hit_listener(event, **kwargs):  # a program served by the disk cache
+    if event == _PERSISTENT_CACHE_HIT:  # was compiled too, just not here
+      compiles.append("persistent cache hit")
+
   oracle3 = RecordingOracle(task.oracle)
   three = BanelRunner(task.model(), task.prior_params(), oracle3, config,
                       seeds=(0, 1, 2), progress=False)
@@ -67,11 +86,13 @@ def toy_runs():
   three.step()
   sizes_round1 = {n: getattr(three, n)._cache_size() for n in names}
   jax.monitoring.register_event_duration_secs_listener(listener)
+  jax.monitoring.register_event_listener(hit_listener)
   try:
     while not three.done:
       three.step()
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
+    jax.monitoring.unregister_event_listener(hit_listener)
   sizes_end = {n: getattr(three, n)._cache_size() for n in names}
   oracle1 = RecordingOracle(task.oracle)
   one = run_banel(task.model(), task.prior_params(), oracle1, config, seeds=(1,),
