@@ -42,7 +42,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from scripts._cli import command_line  # noqa: E402
+from scripts._cli import command_line, read_attack_run  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -90,15 +90,9 @@ def main(argv=None):
   from banel_jax.models import transformer as tfm
   from banel_jax.tasks import addition
 
-  with open(os.path.join(args.run_dir, "config.json")) as f:
-    record = json.load(f)
+  record, task, target_dir, attacker_dir = read_attack_run(
+      args.run_dir, args.target_dir, args.attacker_dir)
   extra = record.get("extra", {})
-  if "task" not in extra:
-    raise SystemExit(f"{args.run_dir} is not an addition attack's run directory "
-                     "(its config.json has no extra.task)")
-  task = addition.AdditionTaskConfig.from_dict(extra["task"])
-  target_dir = args.target_dir or extra.get("target_dir", "checkpoints/target")
-  attacker_dir = args.attacker_dir or extra.get("attacker_dir", "checkpoints/attacker")
   attacker_params, _, _ = addition.load_attacker(attacker_dir)
   target_params, _, _ = addition.load_target(target_dir)
   oracle = addition.make_oracle(target_params, task)

@@ -40,7 +40,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from scripts._cli import command_line  # noqa: E402
+from scripts._cli import command_line, read_attack_run  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -112,15 +112,9 @@ def analyse_run(run_dir: str, args, cache: dict) -> dict:
   from banel_jax.tasks import addition
   from banel_jax.tasks import addition_patterns as patterns
 
-  with open(os.path.join(run_dir, "config.json")) as f:
-    record = json.load(f)
+  record, task, target_dir, attacker_dir = read_attack_run(
+      run_dir, args.target_dir, args.attacker_dir)
   extra = record.get("extra", {})
-  if "task" not in extra:
-    raise SystemExit(f"{run_dir} is not an addition attack's run directory (its "
-                     "config.json has no extra.task)")
-  task = addition.AdditionTaskConfig.from_dict(extra["task"])
-  target_dir = args.target_dir or extra.get("target_dir", "checkpoints/target")
-  attacker_dir = args.attacker_dir or extra.get("attacker_dir", "checkpoints/attacker")
   key = (target_dir, attacker_dir, task)
   if key not in cache:  # the sample and error sets, shared by runs of one task
     attacker_params, _, _ = addition.load_attacker(attacker_dir)
