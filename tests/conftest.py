@@ -24,7 +24,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # One XLA compilation cache on disk for this test session, shared with the child
 # processes the tests start (kill-and-resume workers, scripts, notebook kernels):
-# they restart the same programs many times. A fresh folder per session, so no
+# they restart the same programs many times. Under pytest-xdist (``-n auto``) the
+# controller loads this file first, so its workers share the folder too. (A worker
+# that reads an entry another is still writing gets a warning from JAX and
+# compiles the program itself.) A fresh folder per session, so no
 # program compiled by other code is ever reused; set JAX_COMPILATION_CACHE_DIR
 # (to a folder, or to an empty string for none) to choose otherwise.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:

@@ -12,7 +12,7 @@ def test_readme_opens_with_the_two_commands():
   assert first_block, "README must open with a bash block of two commands"
   lines = [l for l in first_block.group(1).splitlines() if l.strip()]
   assert len(lines) == 2
-  assert lines[1].endswith("python -m pytest -q")
+  assert lines[1].endswith("python -m pytest -q -n auto")
   ci = (README.parent / ".ci" / "run").read_text()
   assert lines[1] in ci, ".ci/run must run the README's test command verbatim"
 
