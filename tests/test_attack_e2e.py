@@ -107,9 +107,18 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
       assert row["inside_own_region"] is None  # the current proposal: no region yet
   # Round 1's proposal is the pretrained attacker: it writes few malformed rows.
   assert all(r["malformed"] < 0.2 for r in drift["rows"] if r["round"] == 1)
+  # --no-regions skips the region checks and leaves every other number as it was.
+  sys.path.insert(0, str(ROOT))
+  from scripts import proposal_drift
+  proposal_drift.main(["--run-dir", str(run_dir), "--samples", "64", "--no-regions",
+                       "--out", str(tmp_path / "drift_no_regions")])
+  quick = json.load(open(tmp_path / "drift_no_regions" / "drift.json"))["rows"]
+  assert len(quick) == len(drift["rows"])
+  for fast, full in zip(quick, drift["rows"]):
+    assert fast["inside_regions"] is None and fast["inside_own_region"] is None
+    assert fast == dict(full, inside_regions=None, inside_own_region=None)
   # region_lift.py reads the same bank: region 1 was calibrated to take in half of
   # fresh samples of the pretrained attacker, which is what it measures against.
-  sys.path.insert(0, str(ROOT))
   from scripts import region_lift
   lift_out = tmp_path / "lift"
   region_lift.main(["--run-dir", str(run_dir), "--samples", "256", "--rule-queries",
