@@ -26,6 +26,16 @@ stayed at 0.2-5%, every seed reached 4-15x by NRE 2,500 (7.8x mean best so far)
 and the run still declined to 0.7x final: the mass moved on to leading zeros and
 carry-free sums. The default stays the paper's algorithm (no support check).
 
+Session 15 (``results/attack_e100``): 100 failure epochs, 5 seeds, NRE 7,500:
+9.2x best so far (every seed 6.6-12.4x at NRE 2,500; round 7's proposals 12.2x
+on 5,000 fresh samples each), 0x final. The regions kept sparing the target's
+errors (``results/region_lift_e100``: 72 of 75, union lift 11x after 6), but
+the proposal collapsed into malformed strings after round 8. The default stays
+at 30 epochs: 100 ended at 0 on every seed, and a round took about twice as long
+at 100 epochs as at 10 (about 320 s against 155 s, 5 seeds on 2 CPU cores),
+which would bring the README's quick main job (6.4 minutes) near its 10-minute
+limit (not measured).
+
 ``get_config()`` is the paper-sized run (NRE 7,500, 5 seeds); ``get_quick_config()``
 is the README's main job (a few minutes on 2 CPU cores); ``get_tiny_config()`` is for
 the test suite.
