@@ -127,8 +127,6 @@ def main(argv=None):
     return bank
 
   def share_inside(bank, x):
-    if args.no_regions:
-      return None
     return float(np.mean(np.asarray(inside(bank, x)))) if int(bank.size) else 0.0
 
   # Slot r of the region bank holds the proposal that drew round r + 1's samples.
@@ -138,15 +136,16 @@ def main(argv=None):
   for s in range(n_seeds):
     earlier, n_earlier = empty, 0  # seed s's regions 0 .. n_earlier - 1
     for r in rounds + [step]:
-      if not args.no_regions:
-        earlier, n_earlier = bank_of(s, range(n_earlier, r), earlier), r
       p = (params("regions.proposal_params.", (s, r)) if r < step
            else params("proposal.params.", s))
       x = np.asarray(sample(p, jax.random.fold_in(key, s * 10_000 + r), args.samples))
       row = {"seed": s, "round": r + 1, **proposal_row(x, oracle(x), task),
-             "inside_regions": share_inside(earlier, x),
-             "inside_own_region": (share_inside(bank_of(s, [r]), x) if r < step
-                                   else None)}
+             "inside_regions": None, "inside_own_region": None}
+      if not args.no_regions:
+        earlier, n_earlier = bank_of(s, range(n_earlier, r), earlier), r
+        row["inside_regions"] = share_inside(earlier, x)
+        if r < step:  # the current proposal has no region yet
+          row["inside_own_region"] = share_inside(bank_of(s, [r]), x)
       rows.append(row)
       regions = ("" if args.no_regions else
                  f" inside earlier regions {row['inside_regions']:.3f}")
