@@ -10,6 +10,9 @@ rate) and reports per seed and round:
 * ``both_long``: share of well-formed rows whose operands both have at least
   ``max_operand_len - 1`` digits (where the target's errors are, see
   ``scripts/target_error_map.py``);
+* ``top_sum_13``: share of well-formed rows in the one slice where the target
+  errs often (lengths ``max_operand_len`` and one fewer, the digits meeting at
+  the shorter operand's top position summing to 13; 3.7% errors there);
 * ``leading_zero``: share of well-formed rows with a leading zero;
 * ``inside_regions``: share of rows inside the regions that existed when the
   proposal drew its round (regions ``1 .. r - 1`` for round ``r``): what the
@@ -79,6 +82,7 @@ def proposal_row(x, rewards, task) -> dict:
   rate = clopper_pearson(int(np.sum(rewards > 0.5)), len(rewards))
   return {"malformed": summary["malformed_fraction"],
           "both_long": patterns.both_long_share(x, task),
+          "top_sum_13": patterns.top_sum_13_share(x, task),
           "leading_zero": summary["leading_zero_share"],
           "distinct": summary["distinct"] / max(len(x), 1),
           "success": rate.as_dict()}
@@ -151,6 +155,7 @@ def main(argv=None):
                  f" inside earlier regions {row['inside_regions']:.3f}")
       print(f"seed {s} proposal of round {r + 1}: success {row['success']['rate']:.4f} "
             f"malformed {row['malformed']:.3f} both long {row['both_long']:.3f} "
+            f"top sum 13 {row['top_sum_13']:.3f} "
             f"leading zero {row['leading_zero']:.4f}{regions}", flush=True)
 
   out = args.out or os.path.join(args.run_dir, "drift")
@@ -175,6 +180,7 @@ def plot(rows, path):
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
   ax.plot(rounds, mean("malformed"), "o-", label="malformed")
   ax.plot(rounds, mean("both_long"), "s-", label="both operands long")
+  ax.plot(rounds, mean("top_sum_13"), "v-", label="top-sum-13 slice")
   if rows[0]["inside_regions"] is not None:  # left out under --no-regions
     ax.plot(rounds, mean("inside_regions"), "^-", label="inside earlier regions")
   ax.set_xlabel("round (proposal that drew it)")

@@ -93,3 +93,18 @@ def test_both_long_share_on_hand_made_rows():
   strict = TASK.replace(allow_leading_zeros=False)  # row 3 becomes malformed
   assert patterns.both_long_share(rows, strict) == pytest.approx(1 / 3)
   assert patterns.both_long_share(rows[4:], TASK) == 0.0
+
+
+def test_top_sum_13_share_on_hand_made_rows():
+  rows = addition.encode_batch([
+      "56447489+7580326=",   # (8, 7), 6 + 7 = 13: in
+      "7580326+56447489=",   # the same, short first: in
+      "59447489+7980326=",   # (8, 7), 9 + 7 = 16: out
+      "56447489+56447489=",  # (8, 8): out
+      "5644748+7580326=",    # (7, 7): out
+      "06447489+7580326=",   # leading zero, 6 + 7 = 13: in when zeros are allowed
+      "1+"], TASK.max_len)   # malformed
+  assert patterns.top_sum_13_share(rows, TASK) == pytest.approx(3 / 6)
+  strict = TASK.replace(allow_leading_zeros=False)  # row 5 becomes malformed
+  assert patterns.top_sum_13_share(rows, strict) == pytest.approx(2 / 5)
+  assert patterns.top_sum_13_share(rows[6:], TASK) == 0.0

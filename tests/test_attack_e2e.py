@@ -91,7 +91,7 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
   assert sorted((r["seed"], r["round"]) for r in drift["rows"]) == [
       (s, r) for s in (0, 1) for r in (1, 2, 3)]
   for row in drift["rows"]:
-    for field in ("malformed", "both_long", "leading_zero", "distinct"):
+    for field in ("malformed", "both_long", "top_sum_13", "leading_zero", "distinct"):
       assert 0.0 <= row[field] <= 1.0
     assert row["success"]["trials"] == 64
   # Round r's proposal is tested against the r - 1 regions before it (none for

@@ -153,6 +153,37 @@ def both_long_share(x, task: addition.AdditionTaskConfig) -> float:
   return float(np.mean(np.minimum(len_a, len_b) >= task.max_operand_len - 1))
 
 
+def top_sum_13_share(x, task: addition.AdditionTaskConfig) -> float:
+  """Share of the well-formed rows in the slice where the aligned target errs.
+
+  The slice: one operand of ``max_operand_len`` digits, the other of one digit
+  fewer (either order; digits written, leading zeros included), and the two
+  digits that meet at the shorter operand's top position sum to exactly 13
+  (``56447489+7580326=``: ``6 + 7``). ``scripts/target_error_map.py`` measured
+  a 3.7% error rate there, 143x the pretrained attacker's success rate, and
+  almost no errors elsewhere. 0 when no row is well-formed.
+
+  >>> task = addition.AdditionTaskConfig()
+  >>> top_sum_13_share(addition.encode_batch(
+  ...     ["56447489+7580326=", "7580326+56447489=", "12345678+1234567="],
+  ...     task.max_len), task)
+  0.6666666666666666
+  """
+  x = np.asarray(x)
+  m = task.max_operand_len
+  wf = addition.is_well_formed(x, m, task.allow_leading_zeros)
+  if not wf.any() or m < 2:
+    return 0.0
+  parsed = addition.parse_queries(x[wf], m, allow_leading_zeros=True)
+  len_a, len_b = operand_lengths(x[wf])
+  a_long = (len_a == m) & (len_b == m - 1)
+  b_long = (len_b == m) & (len_a == m - 1)
+  long_ = np.where(a_long, parsed.a, parsed.b)
+  short = np.where(a_long, parsed.b, parsed.a)
+  top_sum = (long_ // 10 ** (m - 2)) % 10 + short // 10 ** (m - 2)
+  return float(np.mean((a_long | b_long) & (top_sum == 13)))
+
+
 RULES = ("carry", "leading_zeros", "carry_leading_zeros", "carry_past_shorter",
          "carry_past_shorter_13")
 
