@@ -231,8 +231,9 @@ def sample_in_chunks(sample_fn, params, key, n, chunk=8192):
 
 
 def paid_sample_diagnostics(task, n_seeds: int):
-  """An ``on_round`` hook recording, per seed, the malformed share and the
-  both-operands-long share of the round's scored samples (from
+  """An ``on_round`` hook recording, per seed, the malformed share, the
+  both-operands-long share and the top-sum-13 share (the slice where the target
+  errs) of the round's scored samples (from
   ``BanelRunner.round_samples``, so a replayed round records the same)."""
   from banel_jax.tasks import addition
   from banel_jax.tasks import addition_patterns as patterns
@@ -248,6 +249,7 @@ def paid_sample_diagnostics(task, n_seeds: int):
                                             task.allow_leading_zeros).mean())
         if len(p) else None for p in parts]
     record["both_long_train"] = [patterns.both_long_share(p, task) for p in parts]
+    record["top_sum_13_train"] = [patterns.top_sum_13_share(p, task) for p in parts]
 
   return on_round
 

@@ -181,6 +181,7 @@ def plot(rows, path):
   ax.plot(rounds, mean("malformed"), "o-", label="malformed")
   ax.plot(rounds, mean("both_long"), "s-", label="both operands long")
   ax.plot(rounds, mean("top_sum_13"), "v-", label="top-sum-13 slice")
+  ax.plot(rounds, mean("leading_zero"), "d-", label="leading zero")
   if rows[0]["inside_regions"] is not None:  # left out under --no-regions
     ax.plot(rounds, mean("inside_regions"), "^-", label="inside earlier regions")
   ax.set_xlabel("round (proposal that drew it)")

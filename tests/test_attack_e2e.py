@@ -81,7 +81,7 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
   trained = [m for m in metrics if m["round"] > 0]
   assert len(trained) == 2  # NRE 128 at 64 per round
   for m in trained:
-    for field in ("malformed_train", "both_long_train"):
+    for field in ("malformed_train", "both_long_train", "top_sum_13_train"):
       assert len(m[field]) == 2 and all(0.0 <= v <= 1.0 for v in m[field])
   subprocess.run([sys.executable, str(ROOT / "scripts" / "proposal_drift.py"),
                   "--run-dir", str(run_dir), "--samples", "64", "--out", str(out)],
