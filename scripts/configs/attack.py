@@ -37,9 +37,9 @@ which would bring the README's quick main job (6.4 minutes) near its 10-minute
 limit (not measured).
 
 Session 16 (``results/attack_e100_support``): the same with ``--support-filter``:
-11.3x best so far (every seed 10.4-13.5x), 3.7x final, no seed collapsed, but
-the proposal moved on to leading zeros and peaked at 11.6x (round 7), as
-without the check. The defaults stay as they are: the check is knowledge of the
+11.3x best so far (every seed 10.4-13.5x), 3.7x final, no seed ended in
+malformed strings, but the proposal moved on to leading zeros after peaking at
+11.6x (round 7), as without the check. The defaults stay as they are: the check is knowledge of the
 task that the paper's algorithm does not have, and 100 epochs is still far
 from the 50x bar at twice the time per round. On 3 seeds with leading zeros
 also malformed (``results/attack_e100_support_nlz``) the decline went away:
