@@ -42,8 +42,9 @@ malformed strings, but the proposal moved on to leading zeros after peaking at
 11.6x (round 7), as without the check. The defaults stay as they are: the check is knowledge of the
 task that the paper's algorithm does not have, and 100 epochs is still far
 from the 50x bar at twice the time per round. On 3 seeds with leading zeros
-also malformed (``results/attack_e100_support_nlz``) the decline went away:
-13.8x best so far, 7.3x final.
+also malformed (``results/attack_e100_support_nlz``) the decline went away
+(13.8x best so far, 7.3x final); seeds 3-4 (``results/attack_e100_support_nlz_s34``)
+did decline, and the 5 seeds pooled gave 14.5x best so far, 5.2x final.
 
 ``get_config()`` is the paper-sized run (NRE 7,500, 5 seeds); ``get_quick_config()``
 is the README's main job (a few minutes on 2 CPU cores); ``get_tiny_config()`` is for
