@@ -61,7 +61,7 @@ def main(argv=None):
     raise SystemExit("--per-cell and --pool must be >= 1")
   from banel_jax.metrics import clopper_pearson
   from banel_jax.tasks import addition
-  from banel_jax.tasks.addition_patterns import carries_past_shorter
+  from banel_jax.tasks.addition_patterns import carries_past_shorter, top_digit_sum
 
   params, task, meta = addition.load_target(args.target_dir)
   oracle = addition.make_oracle(params, task.replace(allow_leading_zeros=True))
@@ -94,7 +94,7 @@ def main(argv=None):
   lb = np.where(swap, m, m - 1)
   r = oracle(rows(a, b, task.max_len)) > 0.5
   carry = carries_past_shorter(a, b, la, lb)
-  top_sum = (long_ // 10 ** (m - 2)) % 10 + short // 10 ** (m - 2)
+  top_sum = top_digit_sum(long_, short, m)
   by_carry = {name: clopper_pearson(int(r[sel].sum()), int(sel.sum())).as_dict()
               for name, sel in (("carry", carry), ("no_carry", ~carry))}
   by_top_sum = []

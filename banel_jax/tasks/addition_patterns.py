@@ -153,6 +153,16 @@ def both_long_share(x, task: addition.AdditionTaskConfig) -> float:
   return float(np.mean(np.minimum(len_a, len_b) >= task.max_operand_len - 1))
 
 
+def top_digit_sum(long_, short, m: int) -> np.ndarray:
+  """Sum of the two digits that meet at the top position of an ``m - 1``-digit
+  operand ``short`` added to an ``m``-digit operand ``long_`` (``int64[n]``).
+
+  >>> top_digit_sum(np.array([56447489]), np.array([7580326]), 8)
+  array([13])
+  """
+  return (np.asarray(long_) // 10 ** (m - 2)) % 10 + np.asarray(short) // 10 ** (m - 2)
+
+
 def top_sum_13_share(x, task: addition.AdditionTaskConfig) -> float:
   """Share of the well-formed rows in the slice where the aligned target errs.
 
@@ -180,8 +190,7 @@ def top_sum_13_share(x, task: addition.AdditionTaskConfig) -> float:
   b_long = (len_b == m) & (len_a == m - 1)
   long_ = np.where(a_long, parsed.a, parsed.b)
   short = np.where(a_long, parsed.b, parsed.a)
-  top_sum = (long_ // 10 ** (m - 2)) % 10 + short // 10 ** (m - 2)
-  return float(np.mean((a_long | b_long) & (top_sum == 13)))
+  return float(np.mean((a_long | b_long) & (top_digit_sum(long_, short, m) == 13)))
 
 
 RULES = ("carry", "leading_zeros", "carry_leading_zeros", "carry_past_shorter",
