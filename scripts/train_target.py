@@ -1,7 +1,8 @@
 """Trains the addition task's target transformer and saves it with orbax.
 
 The target answers ``a+b=`` queries from the pretraining distribution (operand
-lengths uniform in 1..8, no leading zeros) with the sum, digits reversed (see
+lengths uniform in 1..8, no leading zeros) with the sum, digits reversed
+(``--answer-order lsb``, the default) or as written (``msb``; see
 ``banel_jax.tasks.addition``). Training stops at ``--steps`` or, with
 ``--stop-error`` > 0, at the first evaluation where the teacher-forced error on
 a fixed held-out set is at or below it: the calibration knob that makes the
@@ -55,6 +56,11 @@ def parse_args(argv=None):
                       "of steps) or 'raw' (the query as written; a leading zero "
                       "shifts the digits; needs a wider model and thousands of "
                       "steps)")
+  p.add_argument("--answer-order", choices=addition.ANSWER_ORDERS, default="lsb",
+                 help="how the target writes the sum: 'lsb' (least significant "
+                      "digit first; each digit needs only the carry from the "
+                      "digit before) or 'msb' (most significant first, as text "
+                      "does; a long carry chain must be looked ahead through)")
   p.add_argument("--heads", type=int, default=4, help="attention heads")
   p.add_argument("--steps-per-call", type=int, default=25,
                  help="optimizer steps per jitted lax.scan call")
@@ -76,7 +82,8 @@ def main(argv=None):
   if args.eval_every % args.steps_per_call:
     raise SystemExit("--eval-every must be a multiple of --steps-per-call")
   cpu0, wall0 = time.process_time(), time.time()
-  task = addition.AdditionTaskConfig(target_format=args.format)
+  task = addition.AdditionTaskConfig(target_format=args.format,
+                                     answer_order=args.answer_order)
   task = task.replace(target=task.target.replace(
       num_layers=args.layers, width=args.width, num_heads=args.heads))
   target = addition.make_target(task)

@@ -151,6 +151,50 @@ def test_raw_target_sequences_hold_the_query_as_written_then_the_reversed_sum():
   assert len(starts) > 5  # the answer starts wherever the query ends
 
 
+def test_msb_target_sequences_hold_the_sum_as_written():
+  cfg = add.AdditionTaskConfig(answer_order="msb")
+  tokens, weights = jax.jit(add.sample_target_sequences, static_argnums=(1, 2))(
+      jax.random.key(1), 64, cfg)
+  tokens, weights = np.asarray(tokens), np.asarray(weights)
+  q = cfg.query_len
+  for row, w in zip(tokens, weights):
+    a, b = (add.decode(f).replace("<?15>", "") for f in (row[:8], row[9:17]))
+    answer = add.decode(row[q:])
+    assert answer == str(int(a) + int(b))  # most significant digit first
+    np.testing.assert_array_equal(np.flatnonzero(w), np.arange(q, q + len(answer) + 1))
+
+
+def test_reverse_answer_digits_turns_msb_answers_into_what_parse_answers_reads():
+  msb = np.array([[1, 6, 8, add.EOS_ID, add.PAD_ID], [0, add.EOS_ID] + [add.PAD_ID] * 3,
+                  [add.EOS_ID] + [add.PAD_ID] * 4, [1, 0, 0, 0, add.EOS_ID],
+                  [9, 9, 9, 9, 9]])
+  lsb = np.asarray(add.reverse_answer_digits(msb))
+  valid, value = add.parse_answers(lsb)
+  np.testing.assert_array_equal(valid, [True, True, False, True, False])
+  np.testing.assert_array_equal(value, [168, 0, 0, 1000, 0])
+  np.testing.assert_array_equal(add.reverse_answer_digits(lsb), msb)  # involution
+
+
+def test_oracle_reads_an_msb_target_through_the_reversal():
+  cfg = TINY.replace(answer_order="msb")
+  params = jax.jit(add.make_target(cfg).model.init)(jax.random.key(5))
+  texts = ["1+2=", "99+99=", "12+3=", "7+75="]
+  x = add.encode_batch(texts, max_len=cfg.max_len)
+  scores = add.make_scorer(params, cfg, batch_size=4)(x)
+  parsed = add.parse_queries(x, cfg.max_operand_len)
+  len_a = np.array([t.index("+") for t in texts], np.int32)
+  prefix = add.target_prefix(jnp.asarray(x), len_a, parsed.length - len_a - 2,
+                             cfg.max_operand_len)
+  direct = np.asarray(add.make_target(cfg).greedy_decode(params, prefix,
+                                                          cfg.answer_len))
+  for i, row in enumerate(direct):  # the target's own tokens, read as written
+    text = add.decode(row)
+    expected = int(text) if text.isdigit() and add.EOS_ID in row else -1
+    assert scores.answer[i] == expected, (texts[i], text)
+  with pytest.raises(ValueError, match="answer_order"):
+    TINY.replace(answer_order="reversed")
+
+
 def test_target_prefix_aligns_operands():
   x = add.encode_batch(["12+3=", "04+56="], max_len=8)
   parsed = add.parse_queries(x, 3)
@@ -277,6 +321,9 @@ def test_target_format_is_recorded_only_when_not_the_default():
   assert d["target_format"] == "raw"
   assert add.AdditionTaskConfig.from_dict(d) == raw
   assert add.AdditionTaskConfig.from_dict(checkpoint.config_to_dict(TINY)) == TINY
+  assert "answer_order" not in d
+  msb = TINY.replace(answer_order="msb")
+  assert add.AdditionTaskConfig.from_dict(checkpoint.config_to_dict(msb)) == msb
 
 
 def test_with_target_of_takes_the_targets_shape_and_format():
@@ -285,6 +332,8 @@ def test_with_target_of_takes_the_targets_shape_and_format():
                              allow_leading_zeros=False)
   got = add.with_target_of(TINY, target_task)
   assert got.target == wide and got.target_format == "raw"
+  assert add.with_target_of(TINY, TINY.replace(answer_order="msb")
+                            ).answer_order == "msb"
   assert got.allow_leading_zeros  # the experiment's switch is kept
   with pytest.raises(ValueError, match="max_operand_len"):
     add.with_target_of(add.AdditionTaskConfig(), TINY)

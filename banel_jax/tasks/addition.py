@@ -43,6 +43,9 @@ as written (``1 2 3 + 4 5 =``, no blanks), so its answer starts right after the
 ``=``, wherever that is, and a leading zero moves every later digit; it is
 decoded with ``greedy_decode_ragged``. This is the harder format to learn (see
 scripts/ADDITION_NOTES.md) and the one closer to a language model reading text.
+With ``answer_order="msb"`` the target writes the sum most significant digit
+first (``168`` EOS), as text does; its first digit then depends on every carry
+below it. The oracle reverses such answers before reading them.
 
 Pretraining distribution (:func:`sample_queries`): operand lengths uniform in
 ``1..max_operand_len``, first digit nonzero unless the operand is one digit
@@ -65,6 +68,7 @@ import dataclasses
 import functools
 from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -154,6 +158,7 @@ def decode_batch(x) -> list[str]:
 
 
 TARGET_FORMATS = ("aligned", "raw")
+ANSWER_ORDERS = ("lsb", "msb")
 DEFAULT_TARGET_CONFIG = TransformerConfig(max_len=28, num_layers=2, width=64,
                                           num_heads=4)
 
@@ -174,6 +179,12 @@ class AdditionTaskConfig:
       default; see the module doc) or ``"raw"`` (the query exactly as written,
       ``a+b=``, so a digit's position depends on the operand lengths and a
       leading zero shifts every digit after it).
+    answer_order: the order in which the target writes the sum (internal to
+      the target): ``"lsb"`` (least significant digit first, the default: each
+      digit needs only the carry out of the digit before it) or ``"msb"``
+      (most significant first, as written text does: the first digit already
+      depends on every carry below it, so a long carry chain must be looked
+      ahead through).
   """
 
   max_operand_len: int = 8
@@ -181,14 +192,18 @@ class AdditionTaskConfig:
   max_len: int = 24
   target: TransformerConfig = DEFAULT_TARGET_CONFIG
   target_format: str = "aligned"
+  answer_order: str = "lsb"
 
-  # Added in session 11: records written before it (aligned targets) still match.
-  OMIT_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("target_format",)
+  # Added in sessions 11 and 17: records written before them still match.
+  OMIT_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("target_format", "answer_order")
 
   def __post_init__(self):
     if self.target_format not in TARGET_FORMATS:
       raise ValueError(f"target_format must be one of {TARGET_FORMATS}, got "
                        f"{self.target_format!r}")
+    if self.answer_order not in ANSWER_ORDERS:
+      raise ValueError(f"answer_order must be one of {ANSWER_ORDERS}, got "
+                       f"{self.answer_order!r}")
     if not 1 <= self.max_operand_len <= _MAX_SUPPORTED_OPERAND_LEN:
       raise ValueError(f"max_operand_len must be in [1, "
                        f"{_MAX_SUPPORTED_OPERAND_LEN}], got {self.max_operand_len}")
@@ -397,6 +412,26 @@ def parse_answers(tokens) -> tuple[np.ndarray, np.ndarray]:
   return valid, np.where(valid, value, 0)
 
 
+def reverse_answer_digits(tokens: Array) -> Array:
+  """Reverses each row's tokens before its first EOS; the rest stay in place.
+
+  Turns an answer written most significant digit first into the least
+  significant first order :func:`parse_answers` reads (and back). A row with
+  no EOS is reversed whole; it stays invalid either way.
+
+  >>> reverse_answer_digits(jnp.array([[1, 6, 8, 13, 14], [0, 13, 14, 14, 14],
+  ...                                  [3, 4, 5, 6, 7]])).tolist()
+  [[8, 6, 1, 13, 14], [0, 13, 14, 14, 14], [7, 6, 5, 4, 3]]
+  """
+  tokens = jnp.asarray(tokens)
+  chex.assert_rank(tokens, 2)
+  width = tokens.shape[1]
+  is_eos = tokens == EOS_ID
+  end = jnp.where(is_eos.any(axis=1), jnp.argmax(is_eos, axis=1), width)[:, None]
+  j = jnp.arange(width)[None, :]
+  return jnp.take_along_axis(tokens, jnp.where(j < end, end - 1 - j, j), axis=1)
+
+
 def answers_correct(answer_tokens, a, b) -> np.ndarray:
   """``bool[n]``: the decoded answer is a number equal to ``a + b``."""
   valid, value = parse_answers(answer_tokens)
@@ -539,8 +574,8 @@ def sample_target_sequences(key: PRNGKey, n: int,
   Returns:
     ``(tokens, weights)``: ``int32[n, target.max_len]`` rows holding the
     query's target prefix (``"aligned"``: :func:`target_prefix`, always
-    ``query_len`` tokens; ``"raw"``: ``a+b=`` as written), the reversed sum
-    digits, EOS, then PAD; ``f32[n, target.max_len]`` equal to 1 on the answer
+    ``query_len`` tokens; ``"raw"``: ``a+b=`` as written), the sum's digits
+    in ``config.answer_order`` (reversed by default), EOS, then PAD; ``f32[n, target.max_len]`` equal to 1 on the answer
     digits and its EOS (the positions the loss scores), else 0.
   """
   m = config.max_operand_len
@@ -572,7 +607,10 @@ def sample_target_sequences(key: PRNGKey, n: int,
   j = jnp.arange(total)[None, :]
   start = start[:, None]
   prefix = jnp.pad(prefix, ((0, 0), (0, total - config.query_len)))
-  ans = jnp.take_along_axis(s, jnp.clip(j - start, 0, m), axis=1)
+  offset = j - start  # the answer's i-th token sits at start + i
+  if config.answer_order == "msb":
+    offset = num_digits[:, None] - 1 - offset
+  ans = jnp.take_along_axis(s, jnp.clip(offset, 0, m), axis=1)
   end = start + num_digits[:, None]
   tokens = jnp.select([j < start, j < end, j == end],
                       [prefix, ans, jnp.full_like(j, EOS_ID)], PAD_ID)
@@ -749,7 +787,9 @@ def make_answer_fn(target_params: Params,
   """The target's greedy answers as an :data:`AnswerFn` (host, numpy in/out).
 
   Builds the target's prefix (``config.target_format``) and runs greedy
-  decoding for ``answer_len`` steps under ``jit``, in chunks of ``batch_size`` rows (the
+  decoding for ``answer_len`` steps under ``jit`` (a ``"msb"`` target's
+  answers are turned least significant first by
+  :func:`reverse_answer_digits`), in chunks of ``batch_size`` rows (the
   last chunk padded), so one compile serves every call.
 
   Args:
@@ -760,13 +800,17 @@ def make_answer_fn(target_params: Params,
   target = make_target(config)
   m, steps, width = config.max_operand_len, config.answer_len, config.query_len + 1
 
-  @jax.jit
-  def decode_chunk(params, queries, len_a, len_b):
+  def decode(params, queries, len_a, len_b):
     if config.target_format == "raw":  # the query as written, ragged
       return target.greedy_decode_ragged(params, queries[:, :config.query_len],
                                          len_a + len_b + 2, steps)
     prefix = target_prefix(queries, len_a, len_b, m)
     return target.greedy_decode(params, prefix, steps)
+
+  @jax.jit
+  def decode_chunk(params, queries, len_a, len_b):
+    out = decode(params, queries, len_a, len_b)
+    return reverse_answer_digits(out) if config.answer_order == "msb" else out
 
   def answer(queries, len_a, len_b):
     q = np.full((queries.shape[0], width), PAD_ID, np.int32)
@@ -857,7 +901,8 @@ def load_target(directory) -> tuple[Params, AdditionTaskConfig, dict]:
 
 def with_target_of(task: AdditionTaskConfig,
                    target_task: AdditionTaskConfig) -> AdditionTaskConfig:
-  """``task`` with the target's shape and input format from ``target_task``.
+  """``task`` with the target's shape, input format and answer order from
+  ``target_task``.
 
   The target's architecture and format are properties of its checkpoint (see
   :func:`load_target`), while the grammar and the leading-zeros switch belong
@@ -870,7 +915,8 @@ def with_target_of(task: AdditionTaskConfig,
                        f"{getattr(target_task, field)}, the experiment has "
                        f"{getattr(task, field)}")
   return task.replace(target=target_task.target,
-                      target_format=target_task.target_format)
+                      target_format=target_task.target_format,
+                      answer_order=target_task.answer_order)
 
 
 def load_target_for(directory, task: AdditionTaskConfig
