@@ -5,7 +5,9 @@ length pair (no leading zeros) and answered by the target's greedy decoding; the
 oracle's reward (1 = wrong answer) is averaged per cell. Then, among queries of
 ``max_operand_len`` and ``max_operand_len - 1`` digits (either order), the error
 rate is split by whether the sum carries out of the shorter operand's top digit
-and by the sum of the two digits that meet at that position.
+and by the sum of the two digits that meet at that position. Last, among
+queries with both operands ``max_operand_len`` digits long, it is split by the
+sum of the two top digits and by whether the lower digits carry into them.
 
 Writes ``--out`` (default ``results/target_error_map``): ``error_map.json`` (the
 command, every cell with its Clopper-Pearson interval) and ``error_map.png``.
@@ -107,20 +109,39 @@ def main(argv=None):
     print(f"lengths ({m},{m - 1}), top digits sum to {row['top_digit_sum']:2d}: "
           f"{row['successes']}/{row['trials']} = {row['rate']:.4f}", flush=True)
 
+  # 3. Lengths (m, m): the two top digits' sum, and a carry into them or not.
+  a, b = operands(rng, args.pool, m), operands(rng, args.pool, m)
+  r = oracle(rows(a, b, task.max_len)) > 0.5
+  low = 10 ** (m - 1)
+  top_sum_mm = a // low + b // low
+  carry_in = a % low + b % low >= low
+  by_top_carry = []
+  for c in (False, True):
+    for s in range(2, 19):
+      sel = (top_sum_mm == s) & (carry_in == c)
+      if sel.any():
+        by_top_carry.append({"top_digit_sum": s, "carry_in": c,
+                             **clopper_pearson(int(r[sel].sum()), int(sel.sum())).as_dict()})
+  for c in (False, True):
+    sel = carry_in == c
+    print(f"lengths ({m},{m}), {'a' if c else 'no'} carry into the top digits: "
+          f"{int(r[sel].sum())}/{int(sel.sum())} = {r[sel].mean():.4f}", flush=True)
+
   os.makedirs(args.out, exist_ok=True)
   summary = {"command": command_line("target_error_map.py", argv),
              "target_dir": args.target_dir,
              "target_steps": meta.get("steps"), "per_cell": args.per_cell,
              "pool": args.pool, "by_length_pair": cells,
              f"lengths_{m}_{m - 1}_by_carry_past_shorter": by_carry,
-             f"lengths_{m}_{m - 1}_by_top_digit_sum": by_top_sum}
+             f"lengths_{m}_{m - 1}_by_top_digit_sum": by_top_sum,
+             f"lengths_{m}_{m}_by_top_digit_sum_and_carry_in": by_top_carry}
   with open(os.path.join(args.out, "error_map.json"), "w") as f:
     json.dump(summary, f, indent=1)
 
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4))
+  fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(15, 4))
   im = ax0.imshow(grid, origin="lower", extent=(0.5, m + 0.5, 0.5, m + 0.5),
                   cmap="magma")
   fig.colorbar(im, ax=ax0, label="target error rate")
@@ -134,6 +155,17 @@ def main(argv=None):
   ax1.set_xlabel("sum of the digits meeting at the shorter operand's top")
   ax1.set_ylabel("target error rate")
   ax1.set_title(f"lengths ({m}, {m - 1}) either order")
+  for c, color, shift in ((False, "C0", -0.2), (True, "C3", 0.2)):
+    sel = [row for row in by_top_carry if row["carry_in"] == c]
+    ax2.bar([row["top_digit_sum"] + shift for row in sel], [row["rate"] for row in sel],
+            width=0.4, color=color,
+            yerr=[[row["rate"] - row["low"] for row in sel],
+                  [row["high"] - row["rate"] for row in sel]],
+            label="carry into the top digits" if c else "no carry into them")
+  ax2.set_xlabel("sum of the two top digits")
+  ax2.set_ylabel("target error rate")
+  ax2.set_title(f"lengths ({m}, {m})")
+  ax2.legend()
   fig.tight_layout()
   fig.savefig(os.path.join(args.out, "error_map.png"), dpi=110)
   print(f"wrote {args.out}/")

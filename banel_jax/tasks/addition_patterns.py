@@ -170,8 +170,10 @@ def top_sum_13_share(x, task: addition.AdditionTaskConfig) -> float:
   fewer (either order; digits written, leading zeros included), and the two
   digits that meet at the shorter operand's top position sum to exactly 13
   (``56447489+7580326=``: ``6 + 7``). ``scripts/target_error_map.py`` measured
-  a 3.7% error rate there, 143x the pretrained attacker's success rate, and
-  almost no errors elsewhere. 0 when no row is well-formed.
+  a 3.7% error rate there, 143x the pretrained attacker's success rate. The
+  target's other weak spot, (8, 8) queries with a carry into the top digits
+  (0.84%; 3.4% when those digits sum to 8), is not counted here. 0 when no
+  row is well-formed.
 
   >>> task = addition.AdditionTaskConfig()
   >>> top_sum_13_share(addition.encode_batch(
