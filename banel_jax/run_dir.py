@@ -128,6 +128,17 @@ def unflatten_state(flat: Mapping[str, Any], like):
   return jax.tree.unflatten(treedef, out)
 
 
+def restore_placement(flat: Mapping[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
+  """The orbax restore target of a flattened state: each array's shape, dtype
+  and sharding; host (numpy) arrays go to the default device, as in
+  :func:`~banel_jax.checkpoint.restore_target`."""
+  default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return {name: jax.ShapeDtypeStruct(
+              tuple(x.shape), x.dtype,
+              sharding=x.sharding if isinstance(x, jax.Array) else default)
+          for name, x in flat.items()}
+
+
 def _as_template(x, template):
   """``x`` placed and typed like ``template`` (device, dtype, weak type), so that
   compiled functions see the same signature as for a freshly built state."""
@@ -334,7 +345,7 @@ class RunDirectory:
           f"checkpoint step {step} of {self.path} holds a state of another structure "
           f"than this run's: {'; '.join(problems[:10])}")
     flat = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(restore_target(dict(target)))))["state"]
+        state=ocp.args.StandardRestore(dict(target))))["state"]
     if _digest(jax.device_get(flat)) != host["state_digest"]:
       raise ValueError("its arrays do not match the checksum saved with them")
     return unflatten_state(flat, like), host
@@ -348,7 +359,9 @@ class RunDirectory:
 
     Args:
       like: a concrete state of the run's structure (e.g. freshly initialised);
-        the restore target is ``jax.eval_shape`` of its flattened form.
+        each array is read straight onto the devices and sharding of the
+        matching array of ``like`` (a state split over several devices is
+        never gathered on one), host arrays onto the default device.
 
     Returns:
       ``(step, state, host)`` or ``None`` if no good checkpoint exists.
@@ -357,7 +370,7 @@ class RunDirectory:
       RunDirError: a checkpoint was written by a run with another config or
         state structure.
     """
-    target = jax.eval_shape(flatten_state, like)
+    target = restore_placement(flatten_state(like))
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         state, host = self._restore_step(step, like, target)

@@ -250,6 +250,8 @@ def paid_sample_diagnostics(task, n_seeds: int):
         if len(p) else None for p in parts]
     record["both_long_train"] = [patterns.both_long_share(p, task) for p in parts]
     record["top_sum_13_train"] = [patterns.top_sum_13_share(p, task) for p in parts]
+    record["carry_into_top_train"] = [patterns.carry_into_top_share(p, task)
+                                      for p in parts]
 
   return on_round
 

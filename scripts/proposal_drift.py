@@ -13,6 +13,9 @@ rate) and reports per seed and round:
 * ``top_sum_13``: share of well-formed rows in the one slice where the target
   errs often (lengths ``max_operand_len`` and one fewer, the digits meeting at
   the shorter operand's top position summing to 13; 3.7% errors there);
+* ``carry_into_top``: share of well-formed rows in the broad weak slice (both
+  operands ``max_operand_len`` digits, the lower digits carrying into the top
+  ones; 0.84% errors there; added in session 17);
 * ``leading_zero``: share of well-formed rows with a leading zero;
 * ``inside_regions``: share of rows inside the regions that existed when the
   proposal drew its round (regions ``1 .. r - 1`` for round ``r``): what the
@@ -83,6 +86,7 @@ def proposal_row(x, rewards, task) -> dict:
   return {"malformed": summary["malformed_fraction"],
           "both_long": patterns.both_long_share(x, task),
           "top_sum_13": patterns.top_sum_13_share(x, task),
+          "carry_into_top": patterns.carry_into_top_share(x, task),
           "leading_zero": summary["leading_zero_share"],
           "distinct": summary["distinct"] / max(len(x), 1),
           "success": rate.as_dict()}
@@ -156,6 +160,7 @@ def main(argv=None):
       print(f"seed {s} proposal of round {r + 1}: success {row['success']['rate']:.4f} "
             f"malformed {row['malformed']:.3f} both long {row['both_long']:.3f} "
             f"top sum 13 {row['top_sum_13']:.3f} "
+            f"carry into top {row['carry_into_top']:.3f} "
             f"leading zero {row['leading_zero']:.4f}{regions}", flush=True)
 
   out = args.out or os.path.join(args.run_dir, "drift")
@@ -181,6 +186,7 @@ def plot(rows, path):
   ax.plot(rounds, mean("malformed"), "o-", label="malformed")
   ax.plot(rounds, mean("both_long"), "s-", label="both operands long")
   ax.plot(rounds, mean("top_sum_13"), "v-", label="top-sum-13 slice")
+  ax.plot(rounds, mean("carry_into_top"), "^-", label="(8, 8), carry into the top")
   ax.plot(rounds, mean("leading_zero"), "d-", label="leading zero")
   if rows[0]["inside_regions"] is not None:  # left out under --no-regions
     ax.plot(rounds, mean("inside_regions"), "^-", label="inside earlier regions")

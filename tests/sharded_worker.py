@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from banel_jax import BanelConfig, BanelRunner
+from banel_jax import run_dir as run_dir_lib
 from banel_jax import sharding
 from banel_jax.tasks.toy1d import Toy1DTask
 
@@ -58,7 +59,16 @@ def main(run_dir):
   first.evaluate_start()
   first.step()
   first.close()
+  read_devices = []  # devices of the arrays as orbax reads them, before placing
+  unflatten = run_dir_lib.unflatten_state
+
+  def spy(flat, like):
+    read_devices.extend(len(x.sharding.device_set) for x in flat.values())
+    return unflatten(flat, like)
+
+  run_dir_lib.unflatten_state = spy
   resumed = runner(True, run_dir=run_dir)
+  run_dir_lib.unflatten_state = unflatten
   resumed_devices = _device_counts(resumed.states)
   res_resumed = resumed.run()
   mesh3 = sharding.seed_mesh(3)
@@ -69,6 +79,7 @@ def main(run_dir):
       "leaf_devices": leaf_devices,
       "end_devices": end_devices,
       "resumed_devices": resumed_devices,
+      "read_devices": sorted(set(read_devices)),
       "mesh3": None if mesh3 is None else int(mesh3.devices.size),
       "mesh6": None if mesh6 is None else int(mesh6.devices.size),
       "sharded": _trace(res_sharded),

@@ -108,3 +108,17 @@ def test_top_sum_13_share_on_hand_made_rows():
   strict = TASK.replace(allow_leading_zeros=False)  # row 5 becomes malformed
   assert patterns.top_sum_13_share(rows, strict) == pytest.approx(2 / 5)
   assert patterns.top_sum_13_share(rows[6:], TASK) == 0.0
+
+
+def test_carry_into_top_share_on_hand_made_rows():
+  rows = addition.encode_batch([
+      "17443055+86724674=",  # (8, 8), 7443055 + 6724674 carries: in
+      "86724674+17443055=",  # the same, swapped: in
+      "17443055+81224674=",  # (8, 8), 7443055 + 1224674 does not carry: out
+      "1744305+86724674=",   # (7, 8): out
+      "07443055+06724674=",  # leading zeros, still 8 digits written, carries
+      "1+"], TASK.max_len)   # malformed
+  assert patterns.carry_into_top_share(rows, TASK) == pytest.approx(3 / 5)
+  strict = TASK.replace(allow_leading_zeros=False)  # row 4 becomes malformed
+  assert patterns.carry_into_top_share(rows, strict) == pytest.approx(2 / 4)
+  assert patterns.carry_into_top_share(rows[5:], TASK) == 0.0

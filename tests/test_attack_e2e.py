@@ -81,7 +81,8 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
   trained = [m for m in metrics if m["round"] > 0]
   assert len(trained) == 2  # NRE 128 at 64 per round
   for m in trained:
-    for field in ("malformed_train", "both_long_train", "top_sum_13_train"):
+    for field in ("malformed_train", "both_long_train", "top_sum_13_train",
+                  "carry_into_top_train"):
       assert len(m[field]) == 2 and all(0.0 <= v <= 1.0 for v in m[field])
   subprocess.run([sys.executable, str(ROOT / "scripts" / "proposal_drift.py"),
                   "--run-dir", str(run_dir), "--samples", "64", "--out", str(out)],
@@ -91,7 +92,8 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
   assert sorted((r["seed"], r["round"]) for r in drift["rows"]) == [
       (s, r) for s in (0, 1) for r in (1, 2, 3)]
   for row in drift["rows"]:
-    for field in ("malformed", "both_long", "top_sum_13", "leading_zero", "distinct"):
+    for field in ("malformed", "both_long", "top_sum_13", "carry_into_top",
+                  "leading_zero", "distinct"):
       assert 0.0 <= row[field] <= 1.0
     assert row["success"]["trials"] == 64
   # Round r's proposal is tested against the r - 1 regions before it (none for

@@ -31,7 +31,8 @@ def test_sharded_run_equals_the_single_device_run_and_resumes_sharded(
   # 4 CPU devices in a child process (this one has 1): the 4-seed toy run with
   # its seed axis split over them must give the very same history and final
   # state as on one device, keep its state split over 4 devices to the end, and
-  # a run directory written sharded must resume onto the 4 devices.
+  # a run directory written sharded must resume onto the 4 devices, each array
+  # read from the checkpoint straight onto them (never gathered on one).
   out = subprocess.run([sys.executable, str(ROOT / "tests" / "sharded_worker.py"),
                         str(tmp_path / "run")], env=four_cpu_devices_env, check=True,
                        capture_output=True, text=True)
@@ -39,6 +40,7 @@ def test_sharded_run_equals_the_single_device_run_and_resumes_sharded(
   assert r["device_count"] == 4 and r["mesh"] == 4
   assert r["leaf_devices"] == [4] and r["end_devices"] == [4]
   assert r["resumed_devices"] == [4]
+  assert r["read_devices"] == [4]  # read straight onto the 4 devices
   assert r["mesh3"] == 3 and r["mesh6"] == 3
   assert r["sharded"]["spent"] == [200] * 4
   assert r["sharded"] == r["single"] == r["resumed"]

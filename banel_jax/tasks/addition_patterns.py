@@ -195,6 +195,34 @@ def top_sum_13_share(x, task: addition.AdditionTaskConfig) -> float:
   return float(np.mean((a_long | b_long) & (top_digit_sum(long_, short, m) == 13)))
 
 
+def carry_into_top_share(x, task: addition.AdditionTaskConfig) -> float:
+  """Share of the well-formed rows in the target's broad weak slice.
+
+  The slice: both operands ``max_operand_len`` digits long (digits written,
+  leading zeros included) and the lower digits carry into the two top digits
+  (``17443055+86724674=``: ``7443055 + 6724674 >= 10^7``).
+  ``scripts/target_error_map.py`` measured 0.84% errors there (33x the
+  pretrained attacker's rate; 3.4% when the top digits sum to 8) against 0.01%
+  for the same lengths without the carry. 0 when no row is well-formed.
+
+  >>> task = addition.AdditionTaskConfig()
+  >>> carry_into_top_share(addition.encode_batch(
+  ...     ["17443055+86724674=", "17443055+81224674=", "1744305+86724674="],
+  ...     task.max_len), task)
+  0.3333333333333333
+  """
+  x = np.asarray(x)
+  m = task.max_operand_len
+  wf = addition.is_well_formed(x, m, task.allow_leading_zeros)
+  if not wf.any():
+    return 0.0
+  parsed = addition.parse_queries(x[wf], m, allow_leading_zeros=True)
+  len_a, len_b = operand_lengths(x[wf])
+  low = 10 ** (m - 1)
+  carry = np.asarray(parsed.a) % low + np.asarray(parsed.b) % low >= low
+  return float(np.mean((len_a == m) & (len_b == m) & carry))
+
+
 RULES = ("carry", "leading_zeros", "carry_leading_zeros", "carry_past_shorter",
          "carry_past_shorter_13")
 
