@@ -9,10 +9,11 @@ checkpoint) and measures, per seed and region, with no reward evaluation charged
 * ``inside_samples``: the share of fresh samples of the pretrained attacker
   ``p_0`` inside the region;
 * ``inside_errors``: the share of the target's real errors inside it. The errors
-  are the successful queries of the rule-based attack ``carry_past_shorter_13``
-  (lengths 8 and 7, top digits summing to 13), the slice that holds almost all of
-  this target's errors (``results/target_error_map``) and most of the successes
-  BaNEL finds;
+  are the successful queries of a rule-based attack (``--error-rule``): by
+  default ``carry_past_shorter_13`` (lengths 8 and 7, top digits summing to 13,
+  3.7% errors), or ``carry_into_top`` (lengths 8 and 8 with a carry into the
+  top digits, 0.84%), the target's two main weak slices
+  (``results/target_error_map``);
 * the same two shares for the union of regions ``1..t`` after each round ``t``,
   and the **lift** ``(1 - inside_errors) / (1 - inside_samples)``: how much the
   exact exploration posterior would raise the rate of such errors over ``p_0``
@@ -52,9 +53,13 @@ def parse_args(argv=None):
                  help="checkpoint to read in every run (default: each run's newest).")
   p.add_argument("--samples", type=int, default=2000,
                  help="fresh samples of the pretrained attacker (p_0).")
+  p.add_argument("--error-rule", default="carry_past_shorter_13",
+                 help="rule-based attack whose successes are the error set (one "
+                 "of banel_jax.tasks.addition_patterns.RULES).")
   p.add_argument("--rule-queries", type=int, default=8000,
                  help="rule-based queries drawn; the ones the target gets wrong are "
-                 "the error set (about 4%%).")
+                 "the error set (about 4%% of carry_past_shorter_13's, 0.8%% of "
+                 "carry_into_top's).")
   p.add_argument("--min-outside", type=int, default=20,
                  help="report no lift where fewer than this many of the samples lie "
                  "outside the union (its estimate would be noise).")
@@ -123,7 +128,7 @@ def analyse_run(run_dir: str, args, cache: dict) -> dict:
     x = np.asarray(jax.jit(model.sample, static_argnums=2)(
         attacker_params, jax.random.key(args.seed), args.samples))
     rules = patterns.rule_based_queries(np.random.default_rng(args.seed),
-                                        args.rule_queries, "carry_past_shorter_13", task)
+                                        args.rule_queries, args.error_rule, task)
     errors = rules[addition.make_oracle(target_params, task)(rules) > 0]
     if not len(errors):
       raise SystemExit(f"none of {args.rule_queries} rule-based queries fooled the "
@@ -209,6 +214,10 @@ def main(argv=None):
   args = parse_args(argv)
   if args.samples < 1 or args.rule_queries < 1 or args.min_outside < 1:
     raise SystemExit("--samples, --rule-queries and --min-outside must be >= 1")
+  from banel_jax.tasks.addition_patterns import RULES
+  if args.error_rule not in RULES:
+    raise SystemExit(f"--error-rule must be one of {', '.join(RULES)}; got "
+                     f"{args.error_rule!r}")
   for d in args.run_dir:
     if not os.path.isfile(os.path.join(d, "config.json")):
       raise SystemExit(f"{d} is not a run directory (no config.json)")
@@ -217,7 +226,7 @@ def main(argv=None):
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "lift.json"), "w") as f:
     json.dump({"command": command_line("region_lift.py", argv),
-               "error_set": "carry_past_shorter_13 successes", "runs": runs}, f,
+               "error_set": f"{args.error_rule} successes", "runs": runs}, f,
               indent=1)
   plot(runs, os.path.join(args.out, "lift.png"))
   for run in runs:

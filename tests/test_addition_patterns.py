@@ -65,6 +65,12 @@ def test_rule_based_queries_are_well_formed(rule):
       longer = [p if len(p) > len(q) else q for p, q in zip(a, b)]
       shorter = [q if len(p) > len(q) else p for p, q in zip(a, b)]
       assert all(int(u[1]) + int(v[0]) == 13 for u, v in zip(longer, shorter))
+  if rule.startswith("carry_into_top"):
+    assert patterns.carry_into_top_share(x, TASK) == 1.0  # the share's own test
+    a, b = zip(*(t[:-1].split("+") for t in texts))
+    assert all(p[0] != "0" and q[0] != "0" for p, q in zip(a, b))
+    tops = {int(p[0]) + int(q[0]) for p, q in zip(a, b)}
+    assert tops == {8} if rule.endswith("8") else len(tops) > 10
 
 
 def test_unknown_rule_is_refused():

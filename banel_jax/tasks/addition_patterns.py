@@ -224,7 +224,7 @@ def carry_into_top_share(x, task: addition.AdditionTaskConfig) -> float:
 
 
 RULES = ("carry", "leading_zeros", "carry_leading_zeros", "carry_past_shorter",
-         "carry_past_shorter_13")
+         "carry_past_shorter_13", "carry_into_top", "carry_into_top_8")
 
 
 def _carry_past_shorter(rng: np.random.Generator, m: int, exactly_13: bool):
@@ -242,6 +242,18 @@ def _carry_past_shorter(rng: np.random.Generator, m: int, exactly_13: bool):
     low = 10 ** (m - 1)
     if int(long_) % low + int(short) >= low:  # carries into the top digit
       return (long_, short) if rng.random() < 0.5 else (short, long_)
+
+
+def _carry_into_top(rng: np.random.Generator, m: int, top_sum: int | None):
+  """``(a, b)`` texts: both ``m`` digits, the lower digits carrying into the top."""
+  if m < 2:
+    raise ValueError(f"the carry-into-top rules need max_operand_len >= 2, got {m}")
+  low = 10 ** (m - 1)
+  while True:
+    a, b = (int(rng.integers(low, 10 * low)) for _ in range(2))
+    carries = a % low + b % low >= low
+    if carries and (top_sum is None or a // low + b // low == top_sum):
+      return str(a), str(b)
 
 
 def rule_based_queries(rng: np.random.Generator, n: int, rule: str,
@@ -263,6 +275,12 @@ def rule_based_queries(rng: np.random.Generator, n: int, rule: str,
       digits that meet at the shorter operand's top position summing to
       exactly 13 (``6+7``, ``4+9``, ...), the pattern of 6 of the 8 successes
       BaNEL found while training against the aligned target.
+    * ``"carry_into_top"``: both operands ``max_operand_len`` digits (no
+      leading zeros) and the lower digits carry into the two top digits
+      (``17443055+86724674=``), the slice behind most successes of the
+      100-epoch runs (session 17).
+    * ``"carry_into_top_8"``: as ``"carry_into_top"``, with the two top
+      digits summing to exactly 8.
 
   Returns:
     ``int32[n, max_len]`` rows (well-formed for leading zeros allowed).
@@ -290,6 +308,8 @@ def rule_based_queries(rng: np.random.Generator, n: int, rule: str,
       pair = (padded, other) if rng.random() < 0.5 else (other, padded)
     elif rule in ("carry_past_shorter", "carry_past_shorter_13"):
       pair = _carry_past_shorter(rng, m, exactly_13=rule.endswith("13"))
+    elif rule in ("carry_into_top", "carry_into_top_8"):
+      pair = _carry_into_top(rng, m, 8 if rule.endswith("8") else None)
     else:
       raise ValueError(f"unknown rule {rule!r}; expected one of {RULES}")
     texts.append(f"{pair[0]}+{pair[1]}=")
