@@ -72,6 +72,12 @@ def parse_args(argv=None):
   p.add_argument("--stop-error", type=float, default=5e-4,
                  help="stop once the held-out teacher-forced error is <= this "
                       "(0 disables: train all --steps)")
+  p.add_argument("--init-from", default=None,
+                 help="start from the params of a target saved by this script "
+                      "(its shape, format and answer order are used; --width, "
+                      "--layers, --heads, --format and --answer-order are "
+                      "ignored) instead of a fresh init; the optimizer and its "
+                      "schedule start afresh")
   p.add_argument("--final-eval", type=int, default=65536,
                  help="fresh queries answered by greedy decoding at the end")
   return p.parse_args(argv)
@@ -86,12 +92,15 @@ def main(argv=None):
                                      answer_order=args.answer_order)
   task = task.replace(target=task.target.replace(
       num_layers=args.layers, width=args.width, num_heads=args.heads))
+  init_meta = None
+  if args.init_from:
+    init_params, task, init_meta = addition.load_target(args.init_from)
   target = addition.make_target(task)
 
   root = jax.random.key(args.seed)
   init_key, train_key, eval_key, final_key = jax.random.split(root, 4)
   del root
-  params = jax.jit(target.model.init)(init_key)
+  params = (init_params if args.init_from else jax.jit(target.model.init)(init_key))
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, args.lr, args.warmup, max(args.steps, args.warmup + 1), args.lr * 0.02)
   tx = optax.chain(optax.clip_by_global_norm(1.0),
@@ -135,7 +144,10 @@ def main(argv=None):
   bar.close()
   train_cpu = time.process_time() - cpu0
 
+  init_steps = int(init_meta.get("total_steps", init_meta.get("steps", 0))
+                   ) if init_meta else 0
   addition.save_target(args.out, params, task, overwrite=True, steps=step,
+                       total_steps=init_steps + step, init_from=args.init_from,
                        seed=args.seed, heldout_error=history[-1]["heldout_error"])
 
   # Greedy answers to fresh queries, the oracle's own path.
@@ -153,6 +165,8 @@ def main(argv=None):
       "task": checkpoint.config_to_dict(task),
       "num_params": int(sum(x.size for x in jax.tree.leaves(params))),
       "steps": step,
+      "init_from": args.init_from,
+      "total_steps": init_steps + step,
       "stopped_early": bool(stopped),
       "final_loss": loss,
       "final_heldout_teacher_forced_error": history[-1]["heldout_error"],
