@@ -8,6 +8,10 @@ rate is split by whether the sum carries out of the shorter operand's top digit
 and by the sum of the two digits that meet at that position. Last, among
 queries with both operands ``max_operand_len`` digits long, it is split by the
 sum of the two top digits and by whether the lower digits carry into them.
+Finally, on queries of the pretraining distribution, the error rate by the
+longest run of consecutive carries (the paper's ``99999999+9=`` pattern; a
+target that writes the sum most significant digit first errs there; in the
+JSON only).
 
 Writes ``--out`` (default ``results/target_error_map``): ``error_map.json`` (the
 command, every cell with its Clopper-Pearson interval) and ``error_map.png``.
@@ -41,6 +45,9 @@ def parse_args(argv=None):
                  help="queries per operand-length pair.")
   p.add_argument("--pool", type=int, default=100_000,
                  help="queries of the two longest lengths for the carry split.")
+  p.add_argument("--chain-queries", type=int, default=32768,
+                 help="pretraining-distribution queries for the split by carry "
+                      "chain length.")
   p.add_argument("--seed", type=int, default=0, help="numpy seed of the queries.")
   p.add_argument("--out", default="results/target_error_map", help="output folder.")
   return p.parse_args(argv)
@@ -59,11 +66,13 @@ def rows(a, b, max_len: int) -> np.ndarray:
 
 def main(argv=None):
   args = parse_args(argv)
-  if args.per_cell < 1 or args.pool < 1:
-    raise SystemExit("--per-cell and --pool must be >= 1")
+  if args.per_cell < 1 or args.pool < 1 or args.chain_queries < 1:
+    raise SystemExit("--per-cell, --pool and --chain-queries must be >= 1")
   from banel_jax.metrics import clopper_pearson
   from banel_jax.tasks import addition
-  from banel_jax.tasks.addition_patterns import carries_past_shorter, top_digit_sum
+  import jax
+  from banel_jax.tasks.addition_patterns import (carries_past_shorter,
+                                                 carry_chain_length, top_digit_sum)
 
   params, task, meta = addition.load_target(args.target_dir)
   oracle = addition.make_oracle(params, task.replace(allow_leading_zeros=True))
@@ -127,6 +136,19 @@ def main(argv=None):
     print(f"lengths ({m},{m}), {'a' if c else 'no'} carry into the top digits: "
           f"{int(r[sel].sum())}/{int(sel.sum())} = {r[sel].mean():.4f}", flush=True)
 
+  # 4. The pretraining distribution, by the longest run of carries.
+  x = np.asarray(jax.jit(addition.sample_queries, static_argnums=(1, 2))(
+      jax.random.key(args.seed), args.chain_queries, task))
+  r = oracle(x) > 0.5
+  parsed = addition.parse_queries(x, m)
+  chain = carry_chain_length(parsed.a, parsed.b)
+  by_chain = [{"carry_chain": int(c),
+               **clopper_pearson(int(r[chain == c].sum()), int((chain == c).sum())).as_dict()}
+              for c in np.unique(chain)]
+  for row in by_chain:
+    print(f"pretraining queries, longest carry run {row['carry_chain']}: "
+          f"{row['successes']}/{row['trials']} = {row['rate']:.4f}", flush=True)
+
   os.makedirs(args.out, exist_ok=True)
   summary = {"command": command_line("target_error_map.py", argv),
              "target_dir": args.target_dir,
@@ -134,7 +156,9 @@ def main(argv=None):
              "pool": args.pool, "by_length_pair": cells,
              f"lengths_{m}_{m - 1}_by_carry_past_shorter": by_carry,
              f"lengths_{m}_{m - 1}_by_top_digit_sum": by_top_sum,
-             f"lengths_{m}_{m}_by_top_digit_sum_and_carry_in": by_top_carry}
+             f"lengths_{m}_{m}_by_top_digit_sum_and_carry_in": by_top_carry,
+             "chain_queries": args.chain_queries,
+             "pretraining_by_carry_chain": by_chain}
   with open(os.path.join(args.out, "error_map.json"), "w") as f:
     json.dump(summary, f, indent=1)
 
