@@ -60,7 +60,8 @@ def parse_args(argv=None):
                  help="how the target writes the sum: 'lsb' (least significant "
                       "digit first; each digit needs only the carry from the "
                       "digit before) or 'msb' (most significant first, as text "
-                      "does; a long carry chain must be looked ahead through)")
+                      "does, zero-padded to a fixed width; a long carry chain "
+                      "must be looked ahead through)")
   p.add_argument("--heads", type=int, default=4, help="attention heads")
   p.add_argument("--steps-per-call", type=int, default=25,
                  help="optimizer steps per jitted lax.scan call")

@@ -160,7 +160,8 @@ def test_msb_target_sequences_hold_the_sum_as_written():
   for row, w in zip(tokens, weights):
     a, b = (add.decode(f).replace("<?15>", "") for f in (row[:8], row[9:17]))
     answer = add.decode(row[q:])
-    assert answer == str(int(a) + int(b))  # most significant digit first
+    # most significant digit first, always m + 1 = 9 digits
+    assert answer == str(int(a) + int(b)).zfill(9)
     np.testing.assert_array_equal(np.flatnonzero(w), np.arange(q, q + len(answer) + 1))
 
 

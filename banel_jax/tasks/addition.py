@@ -44,8 +44,9 @@ as written (``1 2 3 + 4 5 =``, no blanks), so its answer starts right after the
 decoded with ``greedy_decode_ragged``. This is the harder format to learn (see
 scripts/ADDITION_NOTES.md) and the one closer to a language model reading text.
 With ``answer_order="msb"`` the target writes the sum most significant digit
-first (``168`` EOS), as text does; its first digit then depends on every carry
-below it. The oracle reverses such answers before reading them.
+first, as text does, in ``m + 1`` digits (``000000168`` EOS for ``m = 8``); its
+first digit then depends on every carry below it. The oracle reverses such
+answers before reading them (leading zeros are read as the same number).
 
 Pretraining distribution (:func:`sample_queries`): operand lengths uniform in
 ``1..max_operand_len``, first digit nonzero unless the operand is one digit
@@ -182,9 +183,10 @@ class AdditionTaskConfig:
     answer_order: the order in which the target writes the sum (internal to
       the target): ``"lsb"`` (least significant digit first, the default: each
       digit needs only the carry out of the digit before it) or ``"msb"``
-      (most significant first, as written text does: the first digit already
-      depends on every carry below it, so a long carry chain must be looked
-      ahead through).
+      (most significant first, as written text does, zero-padded to
+      ``max_operand_len + 1`` digits so every digit has a fixed position: the
+      first digit already depends on every carry below it, so a long carry
+      chain must be looked ahead through).
   """
 
   max_operand_len: int = 8
@@ -608,8 +610,9 @@ def sample_target_sequences(key: PRNGKey, n: int,
   start = start[:, None]
   prefix = jnp.pad(prefix, ((0, 0), (0, total - config.query_len)))
   offset = j - start  # the answer's i-th token sits at start + i
-  if config.answer_order == "msb":
-    offset = num_digits[:, None] - 1 - offset
+  if config.answer_order == "msb":  # m + 1 digits, zero-padded: fixed positions
+    num_digits = jnp.full_like(num_digits, m + 1)
+    offset = m - offset
   ans = jnp.take_along_axis(s, jnp.clip(offset, 0, m), axis=1)
   end = start + num_digits[:, None]
   tokens = jnp.select([j < start, j < end, j == end],
