@@ -130,13 +130,13 @@ def unflatten_state(flat: Mapping[str, Any], like):
 
 def restore_placement(flat: Mapping[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
   """The orbax restore target of a flattened state: each array's shape, dtype
-  and sharding; host (numpy) arrays go to the default device, as in
-  :func:`~banel_jax.checkpoint.restore_target`."""
-  default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return {name: jax.ShapeDtypeStruct(
-              tuple(x.shape), x.dtype,
-              sharding=x.sharding if isinstance(x, jax.Array) else default)
-          for name, x in flat.items()}
+  and sharding; host (numpy) arrays go where
+  :func:`~banel_jax.checkpoint.restore_target` puts them."""
+  on_host = restore_target({n: x for n, x in flat.items()
+                            if not isinstance(x, jax.Array)})
+  return {n: on_host[n] if n in on_host else
+          jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=x.sharding)
+          for n, x in flat.items()}
 
 
 def _as_template(x, template):

@@ -71,7 +71,8 @@ def main(argv=None):
   from banel_jax.metrics import clopper_pearson
   from banel_jax.tasks import addition
   import jax
-  from banel_jax.tasks.addition_patterns import (carries_past_shorter,
+  from banel_jax.tasks.addition_patterns import (carries_into_top,
+                                                 carries_past_shorter,
                                                  carry_chain_length, top_digit_sum)
 
   params, task, meta = addition.load_target(args.target_dir)
@@ -123,7 +124,7 @@ def main(argv=None):
   r = oracle(rows(a, b, task.max_len)) > 0.5
   low = 10 ** (m - 1)
   top_sum_mm = a // low + b // low
-  carry_in = a % low + b % low >= low
+  carry_in = carries_into_top(a, b, m)
   by_top_carry = []
   for c in (False, True):
     for s in range(2, 19):

@@ -141,15 +141,25 @@ def pattern_summary(x, task: addition.AdditionTaskConfig, rewards=None) -> dict:
   return out
 
 
+def _well_formed_rows(x, task: addition.AdditionTaskConfig):
+  """``(parsed, len_a, len_b)`` of the well-formed rows of ``x`` under the
+  task's switch (lengths as written), or None when there are none."""
+  x = np.asarray(x)
+  wf = addition.is_well_formed(x, task.max_operand_len, task.allow_leading_zeros)
+  if not wf.any():
+    return None
+  parsed = addition.parse_queries(x[wf], task.max_operand_len, allow_leading_zeros=True)
+  return (parsed,) + operand_lengths(x[wf])
+
+
 def both_long_share(x, task: addition.AdditionTaskConfig) -> float:
   """Share of the well-formed rows whose operands both have at least
   ``task.max_operand_len - 1`` digits (where the target's errors are; see
   ``scripts/target_error_map.py``). 0 when no row is well-formed."""
-  x = np.asarray(x)
-  wf = addition.is_well_formed(x, task.max_operand_len, task.allow_leading_zeros)
-  if not wf.any():
+  rows = _well_formed_rows(x, task)
+  if rows is None:
     return 0.0
-  len_a, len_b = operand_lengths(x[wf])
+  _, len_a, len_b = rows
   return float(np.mean(np.minimum(len_a, len_b) >= task.max_operand_len - 1))
 
 
@@ -181,18 +191,27 @@ def top_sum_13_share(x, task: addition.AdditionTaskConfig) -> float:
   ...     task.max_len), task)
   0.6666666666666666
   """
-  x = np.asarray(x)
   m = task.max_operand_len
-  wf = addition.is_well_formed(x, m, task.allow_leading_zeros)
-  if not wf.any() or m < 2:
+  rows = _well_formed_rows(x, task)
+  if rows is None or m < 2:
     return 0.0
-  parsed = addition.parse_queries(x[wf], m, allow_leading_zeros=True)
-  len_a, len_b = operand_lengths(x[wf])
+  parsed, len_a, len_b = rows
   a_long = (len_a == m) & (len_b == m - 1)
   b_long = (len_b == m) & (len_a == m - 1)
   long_ = np.where(a_long, parsed.a, parsed.b)
   short = np.where(a_long, parsed.b, parsed.a)
   return float(np.mean((a_long | b_long) & (top_digit_sum(long_, short, m) == 13)))
+
+
+def carries_into_top(a, b, m: int) -> np.ndarray:
+  """``bool[n]``: the digits below the top one of two ``m``-digit operands
+  carry into it (``17443055+86724674=``: ``7443055 + 6724674 >= 10^7``).
+
+  >>> carries_into_top(np.array([17443055, 17443055]), np.array([86724674, 81224674]), 8)
+  array([ True, False])
+  """
+  low = 10 ** (m - 1)
+  return np.asarray(a, np.int64) % low + np.asarray(b, np.int64) % low >= low
 
 
 def carry_into_top_share(x, task: addition.AdditionTaskConfig) -> float:
@@ -211,16 +230,13 @@ def carry_into_top_share(x, task: addition.AdditionTaskConfig) -> float:
   ...     task.max_len), task)
   0.3333333333333333
   """
-  x = np.asarray(x)
   m = task.max_operand_len
-  wf = addition.is_well_formed(x, m, task.allow_leading_zeros)
-  if not wf.any():
+  rows = _well_formed_rows(x, task)
+  if rows is None:
     return 0.0
-  parsed = addition.parse_queries(x[wf], m, allow_leading_zeros=True)
-  len_a, len_b = operand_lengths(x[wf])
-  low = 10 ** (m - 1)
-  carry = np.asarray(parsed.a) % low + np.asarray(parsed.b) % low >= low
-  return float(np.mean((len_a == m) & (len_b == m) & carry))
+  parsed, len_a, len_b = rows
+  both = (len_a == m) & (len_b == m)
+  return float(np.mean(both & carries_into_top(parsed.a, parsed.b, m)))
 
 
 RULES = ("carry", "leading_zeros", "carry_leading_zeros", "carry_past_shorter",
@@ -251,8 +267,7 @@ def _carry_into_top(rng: np.random.Generator, m: int, top_sum: int | None):
   low = 10 ** (m - 1)
   while True:
     a, b = (int(rng.integers(low, 10 * low)) for _ in range(2))
-    carries = a % low + b % low >= low
-    if carries and (top_sum is None or a // low + b // low == top_sum):
+    if carries_into_top(a, b, m) and (top_sum is None or a // low + b // low == top_sum):
       return str(a), str(b)
 
 
