@@ -7,7 +7,9 @@ oracle's reward (1 = wrong answer) is averaged per cell. Then, among queries of
 rate is split by whether the sum carries out of the shorter operand's top digit
 and by the sum of the two digits that meet at that position. Last, among
 queries with both operands ``max_operand_len`` digits long, it is split by the
-sum of the two top digits and by whether the lower digits carry into them.
+sum of the two top digits and by whether the lower digits carry into them, and
+by the pair of top digits itself (a sum hides a weak pair: for the MSB target,
+4+4 and 5+5 are weak while the other pairs summing to 8 or 10 are not).
 Finally, on queries of the pretraining distribution, the error rate by the
 longest run of consecutive carries (the paper's ``99999999+9=`` pattern; a
 target that writes the sum most significant digit first errs there; in the
@@ -48,6 +50,8 @@ def parse_args(argv=None):
   p.add_argument("--chain-queries", type=int, default=32768,
                  help="pretraining-distribution queries for the split by carry "
                       "chain length.")
+  p.add_argument("--rule-queries", type=int, default=4000,
+                 help="queries per rule-based attack.")
   p.add_argument("--seed", type=int, default=0, help="numpy seed of the queries.")
   p.add_argument("--out", default="results/target_error_map", help="output folder.")
   return p.parse_args(argv)
@@ -66,14 +70,16 @@ def rows(a, b, max_len: int) -> np.ndarray:
 
 def main(argv=None):
   args = parse_args(argv)
-  if args.per_cell < 1 or args.pool < 1 or args.chain_queries < 1:
-    raise SystemExit("--per-cell, --pool and --chain-queries must be >= 1")
+  if min(args.per_cell, args.pool, args.chain_queries, args.rule_queries) < 1:
+    raise SystemExit("--per-cell, --pool, --chain-queries and --rule-queries must "
+                     "be >= 1")
   from banel_jax.metrics import clopper_pearson
   from banel_jax.tasks import addition
   import jax
-  from banel_jax.tasks.addition_patterns import (carries_into_top,
+  from banel_jax.tasks.addition_patterns import (RULES, carries_into_top,
                                                  carries_past_shorter,
-                                                 carry_chain_length, top_digit_sum)
+                                                 carry_chain_length,
+                                                 rule_based_queries, top_digit_sum)
 
   params, task, meta = addition.load_target(args.target_dir)
   oracle = addition.make_oracle(params, task.replace(allow_leading_zeros=True))
@@ -136,6 +142,21 @@ def main(argv=None):
     sel = carry_in == c
     print(f"lengths ({m},{m}), {'a' if c else 'no'} carry into the top digits: "
           f"{int(r[sel].sum())}/{int(sel.sum())} = {r[sel].mean():.4f}", flush=True)
+  pair_grid = np.zeros((9, 9))
+  by_top_pair = []
+  for ta in range(1, 10):
+    for tb in range(1, 10):
+      sel = (a // low == ta) & (b // low == tb)
+      if not sel.any():  # a tiny --pool may miss a pair
+        pair_grid[ta - 1, tb - 1] = np.nan
+        continue
+      est = clopper_pearson(int(r[sel].sum()), int(sel.sum()))
+      pair_grid[ta - 1, tb - 1] = est.rate
+      by_top_pair.append({"top_a": ta, "top_b": tb, **est.as_dict()})
+  worst = sorted(by_top_pair, key=lambda row: -row["rate"])[:5]
+  print(f"lengths ({m},{m}), weakest top-digit pairs: " + ", ".join(
+      f"{row['top_a']}+{row['top_b']} {row['successes']}/{row['trials']} = "
+      f"{row['rate']:.4f}" for row in worst), flush=True)
 
   # 4. The pretraining distribution, by the longest run of carries.
   x = np.asarray(jax.jit(addition.sample_queries, static_argnums=(1, 2))(
@@ -150,6 +171,14 @@ def main(argv=None):
     print(f"pretraining queries, longest carry run {row['carry_chain']}: "
           f"{row['successes']}/{row['trials']} = {row['rate']:.4f}", flush=True)
 
+  # 5. The rule-based attacks.
+  rules = {}
+  for rule in RULES:
+    r = oracle(rule_based_queries(rng, args.rule_queries, rule, task)) > 0.5
+    rules[rule] = clopper_pearson(int(r.sum()), len(r)).as_dict()
+    print(f"rule {rule}: {rules[rule]['successes']}/{len(r)} = "
+          f"{rules[rule]['rate']:.4f}", flush=True)
+
   os.makedirs(args.out, exist_ok=True)
   summary = {"command": command_line("target_error_map.py", argv),
              "target_dir": args.target_dir,
@@ -158,15 +187,17 @@ def main(argv=None):
              f"lengths_{m}_{m - 1}_by_carry_past_shorter": by_carry,
              f"lengths_{m}_{m - 1}_by_top_digit_sum": by_top_sum,
              f"lengths_{m}_{m}_by_top_digit_sum_and_carry_in": by_top_carry,
+             f"lengths_{m}_{m}_by_top_digit_pair": by_top_pair,
              "chain_queries": args.chain_queries,
-             "pretraining_by_carry_chain": by_chain}
+             "pretraining_by_carry_chain": by_chain,
+             "rule_queries": args.rule_queries, "rule_based_attacks": rules}
   with open(os.path.join(args.out, "error_map.json"), "w") as f:
     json.dump(summary, f, indent=1)
 
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(15, 4))
+  fig, (ax0, ax1, ax2, ax3) = plt.subplots(1, 4, figsize=(20, 4))
   im = ax0.imshow(grid, origin="lower", extent=(0.5, m + 0.5, 0.5, m + 0.5),
                   cmap="magma")
   fig.colorbar(im, ax=ax0, label="target error rate")
@@ -191,6 +222,11 @@ def main(argv=None):
   ax2.set_ylabel("target error rate")
   ax2.set_title(f"lengths ({m}, {m})")
   ax2.legend()
+  im = ax3.imshow(pair_grid, origin="lower", extent=(0.5, 9.5, 0.5, 9.5), cmap="magma")
+  fig.colorbar(im, ax=ax3, label="target error rate")
+  ax3.set_xlabel("top digit of b")
+  ax3.set_ylabel("top digit of a")
+  ax3.set_title(f"lengths ({m}, {m}) by top-digit pair")
   fig.tight_layout()
   fig.savefig(os.path.join(args.out, "error_map.png"), dpi=110)
   print(f"wrote {args.out}/")

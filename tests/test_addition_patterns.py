@@ -71,6 +71,11 @@ def test_rule_based_queries_are_well_formed(rule):
     assert all(p[0] != "0" and q[0] != "0" for p, q in zip(a, b))
     tops = {int(p[0]) + int(q[0]) for p, q in zip(a, b)}
     assert tops == {8} if rule.endswith("8") else len(tops) > 10
+  if rule == "tops_5_5":
+    a, b = zip(*(t[:-1].split("+") for t in texts))
+    assert {p[0] + q[0] for p, q in zip(a, b)} == {"55"}
+    assert {len(p) for p in a + b} == {TASK.max_operand_len}
+    assert len({p[1:] for p in a}) > 150  # the other digits vary
 
 
 def test_unknown_rule_is_refused():

@@ -240,7 +240,7 @@ def carry_into_top_share(x, task: addition.AdditionTaskConfig) -> float:
 
 
 RULES = ("carry", "leading_zeros", "carry_leading_zeros", "carry_past_shorter",
-         "carry_past_shorter_13", "carry_into_top", "carry_into_top_8")
+         "carry_past_shorter_13", "carry_into_top", "carry_into_top_8", "tops_5_5")
 
 
 def _carry_past_shorter(rng: np.random.Generator, m: int, exactly_13: bool):
@@ -296,6 +296,9 @@ def rule_based_queries(rng: np.random.Generator, n: int, rule: str,
       100-epoch runs (session 17).
     * ``"carry_into_top_8"``: as ``"carry_into_top"``, with the two top
       digits summing to exactly 8.
+    * ``"tops_5_5"``: both operands ``max_operand_len`` digits, each starting
+      with a 5, the rest random (``50559666+50511060=``): the mode seed 4 of
+      the 10-epoch attack on the MSB target settled in (session 18).
 
   Returns:
     ``int32[n, max_len]`` rows (well-formed for leading zeros allowed).
@@ -325,6 +328,9 @@ def rule_based_queries(rng: np.random.Generator, n: int, rule: str,
       pair = _carry_past_shorter(rng, m, exactly_13=rule.endswith("13"))
     elif rule in ("carry_into_top", "carry_into_top_8"):
       pair = _carry_into_top(rng, m, 8 if rule.endswith("8") else None)
+    elif rule == "tops_5_5":
+      pair = tuple("5" + "".join(str(int(d)) for d in rng.integers(0, 10, m - 1))
+                   for _ in range(2))
     else:
       raise ValueError(f"unknown rule {rule!r}; expected one of {RULES}")
     texts.append(f"{pair[0]}+{pair[1]}=")
