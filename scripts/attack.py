@@ -232,8 +232,8 @@ def sample_in_chunks(sample_fn, params, key, n, chunk=8192):
 
 def paid_sample_diagnostics(task, n_seeds: int):
   """An ``on_round`` hook recording, per seed, the malformed share, the
-  both-operands-long share and the top-sum-13 share (the slice where the target
-  errs) of the round's scored samples (from
+  both-operands-long share and the shares of the target's weak slices
+  (top-sum-13, carry into the top, tops 4/5) of the round's scored samples (from
   ``BanelRunner.round_samples``, so a replayed round records the same)."""
   from banel_jax.tasks import addition
   from banel_jax.tasks import addition_patterns as patterns
@@ -252,6 +252,7 @@ def paid_sample_diagnostics(task, n_seeds: int):
     record["top_sum_13_train"] = [patterns.top_sum_13_share(p, task) for p in parts]
     record["carry_into_top_train"] = [patterns.carry_into_top_share(p, task)
                                       for p in parts]
+    record["tops_45_train"] = [patterns.tops_45_share(p, task) for p in parts]
 
   return on_round
 

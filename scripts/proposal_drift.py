@@ -16,6 +16,9 @@ rate) and reports per seed and round:
 * ``carry_into_top``: share of well-formed rows in the broad weak slice (both
   operands ``max_operand_len`` digits, the lower digits carrying into the top
   ones; 0.84% errors there; added in session 17);
+* ``tops_45``: share of well-formed rows in the MSB target's weak slice (both
+  operands ``max_operand_len`` digits, each starting with 4 or 5; 5-17% errors
+  on ``checkpoints/target_msb``; added in session 18);
 * ``leading_zero``: share of well-formed rows with a leading zero;
 * ``inside_regions``: share of rows inside the regions that existed when the
   proposal drew its round (regions ``1 .. r - 1`` for round ``r``): what the
@@ -87,6 +90,7 @@ def proposal_row(x, rewards, task) -> dict:
           "both_long": patterns.both_long_share(x, task),
           "top_sum_13": patterns.top_sum_13_share(x, task),
           "carry_into_top": patterns.carry_into_top_share(x, task),
+          "tops_45": patterns.tops_45_share(x, task),
           "leading_zero": summary["leading_zero_share"],
           "distinct": summary["distinct"] / max(len(x), 1),
           "success": rate.as_dict()}
@@ -160,7 +164,7 @@ def main(argv=None):
       print(f"seed {s} proposal of round {r + 1}: success {row['success']['rate']:.4f} "
             f"malformed {row['malformed']:.3f} both long {row['both_long']:.3f} "
             f"top sum 13 {row['top_sum_13']:.3f} "
-            f"carry into top {row['carry_into_top']:.3f} "
+            f"carry into top {row['carry_into_top']:.3f} tops 4/5 {row['tops_45']:.3f} "
             f"leading zero {row['leading_zero']:.4f}{regions}", flush=True)
 
   out = args.out or os.path.join(args.run_dir, "drift")
@@ -187,6 +191,7 @@ def plot(rows, path):
   ax.plot(rounds, mean("both_long"), "s-", label="both operands long")
   ax.plot(rounds, mean("top_sum_13"), "v-", label="top-sum-13 slice")
   ax.plot(rounds, mean("carry_into_top"), "^-", label="(8, 8), carry into the top")
+  ax.plot(rounds, mean("tops_45"), "x-", label="(8, 8), tops 4/5")
   ax.plot(rounds, mean("leading_zero"), "d-", label="leading zero")
   if rows[0]["inside_regions"] is not None:  # left out under --no-regions
     ax.plot(rounds, mean("inside_regions"), "^-", label="inside earlier regions")

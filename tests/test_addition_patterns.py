@@ -133,3 +133,20 @@ def test_carry_into_top_share_on_hand_made_rows():
   strict = TASK.replace(allow_leading_zeros=False)  # row 4 becomes malformed
   assert patterns.carry_into_top_share(rows, strict) == pytest.approx(2 / 4)
   assert patterns.carry_into_top_share(rows[5:], TASK) == 0.0
+
+
+def test_tops_45_share_on_hand_made_rows():
+  rows = addition.encode_batch([
+      "50059266+50753069=",  # (8, 8), tops 5 and 5: in
+      "49999999+41234567=",  # tops 4 and 4: in
+      "41234567+51234567=",  # tops 4 and 5: in
+      "61234567+51234567=",  # top 6: out
+      "5123456+51234567=",   # (7, 8): out
+      "05123456+41234567=",  # 8 digits written but the top digit is 0: out
+      "1+"], TASK.max_len)   # malformed
+  assert patterns.tops_45_share(rows, TASK) == pytest.approx(3 / 6)
+  strict = TASK.replace(allow_leading_zeros=False)  # row 5 becomes malformed
+  assert patterns.tops_45_share(rows, strict) == pytest.approx(3 / 5)
+  assert patterns.tops_45_share(rows[6:], TASK) == 0.0
+  x = patterns.rule_based_queries(np.random.default_rng(0), 50, "tops_5_5", TASK)
+  assert patterns.tops_45_share(x, TASK) == 1.0

@@ -82,7 +82,7 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
   assert len(trained) == 2  # NRE 128 at 64 per round
   for m in trained:
     for field in ("malformed_train", "both_long_train", "top_sum_13_train",
-                  "carry_into_top_train"):
+                  "carry_into_top_train", "tops_45_train"):
       assert len(m[field]) == 2 and all(0.0 <= v <= 1.0 for v in m[field])
   subprocess.run([sys.executable, str(ROOT / "scripts" / "proposal_drift.py"),
                   "--run-dir", str(run_dir), "--samples", "64", "--out", str(out)],
@@ -93,7 +93,7 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
       (s, r) for s in (0, 1) for r in (1, 2, 3)]
   for row in drift["rows"]:
     for field in ("malformed", "both_long", "top_sum_13", "carry_into_top",
-                  "leading_zero", "distinct"):
+                  "tops_45", "leading_zero", "distinct"):
       assert 0.0 <= row[field] <= 1.0
     assert row["success"]["trials"] == 64
   # Round r's proposal is tested against the r - 1 regions before it (none for

@@ -239,6 +239,33 @@ def carry_into_top_share(x, task: addition.AdditionTaskConfig) -> float:
   return float(np.mean(both & carries_into_top(parsed.a, parsed.b, m)))
 
 
+def tops_45_share(x, task: addition.AdditionTaskConfig) -> float:
+  """Share of the well-formed rows in the MSB target's weak top-digit slice.
+
+  The slice: both operands ``max_operand_len`` digits long (digits written,
+  leading zeros included), each starting with a 4 or a 5 (``50059266+50753069=``).
+  ``scripts/target_error_map.py`` measured 5-17% errors on ``checkpoints/target_msb``
+  for these four top-digit pairs (4+4 17%, 5+5 14%), against 0.7% for (8, 8)
+  queries overall: the mode one seed of the 10-epoch attack settled in (session
+  18). 0 when no row is well-formed.
+
+  >>> task = addition.AdditionTaskConfig()
+  >>> tops_45_share(addition.encode_batch(
+  ...     ["50059266+50753069=", "45000000+41234567=", "60059266+50753069=",
+  ...      "5005926+50753069="], task.max_len), task)
+  0.5
+  """
+  m = task.max_operand_len
+  rows = _well_formed_rows(x, task)
+  if rows is None:
+    return 0.0
+  parsed, len_a, len_b = rows
+  low = 10 ** (m - 1)
+  tops_a, tops_b = parsed.a // low, parsed.b // low
+  return float(np.mean((len_a == m) & (len_b == m) & np.isin(tops_a, (4, 5))
+                       & np.isin(tops_b, (4, 5))))
+
+
 RULES = ("carry", "leading_zeros", "carry_leading_zeros", "carry_past_shorter",
          "carry_past_shorter_13", "carry_into_top", "carry_into_top_8", "tops_5_5")
 
