@@ -178,7 +178,8 @@ def main(argv=None):
 
 
 def plot(rows, path):
-  """Mean (over seeds) shares and success rate of each round's proposal."""
+  """Mean (over seeds) shares of each round's proposal; its success rate per
+  seed and the mean."""
   import matplotlib.pyplot as plt
   rounds = sorted({r["round"] for r in rows})
 
@@ -199,9 +200,13 @@ def plot(rows, path):
   ax.set_ylabel("share of samples (mean over seeds)")
   ax.set_ylim(0, 1)
   ax.legend()
-  ax2.plot(rounds, mean("success", "rate"), "o-", color="tab:red")
+  for seed in sorted({r["seed"] for r in rows}):  # one seed can carry the mean
+    own = sorted((r["round"], r["success"]["rate"]) for r in rows if r["seed"] == seed)
+    ax2.plot(*zip(*own), "-", lw=0.8, alpha=0.6, label=f"seed index {seed}")
+  ax2.plot(rounds, mean("success", "rate"), "o-", color="black", label="mean")
   ax2.set_xlabel("round")
-  ax2.set_ylabel("success rate (mean over seeds)")
+  ax2.set_ylabel("success rate")
+  ax2.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
