@@ -129,7 +129,8 @@ def main(argv=None):
   a, b = operands(rng, args.pool, m), operands(rng, args.pool, m)
   r = oracle(rows(a, b, task.max_len)) > 0.5
   low = 10 ** (m - 1)
-  top_sum_mm = a // low + b // low
+  top_a, top_b = a // low, b // low
+  top_sum_mm = top_a + top_b
   carry_in = carries_into_top(a, b, m)
   by_top_carry = []
   for c in (False, True):
@@ -146,7 +147,7 @@ def main(argv=None):
   by_top_pair = []
   for ta in range(1, 10):
     for tb in range(1, 10):
-      sel = (a // low == ta) & (b // low == tb)
+      sel = (top_a == ta) & (top_b == tb)
       if not sel.any():  # a tiny --pool may miss a pair
         pair_grid[ta - 1, tb - 1] = np.nan
         continue

@@ -270,15 +270,18 @@ RULES = ("carry", "leading_zeros", "carry_leading_zeros", "carry_past_shorter",
          "carry_past_shorter_13", "carry_into_top", "carry_into_top_8", "tops_5_5")
 
 
+def _random_digits(rng: np.random.Generator, k: int) -> str:
+  """``k`` uniform random digits as text (zeros allowed anywhere)."""
+  return "".join(str(int(d)) for d in rng.integers(0, 10, k))
+
+
 def _carry_past_shorter(rng: np.random.Generator, m: int, exactly_13: bool):
   """``(a, b)`` texts: ``m`` and ``m - 1`` digits, a carry into the top digit."""
   if m < 2:
     raise ValueError(f"the carry-past-shorter rules need max_operand_len >= 2, got {m}")
   while True:
-    long_ = str(int(rng.integers(1, 10))) + "".join(
-        str(int(d)) for d in rng.integers(0, 10, m - 1))
-    short = str(int(rng.integers(1, 10))) + "".join(
-        str(int(d)) for d in rng.integers(0, 10, m - 2))
+    long_ = str(int(rng.integers(1, 10))) + _random_digits(rng, m - 1)
+    short = str(int(rng.integers(1, 10))) + _random_digits(rng, m - 2)
     top = int(long_[1]) + int(short[0])
     if exactly_13 and top != 13:
       continue
@@ -346,7 +349,7 @@ def rule_based_queries(rng: np.random.Generator, n: int, rule: str,
       def operand(max_digits):
         k = int(rng.integers(1, max_digits + 1))
         first = str(int(rng.integers(1, 10))) if k > 1 else str(int(rng.integers(0, 10)))
-        return first + "".join(str(int(d)) for d in rng.integers(0, 10, k - 1))
+        return first + _random_digits(rng, k - 1)
       padded = operand(m - 1)  # leaves room for at least one zero
       padded = "0" * int(rng.integers(1, min(4, m - len(padded)) + 1)) + padded
       other = operand(m)
@@ -356,8 +359,7 @@ def rule_based_queries(rng: np.random.Generator, n: int, rule: str,
     elif rule in ("carry_into_top", "carry_into_top_8"):
       pair = _carry_into_top(rng, m, 8 if rule.endswith("8") else None)
     elif rule == "tops_5_5":
-      pair = tuple("5" + "".join(str(int(d)) for d in rng.integers(0, 10, m - 1))
-                   for _ in range(2))
+      pair = tuple("5" + _random_digits(rng, m - 1) for _ in range(2))
     else:
       raise ValueError(f"unknown rule {rule!r}; expected one of {RULES}")
     texts.append(f"{pair[0]}+{pair[1]}=")
