@@ -1,0 +1,247 @@
+"""Pool the seeds of several attack runs: how often does a seed climb, and a table pass?
+
+When the attack's outcome is a lottery (most seeds end near the pretrained rate,
+a few climb into a weak mode of the target and end hundreds of times above it),
+one 5-seed table says little. This script pools the per-seed results of several
+``attack.json`` files made with the same configuration (different seeds, or the
+same seeds on another device) into one group, and reports:
+
+* every seed-run's final and best-so-far improvement, the pooled mean and median;
+* **hits**: seed-runs whose final improvement reaches ``--hit``, with a
+  Clopper-Pearson 95% interval on the hit rate;
+* **P(table >= bar)**: the chance that a table of ``--table-size`` seed-runs,
+  drawn at random (with replacement) from the pool, has a mean final
+  improvement of at least ``--bar`` (the issue's 50x), with the 5 / 50 / 95%
+  quantiles of that mean; ``--draws`` Monte Carlo draws, seeded;
+* with several groups, each group against the first: Fisher's exact test on the
+  hit counts and a two-sided Mann-Whitney U test on the final improvements.
+
+Within a group every file must agree on the BaNEL configuration, the task and
+the pretrained rate (the seeds may differ); a mismatch is an error that names
+the key.
+
+Writes ``seed_pool.json`` and ``seed_pool.png`` (each seed-run's final
+improvement per group, log scale, zeros drawn on the floor line; and the
+distribution of a random table's mean against the bar) to ``--out``.
+
+Example:
+  python scripts/seed_pool.py \\
+      --group e10=results/attack_msb_e10_cpu,results/attack_msb_e10_cpu_seeds5_9 \\
+      --group r07=runs/attack_msb_e10_r07_out --out runs/seed_pool
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from scripts._cli import command_line  # noqa: E402
+
+# What every file of a group must share (``seeds`` and wall times may differ).
+_MUST_MATCH = ("banel_config", "task_config", "support_filter")
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--group", action="append", required=True, metavar="NAME=PATH[,PATH]",
+                 help="a named group of attack outputs (folders holding attack.json, "
+                 "or the files), comma-separated; repeat for more groups. The first "
+                 "group is the reference of the tests.")
+  p.add_argument("--bar", type=float, default=50.0,
+                 help="mean final improvement a table must reach (default 50).")
+  p.add_argument("--hit", type=float, default=50.0,
+                 help="final improvement at which a seed-run counts as a hit "
+                 "(default 50).")
+  p.add_argument("--table-size", type=int, default=5,
+                 help="seed-runs per table (default 5, as in the paper).")
+  p.add_argument("--draws", type=int, default=200_000,
+                 help="Monte Carlo tables drawn per group (default 200,000).")
+  p.add_argument("--seed", type=int, default=0, help="seed of the draws.")
+  p.add_argument("--out", default="results/seed_pool", help="output folder.")
+  args = p.parse_args(argv)
+  for name, value in (("--bar", args.bar), ("--hit", args.hit)):
+    if not value > 0:
+      p.error(f"{name} must be positive, got {value}")
+  if args.table_size < 1 or args.draws < 1:
+    p.error("--table-size and --draws must be at least 1")
+  return args
+
+
+def parse_group(spec: str) -> tuple[str, list[str]]:
+  """``"name=a,b"`` -> ``("name", ["a", "b"])``.
+
+  >>> parse_group("e10=runs/a,runs/b/attack.json")
+  ('e10', ['runs/a', 'runs/b/attack.json'])
+  """
+  name, sep, paths = spec.partition("=")
+  parts = [x for x in paths.split(",") if x]
+  if not sep or not name or not parts:
+    raise SystemExit(f"--group {spec!r}: expected NAME=PATH[,PATH...]")
+  return name, parts
+
+
+def load_group(paths: list[str]) -> dict:
+  """Reads and checks the attack.json files of one group: its seed-runs."""
+  records, sources = [], []
+  for path in paths:
+    file = os.path.join(path, "attack.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+      raise SystemExit(f"{path}: no attack.json there")
+    with open(file) as f:
+      record = json.load(f)
+    missing = [k for k in ("seeds", "improvement_final", "improvement_best",
+                           "pretrained", *_MUST_MATCH) if k not in record]
+    if missing:
+      raise SystemExit(f"{file} is not an attack.json of scripts/attack.py "
+                       f"(missing {', '.join(missing)})")
+    if len(record["seeds"]) != len(record["improvement_final"]):
+      raise SystemExit(f"{file}: {len(record['seeds'])} seeds but "
+                       f"{len(record['improvement_final'])} improvements")
+    records.append(record)
+    sources.append(file)
+  first = records[0]
+  for record, file in zip(records[1:], sources[1:]):
+    for key in _MUST_MATCH:
+      if record[key] != first[key]:
+        diff = key
+        if isinstance(first[key], dict):
+          keys = sorted(set(first[key]) | set(record[key]))
+          diff = ", ".join(f"{key}.{k}" for k in keys
+                           if first[key].get(k) != record[key].get(k))
+        raise SystemExit(f"{file} and {sources[0]} differ in {diff}: they are "
+                         "not the same configuration")
+    if record["pretrained"]["rate"] != first["pretrained"]["rate"]:
+      raise SystemExit(f"{file} and {sources[0]} differ in the pretrained rate")
+  runs = [{"source": file, "seed": int(seed), "final": float(fin), "best": float(best)}
+          for record, file in zip(records, sources)
+          for seed, fin, best in zip(record["seeds"], record["improvement_final"],
+                                     record["improvement_best"])]
+  return {"runs": runs, "pretrained_rate": first["pretrained"]["rate"],
+          "banel_config": first["banel_config"]}
+
+
+def table_means(final: np.ndarray, table_size: int, draws: int,
+                rng: np.random.Generator) -> np.ndarray:
+  """Mean of ``table_size`` seed-runs drawn with replacement, ``draws`` times."""
+  idx = rng.integers(0, final.shape[0], size=(draws, table_size))
+  return final[idx].mean(axis=1)
+
+
+def summarize(group: dict, args, rng: np.random.Generator) -> dict:
+  from scipy import stats
+  final = np.array([r["final"] for r in group["runs"]])
+  best = np.array([r["best"] for r in group["runs"]])
+  hits = int(np.sum(final >= args.hit))
+  ci = stats.binomtest(hits, final.size).proportion_ci(0.95, method="exact")
+  means = table_means(final, args.table_size, args.draws, rng)
+  return {
+      "n_seed_runs": int(final.size),
+      "final_mean": float(final.mean()), "final_median": float(np.median(final)),
+      "best_mean": float(best.mean()), "best_median": float(np.median(best)),
+      "hits": hits, "hit_rate": hits / final.size,
+      "hit_rate_ci95": [float(ci.low), float(ci.high)],
+      "p_table_reaches_bar": float(np.mean(means >= args.bar)),
+      "table_mean_quantiles": {q: float(np.quantile(means, float(q)))
+                               for q in ("0.05", "0.5", "0.95")},
+      "runs": group["runs"],
+  }
+
+
+def compare(ref: dict, other: dict) -> dict:
+  """``other`` against ``ref``: Fisher on hits, Mann-Whitney U on finals."""
+  from scipy import stats
+  table = [[other["hits"], other["n_seed_runs"] - other["hits"]],
+           [ref["hits"], ref["n_seed_runs"] - ref["hits"]]]
+  a = [r["final"] for r in other["runs"]]
+  b = [r["final"] for r in ref["runs"]]
+  return {"fisher_hits_p": float(stats.fisher_exact(table).pvalue),
+          "mannwhitney_final_p": float(stats.mannwhitneyu(a, b).pvalue)}
+
+
+def plot(summaries: dict, args, means_by_group: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  names = list(summaries)
+  floor = 0.05
+  fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+  for i, name in enumerate(names):
+    final = np.array([r["final"] for r in summaries[name]["runs"]])
+    jitter = np.linspace(-0.15, 0.15, final.size) if final.size > 1 else np.zeros(1)
+    ax.scatter(i + jitter, np.maximum(final, floor), s=18, alpha=0.8)
+    ax.hlines(summaries[name]["final_mean"], i - 0.3, i + 0.3, colors="k",
+              label="pooled mean" if i == 0 else None)
+    ax.hlines(max(summaries[name]["final_median"], floor), i - 0.3, i + 0.3,
+              colors="k", linestyles=":", label="pooled median" if i == 0 else None)
+  ax.axhline(args.hit, color="tab:red", lw=0.8, ls="--", label=f"hit ({args.hit:g}x)")
+  ax.set_yscale("log")
+  ax.set_xticks(range(len(names)),
+                [f"{n}\n{summaries[n]['hits']}/{summaries[n]['n_seed_runs']} hits"
+                 for n in names])
+  ax.set_ylabel(f"final improvement per seed-run (0 drawn at {floor})")
+  ax.legend(fontsize=8)
+  for name in names:
+    m = np.maximum(means_by_group[name], floor)
+    bins = np.logspace(np.log10(floor), np.log10(max(m.max(), args.bar) * 1.5), 60)
+    bx.hist(m, bins=bins, histtype="step", density=False,
+            weights=np.full(m.size, 1 / m.size),
+            label=f"{name}: P(>= {args.bar:g}x) = "
+            f"{summaries[name]['p_table_reaches_bar']:.2f}")
+  bx.axvline(args.bar, color="tab:red", lw=0.8, ls="--")
+  bx.set_xscale("log")
+  bx.set_xlabel(f"mean final improvement of a random {args.table_size}-seed table")
+  bx.set_ylabel("share of tables")
+  bx.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  groups = dict(parse_group(spec) for spec in args.group)
+  if len(groups) != len(args.group):
+    raise SystemExit("--group names must be distinct")
+  rng = np.random.default_rng(args.seed)
+  summaries, means = {}, {}
+  for name, paths in groups.items():
+    group = load_group(paths)
+    summaries[name] = summarize(group, args, rng)
+    final = np.array([r["final"] for r in group["runs"]])
+    means[name] = table_means(final, args.table_size, min(args.draws, 20_000), rng)
+    summaries[name]["banel_config"] = group["banel_config"]
+    summaries[name]["pretrained_rate"] = group["pretrained_rate"]
+  names = list(summaries)
+  comparisons = {n: compare(summaries[names[0]], summaries[n]) for n in names[1:]}
+  os.makedirs(args.out, exist_ok=True)
+  record = {"command": command_line("seed_pool.py", argv), "bar": args.bar,
+            "hit": args.hit, "table_size": args.table_size, "draws": args.draws,
+            "seed": args.seed, "groups": summaries,
+            "against_" + names[0]: comparisons}
+  with open(os.path.join(args.out, "seed_pool.json"), "w") as f:
+    json.dump(record, f, indent=1)
+  plot(summaries, args, means, os.path.join(args.out, "seed_pool.png"))
+  for name, s in summaries.items():
+    q = s["table_mean_quantiles"]
+    print(f"{name}: {s['n_seed_runs']} seed-runs, final mean {s['final_mean']:.1f}x "
+          f"median {s['final_median']:.1f}x; hits (>= {args.hit:g}x) {s['hits']} "
+          f"[{s['hit_rate_ci95'][0]:.2f}, {s['hit_rate_ci95'][1]:.2f}]; "
+          f"P({args.table_size}-seed mean >= {args.bar:g}x) = "
+          f"{s['p_table_reaches_bar']:.3f} (5/50/95%: {q['0.05']:.1f}, "
+          f"{q['0.5']:.1f}, {q['0.95']:.1f})")
+  for name, c in comparisons.items():
+    print(f"{name} vs {names[0]}: Fisher (hits) p = {c['fisher_hits_p']:.3f}, "
+          f"Mann-Whitney (final) p = {c['mannwhitney_final_p']:.3f}")
+  print(f"wrote {args.out}/")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,90 @@
+"""``scripts/seed_pool.py`` on attack.json files made here."""
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts import seed_pool  # noqa: E402
+
+_CONFIG = {"mode": "distilled", "failure_epochs": 10, "nre_budget": 7500}
+
+
+def _attack_json(folder, seeds, final, best=None, epochs=10, rate=6e-4):
+  folder.mkdir(parents=True)
+  record = {"seeds": seeds, "improvement_final": final,
+            "improvement_best": best if best is not None else final,
+            "pretrained": {"rate": rate}, "support_filter": True,
+            "banel_config": dict(_CONFIG, failure_epochs=epochs),
+            "task_config": {"answer_order": "msb"}}
+  (folder / "attack.json").write_text(json.dumps(record))
+  return str(folder)
+
+
+def test_pooled_hits_and_table_probability(tmp_path):
+  a = _attack_json(tmp_path / "a", [0, 1, 2], [0.0, 0.0, 1000.0], [1.0, 2.0, 1000.0])
+  b = _attack_json(tmp_path / "b", [3, 4], [0.0, 0.0])
+  out = tmp_path / "out"
+  seed_pool.main(["--group", f"g={a},{b}", "--draws", "100000", "--out", str(out)])
+  s = json.loads((out / "seed_pool.json").read_text())["groups"]["g"]
+  assert s["n_seed_runs"] == 5 and s["hits"] == 1
+  assert s["final_mean"] == pytest.approx(200.0)
+  assert s["best_mean"] == pytest.approx(200.6)
+  assert s["final_median"] == 0.0
+  # A 5-seed table reaches 50x exactly when it holds the 1000x seed at least once.
+  assert s["p_table_reaches_bar"] == pytest.approx(1 - 0.8**5, abs=0.01)
+  lo, hi = s["hit_rate_ci95"]
+  assert lo < 0.2 < hi
+  assert [(r["seed"], r["final"]) for r in s["runs"]] == [
+      (0, 0.0), (1, 0.0), (2, 1000.0), (3, 0.0), (4, 0.0)]
+  assert (out / "seed_pool.png").stat().st_size > 0
+
+
+def test_a_single_hit_below_the_bar_per_table(tmp_path):
+  # 100x is a hit but a 5-seed table with one of it averages 20x < 50x:
+  # it takes three such seeds (60x), probability P(Binomial(5, 0.5) >= 3) = 0.5.
+  a = _attack_json(tmp_path / "a", [0, 1], [0.0, 100.0])
+  out = tmp_path / "out"
+  seed_pool.main(["--group", f"g={a}", "--draws", "100000", "--out", str(out)])
+  s = json.loads((out / "seed_pool.json").read_text())["groups"]["g"]
+  assert s["hits"] == 1
+  assert s["p_table_reaches_bar"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_groups_are_compared_with_the_first(tmp_path):
+  a = _attack_json(tmp_path / "a", list(range(6)), [0.0] * 6)
+  b = _attack_json(tmp_path / "b", list(range(6)), [500.0] * 6, epochs=30)
+  out = tmp_path / "out"
+  seed_pool.main(["--group", f"base={a}", "--group", f"e30={b}", "--draws", "1000",
+                  "--out", str(out)])
+  record = json.loads((out / "seed_pool.json").read_text())
+  c = record["against_base"]["e30"]
+  assert c["fisher_hits_p"] == pytest.approx(1 / 462)  # 1 / C(12, 6)
+  assert c["mannwhitney_final_p"] < 0.01
+  assert record["groups"]["e30"]["p_table_reaches_bar"] == 1.0
+  assert record["groups"]["base"]["p_table_reaches_bar"] == 0.0
+
+
+def test_mismatched_configurations_are_refused(tmp_path):
+  a = _attack_json(tmp_path / "a", [0], [1.0])
+  b = _attack_json(tmp_path / "b", [1], [1.0], epochs=30)
+  with pytest.raises(SystemExit, match="banel_config.failure_epochs"):
+    seed_pool.main(["--group", f"g={a},{b}", "--out", str(tmp_path / "out")])
+  c = _attack_json(tmp_path / "c", [1], [1.0], rate=2e-4)
+  with pytest.raises(SystemExit, match="pretrained rate"):
+    seed_pool.main(["--group", f"g={a},{c}", "--out", str(tmp_path / "out")])
+
+
+def test_bad_arguments_name_the_problem(tmp_path):
+  with pytest.raises(SystemExit, match="no attack.json"):
+    seed_pool.main(["--group", f"g={tmp_path}", "--out", str(tmp_path / "out")])
+  with pytest.raises(SystemExit, match="NAME=PATH"):
+    seed_pool.main(["--group", "nothing", "--out", str(tmp_path / "out")])
+  (tmp_path / "x.json").write_text("{}")
+  with pytest.raises(SystemExit, match="missing seeds"):
+    seed_pool.main(["--group", f"g={tmp_path / 'x.json'}", "--out",
+                    str(tmp_path / "out")])
