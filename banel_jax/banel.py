@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import struct
 from flax.training import train_state
 
-from banel_jax import posterior
+from banel_jax import posterior, seen
 from banel_jax.config import BanelConfig
 from banel_jax.distill import make_distill_tx, make_distiller
 from banel_jax.failure import make_failure_fitter, make_failure_tx
@@ -41,6 +41,10 @@ class BanelState(struct.PyTreeNode):
     round: ``int32[]`` rounds completed.
     nre: ``int32[]`` reward evaluations spent on learning.
     key: the run's root PRNG key; round ``t`` uses ``fold_in(key, t)``.
+    seen_failures: fingerprints of the failures paid for so far
+      (:class:`~banel_jax.seen.SeenSet`) with ``config.reject_seen_failures``;
+      ``None`` otherwise (so states and checkpoints of runs without it keep
+      their structure).
   """
 
   proposal: train_state.TrainState
@@ -50,6 +54,7 @@ class BanelState(struct.PyTreeNode):
   round: jax.Array
   nre: jax.Array
   key: PRNGKey
+  seen_failures: seen.SeenSet | None = None
 
 
 class RoundBatch(NamedTuple):
@@ -128,7 +133,9 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
     return BanelState(
         proposal=proposal, failure=failure, prior_params=prior_params,
         regions=posterior.empty_region_bank(prior_params, config.region_capacity),
-        round=jnp.zeros((), jnp.int32), nre=jnp.zeros((), jnp.int32), key=key)
+        round=jnp.zeros((), jnp.int32), nre=jnp.zeros((), jnp.int32), key=key,
+        seen_failures=(seen.empty_seen_set(config.nre_budget)
+                       if config.reject_seen_failures else None))
 
   def propose(state: BanelState, key: PRNGKey, n: int):
     """Samples the current proposal: ``(x[n, ...], info)``."""
@@ -175,6 +182,9 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
     regions = posterior.add_region(state.regions, state.proposal.params,
                                    failure.params, log_tau, log_norm,
                                    active=has_failures)
+    seen_failures = state.seen_failures
+    if seen_failures is not None:
+      seen_failures = seen.add_seen(seen_failures, batch.x, failure_mask)
     # 3. Next proposal.
     proposal = state.proposal
     metrics = {"distill_accept_rate": jnp.asarray(jnp.nan, jnp.float32),
@@ -185,7 +195,7 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
       if config.learn_from_successes:
         extra_x, extra_w = batch.x, success.astype(jnp.float32)
       proposal, metrics = distill(proposal, state.prior_params, regions, distill_key,
-                                  extra_x, extra_w)
+                                  extra_x, extra_w, seen_failures=seen_failures)
     metrics.update(fmetrics)
     metrics.update({
         "log_tau": log_tau,
@@ -194,7 +204,10 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
         "n_regions": regions.size,
         "params_finite": _all_finite(proposal.params) & _all_finite(failure.params),
     })
+    if seen_failures is not None:
+      metrics["n_seen_failures"] = seen_failures.size
     new_state = state.replace(proposal=proposal, failure=failure, regions=regions,
+                              seen_failures=seen_failures,
                               round=state.round + 1,
                               nre=state.nre + metrics["n_evaluated"])
     return new_state, metrics

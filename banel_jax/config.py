@@ -71,6 +71,14 @@ class BanelConfig:
       candidates as the acceptance rate falls (cheap on an accelerator, slow for
       a transformer on a CPU); its acceptance rate is reported and, below
       ``min_acceptance_rate``, an error.
+    reject_seen_failures: distilled mode only. If ``True``, distillation also
+      rejects every sample equal to one already paid for and failed (exact
+      match on a 64-bit fingerprint, :mod:`banel_jax.seen`), so the proposal
+      cannot settle on a known failure that the likelihood-ratio regions cannot
+      reject because the proposal draws it often. Assumes a deterministic
+      oracle. Keeps ``nre_budget`` fingerprints per seed; the
+      ``distill_seen_rate`` metric is the share of distillation samples it
+      rejected.
     exact_batch_size: candidates drawn per rejection-sampling batch (exact mode
       and ``proposal_filter``).
     exact_max_batches: most candidate batches drawn per request (exact mode and
@@ -109,6 +117,7 @@ class BanelConfig:
   distill_pack: bool = False
   distill_target: Literal["proposal", "posterior", "mixture"] = "proposal"
   proposal_filter: bool = False
+  reject_seen_failures: bool = False
   exact_batch_size: int = 4096
   exact_max_batches: int = 1024
   min_acceptance_rate: float = 1e-4
@@ -119,7 +128,8 @@ class BanelConfig:
   eval_every: int = 1
 
   # Added after run directories were written: left out of records while default.
-  OMIT_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("proposal_filter",)
+  OMIT_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("proposal_filter",
+                                                   "reject_seen_failures")
 
   def __post_init__(self):
     validate_config(self)
@@ -186,7 +196,7 @@ def validate_config(c: BanelConfig) -> None:
   _require(_is_number(c.min_acceptance_rate) and 0.0 <= c.min_acceptance_rate < 1.0,
            "min_acceptance_rate", c.min_acceptance_rate, "expected a number in [0, 1)")
   for name in ("distill_reset", "distill_pack", "learn_from_successes",
-               "proposal_filter"):
+               "proposal_filter", "reject_seen_failures"):
     _require(isinstance(getattr(c, name), bool), name, getattr(c, name),
              "expected True or False")
   _require(c.failure_batch_size <= c.samples_per_round, "failure_batch_size",
@@ -200,6 +210,10 @@ def validate_config(c: BanelConfig) -> None:
     _require(c.mode == "distilled", "proposal_filter", c.proposal_filter,
              "applies to mode='distilled' only (exact mode's proposal is already "
              "the filtered prior)")
+  if c.reject_seen_failures:
+    _require(c.mode == "distilled", "reject_seen_failures", c.reject_seen_failures,
+             "applies to mode='distilled' only (the seen failures filter the "
+             "distillation samples)")
   if c.max_regions:
     _require(c.max_regions >= c.num_rounds, "max_regions", c.max_regions,
              f"must be 0 or >= the number of rounds ({c.num_rounds})")

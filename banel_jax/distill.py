@@ -13,6 +13,7 @@ from flax.training import train_state
 from banel_jax.config import BanelConfig
 from banel_jax.mle import fit_weighted_mle
 from banel_jax.posterior import RegionBank, rejection_mask
+from banel_jax.seen import SeenSet, contains
 from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
 
 
@@ -27,7 +28,8 @@ Distiller = Callable[..., tuple[train_state.TrainState, dict]]
 def make_distiller(model: GenerativeModel, config: BanelConfig,
                    support: Callable[[Samples], jax.Array] | None = None
                    ) -> Distiller:
-  """Returns ``distill(proposal, prior_params, bank, key, extra_x, extra_w)``.
+  """Returns ``distill(proposal, prior_params, bank, key, extra_x, extra_w,
+  seen_failures=None)``.
 
   With ``support`` (a jit-able ``x -> bool[n]``), samples outside it count as
   rejected too: the distiller never fits what is known to score 0 for free.
@@ -41,7 +43,10 @@ def make_distiller(model: GenerativeModel, config: BanelConfig,
   fine-tunes by weighted maximum likelihood — from the current params, or from
   ``prior_params`` when ``config.distill_reset``. The optimizer state restarts
   each round. ``extra_x``/``extra_w`` (may be ``None``) join the training set, e.g.
-  successes when the user allows learning from them.
+  successes when the user allows learning from them. Samples in
+  ``seen_failures`` (a :class:`~banel_jax.seen.SeenSet`, optional) count as
+  rejected; ``metrics["distill_seen_rate"]`` is the share of drawn samples it
+  rejected.
 
   Returns of ``distill``:
     ``(proposal, metrics)``; ``metrics["distill_accept_rate"]`` is the fraction
@@ -53,7 +58,8 @@ def make_distiller(model: GenerativeModel, config: BanelConfig,
 
   def distill(proposal: train_state.TrainState, prior_params: Params,
               bank: RegionBank, key: PRNGKey, extra_x: Samples | None = None,
-              extra_w: jax.Array | None = None):
+              extra_w: jax.Array | None = None,
+              seen_failures: SeenSet | None = None):
     sample_key, train_key = jax.random.split(key)
     if config.distill_target == "mixture":
       prior_key, sample_key = jax.random.split(sample_key)
@@ -64,6 +70,9 @@ def make_distiller(model: GenerativeModel, config: BanelConfig,
     accept = ~rejection_mask(model, bank, x, config.region_strategy)
     if support is not None:
       accept = accept & support(x)
+    if seen_failures is not None:
+      already_failed = contains(seen_failures, x)
+      accept = accept & ~already_failed
     if config.distill_target == "proposal":
       weights = accept.astype(jnp.float32)
     else:
@@ -84,6 +93,8 @@ def make_distiller(model: GenerativeModel, config: BanelConfig,
     metrics = {"distill_accept_rate": jnp.mean(accept.astype(jnp.float32)),
                "distill_ess": effective_sample_size(weights),
                "distill_loss": losses[-1].mean()}
+    if seen_failures is not None:
+      metrics["distill_seen_rate"] = jnp.mean(already_failed.astype(jnp.float32))
     return state, metrics
 
   return distill

@@ -96,6 +96,11 @@ def parse_args(argv=None):
                  "distillation treats malformed queries (reward 0 whatever the "
                  "target says, no evaluation needed) as rejected, so the proposal "
                  "cannot drift into them.")
+  p.add_argument("--reject-seen-failures", action="store_true",
+                 help="distillation also rejects every query already paid for and "
+                 "failed (exact match; the target answers deterministically), so "
+                 "the proposal cannot settle on a known failure that the "
+                 "likelihood-ratio regions miss because it draws it often.")
   p.add_argument("--proposal-filter", action="store_true",
                  help="draw every paid, calibration and evaluation sample from the "
                  "proposal restricted to outside the regions (and the grammar with "
@@ -154,6 +159,8 @@ def build_experiment(args) -> attack_configs.AttackExperiment:
     b["distill_pack"] = True
   if args.proposal_filter:
     b["proposal_filter"] = True
+  if args.reject_seen_failures:
+    b["reject_seen_failures"] = True
   banel = exp.banel.replace(**b)
   if banel.failure_batch_size > banel.samples_per_round:
     banel = banel.replace(failure_batch_size=banel.samples_per_round)
