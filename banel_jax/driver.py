@@ -470,11 +470,14 @@ class BanelRunner:
           "parameters; check model.log_prob for NaN/inf and lower the learning rates")
     if ("distill_accept_rate" in metrics and getattr(c, "mode", None) == "distilled"
         and np.any(metrics["distill_accept_rate"] < c.min_acceptance_rate)):
+      fix = ("lower calibrated_reject_fraction (each region rejects that share of "
+             "the proposal and the shares compound)"
+             if c.tau_mode == "calibrated" else
+             "lower filter_factor or use tau_mode='calibrated'")
       raise posterior.AcceptanceRateError(
           f"round {t + 1}: the rejection regions accept only "
           f"{metrics['distill_accept_rate']} of the proposal's distillation samples "
-          f"(floor {c.min_acceptance_rate:g}); lower filter_factor or use "
-          "tau_mode='calibrated'")
+          f"(floor {c.min_acceptance_rate:g}); {fix}, or lower min_acceptance_rate")
     record = {"round": t + 1, "nre": self.keeper.spent.tolist(),
               "proposal_acceptance_rate": np.asarray(info.acceptance_rate)}
     record.update({k: v for k, v in metrics.items() if k != "params_finite"})

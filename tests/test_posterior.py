@@ -400,6 +400,21 @@ def test_check_acceptance_on_a_real_collapsed_posterior():
     check_acceptance(info, 500, floor=1e-4)
 
 
+@pytest.mark.parametrize("tau_mode,knob", [("calibrated", "calibrated_reject_fraction"),
+                                            ("factor", "filter_factor")])
+def test_distillation_floor_names_the_knob_of_the_tau_mode(tau_mode, knob):
+  """Distilled mode stops when distillation accepts too little; the message says
+  which setting to lower for the tau mode in use."""
+  cfg = BanelConfig(nre_budget=20, samples_per_round=10, tau_mode=tau_mode,
+                    calibrated_reject_fraction=0.9, filter_factor=1.0,
+                    failure_batch_size=10, failure_learning_rate=1.0,
+                    distill_samples=64, distill_batch_size=32, n_eval=10,
+                    min_acceptance_rate=0.95)
+  runner = BanelRunner(MODEL, PRIOR, TASK.oracle, cfg, seeds=[0], progress=False)
+  with pytest.raises(AcceptanceRateError, match=f"round 1: .*lower {knob}"):
+    runner.run()
+
+
 # --- log_norm: a region of a posterior proposal uses p0 / Z -------------------------
 
 def test_log_norm_compares_the_posteriors_density():
