@@ -77,8 +77,8 @@ class BanelConfig:
       cannot settle on a known failure that the likelihood-ratio regions cannot
       reject because the proposal draws it often. Assumes a deterministic
       oracle. Keeps ``nre_budget`` fingerprints per seed; the
-      ``distill_seen_rate`` metric is the share of distillation samples it
-      rejected.
+      ``distill_seen_rate`` metric is the share of distillation samples in the
+      set (a region or the support check may reject some of them too).
     exact_batch_size: candidates drawn per rejection-sampling batch (exact mode
       and ``proposal_filter``).
     exact_max_batches: most candidate batches drawn per request (exact mode and

@@ -45,8 +45,8 @@ def make_distiller(model: GenerativeModel, config: BanelConfig,
   each round. ``extra_x``/``extra_w`` (may be ``None``) join the training set, e.g.
   successes when the user allows learning from them. Samples in
   ``seen_failures`` (a :class:`~banel_jax.seen.SeenSet`, optional) count as
-  rejected; ``metrics["distill_seen_rate"]`` is the share of drawn samples it
-  rejected.
+  rejected; ``metrics["distill_seen_rate"]`` is the share of drawn samples in
+  it (a region or the support check may reject some of them too).
 
   Returns of ``distill``:
     ``(proposal, metrics)``; ``metrics["distill_accept_rate"]`` is the fraction
