@@ -135,7 +135,9 @@ def table_means(final: np.ndarray, table_size: int, draws: int,
   return final[idx].mean(axis=1)
 
 
-def summarize(group: dict, args, rng: np.random.Generator) -> dict:
+def summarize(group: dict, args, rng: np.random.Generator
+              ) -> tuple[dict, np.ndarray]:
+  """A group's summary, and the means of its ``args.draws`` random tables."""
   from scipy import stats
   final = np.array([r["final"] for r in group["runs"]])
   best = np.array([r["best"] for r in group["runs"]])
@@ -144,6 +146,8 @@ def summarize(group: dict, args, rng: np.random.Generator) -> dict:
   means = table_means(final, args.table_size, args.draws, rng)
   return {
       "n_seed_runs": int(final.size),
+      "pretrained_rate": group["pretrained_rate"],
+      "banel_config": group["banel_config"],
       "final_mean": float(final.mean()), "final_median": float(np.median(final)),
       "best_mean": float(best.mean()), "best_median": float(np.median(best)),
       "hits": hits, "hit_rate": hits / final.size,
@@ -152,7 +156,7 @@ def summarize(group: dict, args, rng: np.random.Generator) -> dict:
       "table_mean_quantiles": {q: float(np.quantile(means, float(q)))
                                for q in ("0.05", "0.5", "0.95")},
       "runs": group["runs"],
-  }
+  }, means
 
 
 def compare(ref: dict, other: dict) -> dict:
@@ -213,12 +217,7 @@ def main(argv=None):
   rng = np.random.default_rng(args.seed)
   summaries, means = {}, {}
   for name, paths in groups.items():
-    group = load_group(paths)
-    summaries[name] = summarize(group, args, rng)
-    final = np.array([r["final"] for r in group["runs"]])
-    means[name] = table_means(final, args.table_size, min(args.draws, 20_000), rng)
-    summaries[name]["banel_config"] = group["banel_config"]
-    summaries[name]["pretrained_rate"] = group["pretrained_rate"]
+    summaries[name], means[name] = summarize(load_group(paths), args, rng)
   names = list(summaries)
   comparisons = {n: compare(summaries[names[0]], summaries[n]) for n in names[1:]}
   os.makedirs(args.out, exist_ok=True)
