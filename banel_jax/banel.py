@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import struct
 from flax.training import train_state
 
-from banel_jax import posterior, seen
+from banel_jax import posterior, seen, success_bank
 from banel_jax.config import BanelConfig
 from banel_jax.distill import make_distill_tx, make_distiller
 from banel_jax.failure import make_failure_fitter, make_failure_tx
@@ -45,6 +45,9 @@ class BanelState(struct.PyTreeNode):
       (:class:`~banel_jax.seen.SeenSet`) with ``config.reject_seen_failures``;
       ``None`` otherwise (so states and checkpoints of runs without it keep
       their structure).
+    successes: the latest successes found in training
+      (:class:`~banel_jax.success_bank.SuccessBank`) with
+      ``config.success_bank_size``; ``None`` otherwise.
   """
 
   proposal: train_state.TrainState
@@ -55,6 +58,7 @@ class BanelState(struct.PyTreeNode):
   nre: jax.Array
   key: PRNGKey
   seen_failures: seen.SeenSet | None = None
+  successes: success_bank.SuccessBank | None = None
 
 
 class RoundBatch(NamedTuple):
@@ -135,7 +139,10 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
         regions=posterior.empty_region_bank(prior_params, config.region_capacity),
         round=jnp.zeros((), jnp.int32), nre=jnp.zeros((), jnp.int32), key=key,
         seen_failures=(seen.empty_seen_set(config.nre_budget)
-                       if config.reject_seen_failures else None))
+                       if config.reject_seen_failures else None),
+        successes=(success_bank.empty_success_bank(
+            config.success_bank_size, tuple(model.event_shape), model.dtype)
+                   if config.success_bank_size else None))
 
   def propose(state: BanelState, key: PRNGKey, n: int):
     """Samples the current proposal: ``(x[n, ...], info)``."""
@@ -185,6 +192,9 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
     seen_failures = state.seen_failures
     if seen_failures is not None:
       seen_failures = seen.add_seen(seen_failures, batch.x, failure_mask)
+    successes = state.successes
+    if successes is not None:
+      successes = success_bank.add_successes(successes, batch.x, success)
     # 3. Next proposal.
     proposal = state.proposal
     metrics = {"distill_accept_rate": jnp.asarray(jnp.nan, jnp.float32),
@@ -192,7 +202,10 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
                "distill_loss": jnp.asarray(jnp.nan, jnp.float32)}
     if config.mode == "distilled":
       extra_x = extra_w = None
-      if config.learn_from_successes:
+      if successes is not None:
+        extra_x = successes.x
+        extra_w = success_bank.valid_mask(successes).astype(jnp.float32)
+      elif config.learn_from_successes:
         extra_x, extra_w = batch.x, success.astype(jnp.float32)
       proposal, metrics = distill(proposal, state.prior_params, regions, distill_key,
                                   extra_x, extra_w, seen_failures=seen_failures)
@@ -206,8 +219,11 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
     })
     if seen_failures is not None:
       metrics["n_seen_failures"] = seen_failures.size
+    if successes is not None:
+      metrics["n_banked_successes"] = jnp.minimum(successes.count,
+                                                  successes.capacity)
     new_state = state.replace(proposal=proposal, failure=failure, regions=regions,
-                              seen_failures=seen_failures,
+                              seen_failures=seen_failures, successes=successes,
                               round=state.round + 1,
                               nre=state.nre + metrics["n_evaluated"])
     return new_state, metrics

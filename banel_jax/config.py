@@ -86,8 +86,13 @@ class BanelConfig:
     min_acceptance_rate: floor on the posterior's acceptance rate; below it a
       :class:`~banel_jax.posterior.AcceptanceRateError` is raised (exact mode,
       ``proposal_filter``, and in distilled mode for the distillation filter).
-    learn_from_successes: if ``True``, successes found during training join the
-      distillation set; by default they are only recorded and reported.
+    learn_from_successes: if ``True``, the round's successes join the
+      distillation set (weight 1 each; not the paper's algorithm, which learns
+      from failures only); by default they are only recorded and reported.
+    success_bank_size: with ``learn_from_successes``, how many of the latest
+      successes every distillation fits (a ring buffer carried in the state,
+      :mod:`banel_jax.success_bank`); ``0`` (default) fits only the round's own
+      successes. Distilled mode only.
     max_regions: capacity of the region bank (static); ``0`` derives it from
       ``ceil(nre_budget / samples_per_round)``.
     region_strategy: how a batch is tested against the union of the regions:
@@ -122,6 +127,7 @@ class BanelConfig:
   exact_max_batches: int = 1024
   min_acceptance_rate: float = 1e-4
   learn_from_successes: bool = False
+  success_bank_size: int = 0
   max_regions: int = 0
   region_strategy: Literal["vmap", "loop"] = "vmap"
   n_eval: int = 10_000
@@ -129,7 +135,8 @@ class BanelConfig:
 
   # Added after run directories were written: left out of records while default.
   OMIT_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("proposal_filter",
-                                                   "reject_seen_failures")
+                                                   "reject_seen_failures",
+                                                   "success_bank_size")
 
   def __post_init__(self):
     validate_config(self)
@@ -214,6 +221,15 @@ def validate_config(c: BanelConfig) -> None:
     _require(c.mode == "distilled", "reject_seen_failures", c.reject_seen_failures,
              "applies to mode='distilled' only (the seen failures filter the "
              "distillation samples)")
+  _require(isinstance(c.success_bank_size, int)
+           and not isinstance(c.success_bank_size, bool) and c.success_bank_size >= 0,
+           "success_bank_size", c.success_bank_size,
+           "expected an integer >= 0 (0 keeps no bank)")
+  if c.success_bank_size:
+    _require(c.learn_from_successes, "success_bank_size", c.success_bank_size,
+             "keeps successes for distillation: set learn_from_successes=True too")
+    _require(c.mode == "distilled", "success_bank_size", c.success_bank_size,
+             "applies to mode='distilled' only (successes join distillation)")
   if c.max_regions:
     _require(c.max_regions >= c.num_rounds, "max_regions", c.max_regions,
              f"must be 0 or >= the number of rounds ({c.num_rounds})")

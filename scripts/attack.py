@@ -101,6 +101,15 @@ def parse_args(argv=None):
                  "failed (exact match; the target answers deterministically), so "
                  "the proposal cannot settle on a known failure that the "
                  "likelihood-ratio regions miss because it draws it often.")
+  p.add_argument("--learn-from-successes", action="store_true",
+                 help="not the paper's algorithm: the round's successful queries "
+                 "join the distillation set (weight 1 each), so the proposal also "
+                 "learns from the few successes it finds. By default they are only "
+                 "recorded and reported.")
+  p.add_argument("--success-bank", type=int, default=None, metavar="K",
+                 help="implies --learn-from-successes: every distillation fits the "
+                 "latest K successes found in training (a ring buffer kept in the "
+                 "run's state), not only the round's own.")
   p.add_argument("--proposal-filter", action="store_true",
                  help="draw every paid, calibration and evaluation sample from the "
                  "proposal restricted to outside the regions (and the grammar with "
@@ -161,6 +170,10 @@ def build_experiment(args) -> attack_configs.AttackExperiment:
     b["proposal_filter"] = True
   if args.reject_seen_failures:
     b["reject_seen_failures"] = True
+  if args.learn_from_successes or args.success_bank:
+    b["learn_from_successes"] = True
+  if args.success_bank is not None:
+    b["success_bank_size"] = args.success_bank
   banel = exp.banel.replace(**b)
   if banel.failure_batch_size > banel.samples_per_round:
     banel = banel.replace(failure_batch_size=banel.samples_per_round)

@@ -54,7 +54,8 @@ def test_attack_script_help_documents_options():
                        capture_output=True, text=True, check=True).stdout
   for option in ("--config", "--failure-epochs", "--tau-mode", "--no-leading-zeros",
                  "--run-dir", "--reset", "--distill-pack", "--distill-target",
-                 "--support-filter"):
+                 "--support-filter", "--reject-seen-failures", "--learn-from-successes",
+                 "--success-bank"):
     assert option in out
 
 

@@ -1,0 +1,144 @@
+"""The bank of successes (``banel_jax.success_bank``) and ``success_bank_size``."""
+
+import collections
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from banel_jax import BanelConfig, BanelRunner, RoundBatch, make_banel
+from banel_jax import success_bank
+from banel_jax.config import ConfigError
+from banel_jax.tasks.toy1d import Toy1DTask
+
+TASK = Toy1DTask(num_bins=11)
+MODEL = TASK.model()
+PRIOR = TASK.prior_params()
+_ADD = jax.jit(success_bank.add_successes)
+
+
+@settings(max_examples=25, deadline=None)
+@given(capacity=st.integers(1, 5),
+       batches=st.lists(st.lists(st.tuples(st.integers(0, 99), st.booleans()),
+                                 min_size=6, max_size=6),
+                        min_size=1, max_size=5))
+def test_the_bank_keeps_the_latest_successes(capacity, batches):
+  """Against ``collections.deque(maxlen=capacity)``: same contents, same count."""
+  bank = success_bank.empty_success_bank(capacity, (2,), jnp.int32)
+  ref = collections.deque(maxlen=capacity)
+  total = 0
+  for batch in batches:
+    x = np.array([[v, -v] for v, _ in batch], np.int32)
+    mask = np.array([m for _, m in batch])
+    bank = _ADD(bank, x, mask)
+    ref.extend(tuple(row) for row, m in zip(x.tolist(), mask) if m)
+    total += int(mask.sum())
+    assert int(bank.count) == total
+    valid = np.asarray(success_bank.valid_mask(bank))
+    assert valid.sum() == len(ref)
+    got = sorted(tuple(r) for r in np.asarray(bank.x)[valid].tolist())
+    assert got == sorted(ref)
+
+
+def test_vmap_and_bad_capacity():
+  add = jax.jit(jax.vmap(success_bank.add_successes))
+  bank = jax.vmap(lambda _: success_bank.empty_success_bank(2, (), jnp.int32))(
+      jnp.arange(3))
+  x = jnp.arange(12, dtype=jnp.int32).reshape(3, 4)
+  mask = jnp.array([[True, False, True, True], [False] * 4, [True] + [False] * 3])
+  bank = add(bank, x, mask)
+  assert np.asarray(bank.count).tolist() == [3, 0, 1]
+  assert np.asarray(jax.vmap(success_bank.valid_mask)(bank)).tolist() == [
+      [True, True], [False, False], [True, False]]
+  assert sorted(np.asarray(bank.x)[0].tolist()) == [2, 3]
+  for bad in (0, -1, 2.0):
+    with pytest.raises(ValueError, match="capacity"):
+      success_bank.empty_success_bank(bad, (), jnp.int32)
+
+
+def _config(**kw):
+  base = dict(nre_budget=40, samples_per_round=10, tau_mode="calibrated",
+              failure_epochs=3, failure_batch_size=10, distill_samples=256,
+              distill_epochs=3, distill_batch_size=64, distill_learning_rate=0.3,
+              n_eval=20, eval_every=2, learn_from_successes=True,
+              success_bank_size=8)
+  base.update(kw)
+  return BanelConfig(**base)
+
+
+def test_banked_successes_keep_being_fitted():
+  """Four successes in round 1, none in round 2: with the bank the second
+  distillation fits them again, so over 16 seeds their bins end with more mass
+  than when only each round's own successes are fitted."""
+  bins = [int(b) for b in TASK.target_bins]
+  found = np.array(bins * 2 + [6, 5, 5, 4, 5, 6], np.int32)
+  none = np.array([5, 5, 4, 6, 5, 5, 4, 5, 6, 5], np.int32)
+  batches = [RoundBatch(x, TASK.oracle(x), np.ones(10, bool), 0.0)
+             for x in (found, none)]
+  assert batches[0].rewards.sum() == 4 and batches[1].rewards.sum() == 0
+  mass = {}
+  for size in (8, 0):
+    banel = make_banel(MODEL, _config(success_bank_size=size, distill_samples=64,
+                                      distill_batch_size=32))
+
+    def two_rounds(key):
+      state = banel.init(key, PRIOR)
+      for t, batch in enumerate(batches):
+        state, metrics = banel.update(state, batch, jax.random.fold_in(key, t))
+      return state, metrics, jnp.exp(MODEL.log_prob(state.proposal.params,
+                                                    jnp.array(bins))).sum()
+
+    state, metrics, mass[size] = jax.jit(jax.vmap(two_rounds))(
+        jax.random.split(jax.random.key(0), 16))
+    if size:
+      assert np.asarray(metrics["n_banked_successes"]).tolist() == [4] * 16
+      np.testing.assert_array_equal(np.asarray(state.successes.x)[:, :4],
+                                    np.tile(bins * 2, (16, 1)))
+    else:
+      assert state.successes is None and "n_banked_successes" not in metrics
+  assert np.mean(mass[8] > mass[0]) >= 0.75
+  assert np.mean(mass[8]) > 1.2 * np.mean(mass[0])
+
+
+@pytest.mark.parametrize("kw, what", [
+    (dict(learn_from_successes=False), "learn_from_successes=True"),
+    (dict(mode="exact"), "distilled"),
+    (dict(success_bank_size=-1), "integer >= 0"),
+    (dict(success_bank_size=True), "integer >= 0"),
+])
+def test_bad_settings_name_the_field(kw, what):
+  with pytest.raises(ConfigError, match="success_bank_size") as err:
+    _config(**kw)
+  assert what in str(err.value)
+
+
+class _Crash(BaseException):
+  pass
+
+
+def test_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path):
+  cfg = _config(nre_budget=60)
+  full = BanelRunner(MODEL, PRIOR, TASK.oracle, cfg, seeds=[0, 1], progress=False).run()
+  assert int(np.asarray(full.states.successes.count).max()) > 0
+  calls = []
+
+  def dying(x):
+    calls.append(1)
+    if len(calls) == 4:
+      raise _Crash
+    return TASK.oracle(x)
+
+  with pytest.raises(_Crash):
+    with BanelRunner(MODEL, PRIOR, dying, cfg, seeds=[0, 1], progress=False,
+                     run_dir=tmp_path / "run") as runner:
+      runner.run()
+  with BanelRunner(MODEL, PRIOR, TASK.oracle, cfg, seeds=[0, 1], progress=False,
+                   run_dir=tmp_path / "run") as runner:
+    resumed = runner.run()
+  for a, b in zip(jax.tree.leaves(full.states.successes),
+                  jax.tree.leaves(resumed.states.successes)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(full.final_success_rates(), resumed.final_success_rates())
