@@ -253,7 +253,7 @@ def sample_in_chunks(sample_fn, params, key, n, chunk=8192):
 def paid_sample_diagnostics(task, n_seeds: int):
   """An ``on_round`` hook recording, per seed, the malformed share, the
   both-operands-long share and the shares of the target's weak slices
-  (top-sum-13, carry into the top, tops 4/5) of the round's scored samples (from
+  (top-sum-13, carry into the top, tops 4/5, carry propagation >= 3) of the round's scored samples (from
   ``BanelRunner.round_samples``, so a replayed round records the same)."""
   from banel_jax.tasks import addition
   from banel_jax.tasks import addition_patterns as patterns
@@ -273,6 +273,8 @@ def paid_sample_diagnostics(task, n_seeds: int):
     record["carry_into_top_train"] = [patterns.carry_into_top_share(p, task)
                                       for p in parts]
     record["tops_45_train"] = [patterns.tops_45_share(p, task) for p in parts]
+    record["propagation_3_train"] = [patterns.propagation_share(p, task)
+                                     for p in parts]
 
   return on_round
 

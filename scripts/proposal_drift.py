@@ -4,7 +4,8 @@ BaNEL's region bank keeps the proposal of every round (the params that drew that
 round's scored samples), so a run directory holds the whole trajectory. This
 script samples each stored proposal and the current one (no reward evaluations
 are charged: the target's answers here are evaluation calls, as for the success
-rate) and reports per seed and round:
+rate) and reports per seed and round (``seed``: the seed's value, from the
+run's config; ``seed_index``: its position in the run):
 
 * ``malformed``: share of rows the oracle rejects as malformed;
 * ``both_long``: share of well-formed rows whose operands both have at least
@@ -19,6 +20,9 @@ rate) and reports per seed and round:
 * ``tops_45``: share of well-formed rows in the MSB target's weak slice (both
   operands ``max_operand_len`` digits, each starting with 4 or 5; 5-17% errors
   on ``checkpoints/target_msb``; added in session 18);
+* ``propagation_3``: share of well-formed rows whose sum carries through at
+  least 3 digit pairs summing to 9 (the carry-chain mode, ``79999979+7890=``;
+  added in session 20);
 * ``leading_zero``: share of well-formed rows with a leading zero;
 * ``inside_regions``: share of rows inside the regions that existed when the
   proposal drew its round (regions ``1 .. r - 1`` for round ``r``): what the
@@ -91,6 +95,7 @@ def proposal_row(x, rewards, task) -> dict:
           "top_sum_13": patterns.top_sum_13_share(x, task),
           "carry_into_top": patterns.carry_into_top_share(x, task),
           "tops_45": patterns.tops_45_share(x, task),
+          "propagation_3": patterns.propagation_share(x, task),
           "leading_zero": summary["leading_zero_share"],
           "distinct": summary["distinct"] / max(len(x), 1),
           "success": rate.as_dict()}
@@ -118,6 +123,7 @@ def main(argv=None):
 
   step, arrays, _ = read_checkpoint(args.run_dir, args.step)
   n_seeds = arrays["proposal.step"].shape[0]
+  seed_values = list(record.get("seeds", range(n_seeds)))
   capacity = arrays["regions.log_tau"].shape[1]
 
   def params(prefix, index):
@@ -151,7 +157,7 @@ def main(argv=None):
       p = (params("regions.proposal_params.", (s, r)) if r < step
            else params("proposal.params.", s))
       x = np.asarray(sample(p, jax.random.fold_in(key, s * 10_000 + r), args.samples))
-      row = {"seed": s, "round": r + 1, **proposal_row(x, oracle(x), task),
+      row = {"seed": int(seed_values[s]), "seed_index": s, "round": r + 1, **proposal_row(x, oracle(x), task),
              "inside_regions": None, "inside_own_region": None}
       if not args.no_regions:
         earlier, n_earlier = bank_of(s, range(n_earlier, r), earlier), r
@@ -161,10 +167,11 @@ def main(argv=None):
       rows.append(row)
       regions = ("" if args.no_regions else
                  f" inside earlier regions {row['inside_regions']:.3f}")
-      print(f"seed {s} proposal of round {r + 1}: success {row['success']['rate']:.4f} "
+      print(f"seed {row['seed']} proposal of round {r + 1}: success {row['success']['rate']:.4f} "
             f"malformed {row['malformed']:.3f} both long {row['both_long']:.3f} "
             f"top sum 13 {row['top_sum_13']:.3f} "
             f"carry into top {row['carry_into_top']:.3f} tops 4/5 {row['tops_45']:.3f} "
+            f"propagation >= 3 {row['propagation_3']:.3f} "
             f"leading zero {row['leading_zero']:.4f}{regions}", flush=True)
 
   out = args.out or os.path.join(args.run_dir, "drift")
@@ -193,6 +200,7 @@ def plot(rows, path):
   ax.plot(rounds, mean("top_sum_13"), "v-", label="top-sum-13 slice")
   ax.plot(rounds, mean("carry_into_top"), "^-", label="(8, 8), carry into the top")
   ax.plot(rounds, mean("tops_45"), "x-", label="(8, 8), tops 4/5")
+  ax.plot(rounds, mean("propagation_3"), "+-", label="carry propagates >= 3")
   ax.plot(rounds, mean("leading_zero"), "d-", label="leading zero")
   if rows[0]["inside_regions"] is not None:  # left out under --no-regions
     ax.plot(rounds, mean("inside_regions"), "^-", label="inside earlier regions")

@@ -150,3 +150,30 @@ def test_tops_45_share_on_hand_made_rows():
   assert patterns.tops_45_share(rows[6:], TASK) == 0.0
   x = patterns.rule_based_queries(np.random.default_rng(0), 50, "tops_5_5", TASK)
   assert patterns.tops_45_share(x, TASK) == 1.0
+
+
+def _propagation_by_hand(a: int, b: int) -> int:
+  """Reference: walk the digit strings from the right, column by column."""
+  sa, sb = str(a)[::-1], str(b)[::-1]
+  carry, run, best = 0, 0, 0
+  for i in range(max(len(sa), len(sb))):
+    da = int(sa[i]) if i < len(sa) else 0
+    db = int(sb[i]) if i < len(sb) else 0
+    run = run + 1 if carry and da + db == 9 else 0
+    best = max(best, run)
+    carry = 1 if da + db + carry >= 10 else 0
+  return best
+
+
+def test_carry_propagation_length_against_the_column_walk():
+  rng = np.random.default_rng(0)
+  # random operands, and operands rich in nines and 9-sum pairs
+  a = np.concatenate([rng.integers(0, 10 ** 8, 300),
+                      99999999 - rng.integers(0, 10 ** 4, 300)])
+  b = np.concatenate([rng.integers(0, 10 ** 8, 300), rng.integers(0, 10 ** 4, 300)])
+  got = patterns.carry_propagation_length(a, b)
+  assert got.tolist() == [_propagation_by_hand(int(x), int(y)) for x, y in zip(a, b)]
+  assert got.max() >= 4  # the nines-rich half exercises long runs
+  assert patterns.carry_propagation_length(np.array([12]), np.array([34])).tolist() == [0]
+  with pytest.raises(ValueError, match="non-negative"):
+    patterns.carry_propagation_length(np.array([-1]), np.array([3]))

@@ -69,7 +69,8 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
   run_dir, out = tmp_path / "run", tmp_path / "out"
   subprocess.run([sys.executable, str(ROOT / "scripts" / "attack.py"), "--config",
                   "tiny", "--run-dir", str(run_dir), "--out", str(tmp_path / "attack"),
-                  "--no-analysis", "--no-progress", "--support-filter"], check=True,
+                  "--no-analysis", "--no-progress", "--support-filter",
+                  "--seed-offset", "3"], check=True,
                  cwd=ROOT, capture_output=True)
   assert json.load(open(run_dir / "config.json"))["extra"]["support_filter"] is True
   summary = json.load(open(tmp_path / "attack" / "attack.json"))
@@ -77,24 +78,25 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
   assert summary["command"] == shlex.join([
       "python", "scripts/attack.py", "--config", "tiny", "--run-dir", str(run_dir),
       "--out", str(tmp_path / "attack"), "--no-analysis", "--no-progress",
-      "--support-filter"])
+      "--support-filter", "--seed-offset", "3"])
   metrics = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
   trained = [m for m in metrics if m["round"] > 0]
   assert len(trained) == 2  # NRE 128 at 64 per round
   for m in trained:
     for field in ("malformed_train", "both_long_train", "top_sum_13_train",
-                  "carry_into_top_train", "tops_45_train"):
+                  "carry_into_top_train", "tops_45_train", "propagation_3_train"):
       assert len(m[field]) == 2 and all(0.0 <= v <= 1.0 for v in m[field])
   subprocess.run([sys.executable, str(ROOT / "scripts" / "proposal_drift.py"),
                   "--run-dir", str(run_dir), "--samples", "64", "--out", str(out)],
                  check=True, cwd=ROOT, capture_output=True)
   drift = json.load(open(out / "drift.json"))
   assert (out / "drift.png").exists()
-  assert sorted((r["seed"], r["round"]) for r in drift["rows"]) == [
-      (s, r) for s in (0, 1) for r in (1, 2, 3)]
+  # rows name the seeds by value (the run's seeds 3 and 4) and by position
+  assert sorted((r["seed"], r["seed_index"], r["round"]) for r in drift["rows"]) == [
+      (s, s - 3, r) for s in (3, 4) for r in (1, 2, 3)]
   for row in drift["rows"]:
     for field in ("malformed", "both_long", "top_sum_13", "carry_into_top",
-                  "tops_45", "leading_zero", "distinct"):
+                  "tops_45", "propagation_3", "leading_zero", "distinct"):
       assert 0.0 <= row[field] <= 1.0
     assert row["success"]["trials"] == 64
   # Round r's proposal is tested against the r - 1 regions before it (none for

@@ -44,6 +44,45 @@ def carry_chain_length(a, b) -> np.ndarray:
   return best
 
 
+def carry_propagation_length(a, b) -> np.ndarray:
+  """Longest run of consecutive digit positions a carry passes through by
+  propagation alone: their digits sum to exactly 9 (a missing digit counts as
+  0) and a carry enters them from below.
+
+  These are the positions a carry crosses without the local digits saying so:
+  in ``79999979+7890=`` the carry made at the tens and hundreds crosses the
+  three nines above the shorter operand (length 3); in ``34070000+68864203=``
+  the carry made by ``4+8`` crosses the top pair ``3+6`` (length 1). Long runs are rare in random queries (about
+  ``10^-k`` for ``k``) and are where a target that cannot look ahead errs (the
+  paper's carry chains, ``99999999+9=``: 7).
+
+  Args:
+    a, b: non-negative ``int64[n]`` operands.
+
+  Returns:
+    ``int64[n]``; 0 when no carry propagates.
+
+  >>> carry_propagation_length(np.array([79999979, 99999999, 45, 55]),
+  ...                          np.array([7890, 9, 54, 45]))
+  array([3, 7, 0, 1])
+  """
+  a = np.asarray(a, np.int64).copy()
+  b = np.asarray(b, np.int64).copy()
+  if np.any(a < 0) or np.any(b < 0):
+    raise ValueError("operands must be non-negative")
+  carry = np.zeros_like(a)
+  run = np.zeros_like(a)
+  best = np.zeros_like(a)
+  while np.any((a > 0) | (b > 0) | (carry > 0)):
+    digits = a % 10 + b % 10
+    run = np.where((carry > 0) & (digits == 9), run + 1, 0)
+    best = np.maximum(best, run)
+    carry = (digits + carry >= 10).astype(np.int64)
+    a //= 10
+    b //= 10
+  return best
+
+
 def operand_lengths(x) -> tuple[np.ndarray, np.ndarray]:
   """Digits written in each operand of attacker rows (leading zeros included).
 
@@ -264,6 +303,24 @@ def tops_45_share(x, task: addition.AdditionTaskConfig) -> float:
   tops_a, tops_b = parsed.a // low, parsed.b // low
   return float(np.mean((len_a == m) & (len_b == m) & np.isin(tops_a, (4, 5))
                        & np.isin(tops_b, (4, 5))))
+
+
+def propagation_share(x, task: addition.AdditionTaskConfig, k: int = 3) -> float:
+  """Share of the well-formed rows whose sum carries through at least ``k``
+  positions by propagation alone (:func:`carry_propagation_length`): the
+  carry-chain mode of the paper, which one seed of the MSB attack settled in
+  (``79999979+7890=``, 44% success; session 19). 0 when no row is well-formed.
+
+  >>> task = addition.AdditionTaskConfig()
+  >>> propagation_share(addition.encode_batch(
+  ...     ["79999979+7890=", "99999999+9=", "12345678+1234567="], task.max_len), task)
+  0.6666666666666666
+  """
+  rows = _well_formed_rows(x, task)
+  if rows is None:
+    return 0.0
+  parsed = rows[0]
+  return float(np.mean(carry_propagation_length(parsed.a, parsed.b) >= k))
 
 
 RULES = ("carry", "leading_zeros", "carry_leading_zeros", "carry_past_shorter",
