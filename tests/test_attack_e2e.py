@@ -122,6 +122,20 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
   for fast, full in zip(quick, drift["rows"]):
     assert fast["inside_regions"] is None and fast["inside_own_region"] is None
     assert fast == dict(full, inside_regions=None, inside_own_region=None)
+  # mode_census.py reads the ledger: each seed's last round of paid queries.
+  from scripts import mode_census
+  census_out = tmp_path / "census"
+  mode_census.main(["--run-dir", str(run_dir), "--last-rounds", "1", "--calibration",
+                    str(ROOT / "results" / "addition_calibration.json"),
+                    "--out", str(census_out)])
+  census = json.load(open(census_out / "census.json"))
+  assert (census_out / "census.png").exists()
+  assert [(r["seed"], r["paid"], r["rounds"]) for r in census["rows"]] == [
+      (3, 64, [2, 2]), (4, 64, [2, 2])]
+  for r in census["rows"]:
+    assert 0.0 <= r["repeat_share"] <= 1.0 and 0.0 < r["distinct_share"] <= 1.0
+    assert all(0.0 <= v <= 1.0 for v in r["share"].values())
+    assert r["final_round"] == 2
   # region_lift.py reads the same bank: region 1 was calibrated to take in half of
   # fresh samples of the pretrained attacker, which is what it measures against.
   from scripts import region_lift
