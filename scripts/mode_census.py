@@ -20,7 +20,9 @@ successes, when it holds at least half of them (``none`` when the seed found
 fewer than ``--min-successes`` there; ``mixed`` otherwise). Also reported:
 the share of the last rounds' paid queries that repeat a query the seed paid
 for before (a collapse onto known failures), and the final improvement (the
-last evaluation's success rate over the pretrained rate of ``--calibration``).
+last evaluation's success rate over the pretrained rate of ``--calibration``),
+with the number of successes in that evaluation and how many distinct queries
+they are (a proposal may win by writing a few queries over and over).
 
 The ledgers hold every paid query, so no oracle call is made here.
 
@@ -145,6 +147,7 @@ def census_of_run(run_dir: str, label: str, args) -> list[dict]:
   record, task, _, _ = read_attack_run(run_dir)
   calls, _ = read_calls(os.path.join(run_dir, "ledger.jsonl"))
   paid = [c for c in calls if c.kind == "train"]
+  evals = [c for c in calls if c.kind == "eval"]
   if not paid:
     raise SystemExit(f"{run_dir}: its ledger holds no paid (train) call")
   with open(os.path.join(run_dir, "metrics.jsonl")) as f:
@@ -163,7 +166,12 @@ def census_of_run(run_dir: str, label: str, args) -> list[dict]:
     row = seed_census(np.array(q), np.concatenate(rw), np.concatenate(rd), task,
                       args.last_rounds, args.min_successes)
     final = evaluated[-1]["success_rate"][i]
+    own = evals[-1].seeds == seed
+    won = [q for q, o, r in zip(evals[-1].queries, own, evals[-1].rewards)
+           if o and r > 0.5]
     row.update(run=label, seed=int(seed), final_success_rate=final,
+               final_successes=len(won),
+               final_distinct_successes=len({tuple(q) for q in won}),
                final_round=evaluated[-1]["round"],
                improvement_final=final / rate0)
     rows.append(row)
@@ -209,7 +217,9 @@ def main(argv=None):
   plot(rows, os.path.join(args.out, "census.png"))
   for r in rows:
     shares = " ".join(f"{k} {r['share'][k]:.3f}" for k in SLICES)
-    print(f"{r['run']} seed {r['seed']}: {r['improvement_final']:.1f}x, last "
+    print(f"{r['run']} seed {r['seed']}: {r['improvement_final']:.1f}x "
+          f"({r['final_distinct_successes']} distinct of {r['final_successes']} "
+          f"final successes), last "
           f"{args.last_rounds} rounds {r['success_rate']:.4f} ({r['successes']}), "
           f"repeats {r['repeat_share']:.3f}, mode {r['mode']} | {shares}")
   for m, s in summary.items():

@@ -136,6 +136,9 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
     assert 0.0 <= r["repeat_share"] <= 1.0 and 0.0 < r["distinct_share"] <= 1.0
     assert all(0.0 <= v <= 1.0 for v in r["share"].values())
     assert r["final_round"] == 2
+    assert 0 <= r["final_distinct_successes"] <= r["final_successes"]
+    n_eval = summary["banel_config"]["n_eval"]
+    assert r["final_successes"] == round(r["final_success_rate"] * n_eval)
   # region_lift.py reads the same bank: region 1 was calibrated to take in half of
   # fresh samples of the pretrained attacker, which is what it measures against.
   from scripts import region_lift
