@@ -48,7 +48,6 @@ sys.path.insert(0, ROOT)
 
 from scripts._cli import command_line, read_attack_run  # noqa: E402
 
-SLICES = ("tops_45", "propagation_3", "carry_into_top", "top_sum_13")
 
 
 def parse_args(argv=None):
@@ -76,37 +75,10 @@ def parse_args(argv=None):
   return args
 
 
-def slice_masks(x, task) -> dict[str, np.ndarray]:
-  """``bool[n]`` per slice of :data:`SLICES` (``False`` on malformed rows)."""
-  from banel_jax.tasks import addition
-  from banel_jax.tasks import addition_patterns as patterns
-  x = np.asarray(x)
-  out = {name: np.zeros(len(x), bool) for name in SLICES}
-  ok = addition.is_well_formed(x, task.max_operand_len, task.allow_leading_zeros)
-  if not ok.any():
-    return out
-  parsed = addition.parse_queries(x[ok], task.max_operand_len, allow_leading_zeros=True)
-  len_a, len_b = patterns.operand_lengths(x[ok])
-  a, b, m = parsed.a, parsed.b, task.max_operand_len
-  low = 10 ** (m - 1)
-  both = (len_a == m) & (len_b == m)
-  long_short = ((len_a == m) & (len_b == m - 1)) | ((len_b == m) & (len_a == m - 1))
-  long_ = np.where(len_a == m, a, b)
-  short = np.where(len_a == m, b, a)
-  found = {
-      "tops_45": both & np.isin(a // low, (4, 5)) & np.isin(b // low, (4, 5)),
-      "propagation_3": patterns.carry_propagation_length(a, b) >= 3,
-      "carry_into_top": both & patterns.carries_into_top(a, b, m),
-      "top_sum_13": long_short & (patterns.top_digit_sum(long_, short, m) == 13),
-  }
-  for name, mask in found.items():
-    out[name][ok] = mask
-  return out
-
-
 def seed_census(queries, rewards, rounds, task, last_rounds: int,
                 min_successes: int) -> dict:
   """One seed's paid queries (``[n, L]``, rewards, round of each) classified."""
+  from banel_jax.tasks import addition_patterns as patterns
   queries, rewards, rounds = np.asarray(queries), np.asarray(rewards), np.asarray(rounds)
   first = rounds.max() - last_rounds + 1
   late = rounds >= first
@@ -115,7 +87,7 @@ def seed_census(queries, rewards, rounds, task, last_rounds: int,
   is_first = np.zeros(len(queries), bool)
   is_first[first_index] = True
   x, r = queries[late], rewards[late] > 0.5
-  masks = slice_masks(x, task)
+  masks = patterns.weak_slice_masks(x, task)
   row = {"paid": int(late.sum()), "rounds": [int(first), int(rounds.max())],
          "success_rate": float(r.mean()) if len(r) else 0.0,
          "successes": int(r.sum()),
@@ -129,7 +101,7 @@ def seed_census(queries, rewards, rounds, task, last_rounds: int,
   if r.sum() < min_successes:
     row["mode"] = "none"
   else:
-    best = max(SLICES, key=lambda k: row["share_of_successes"][k])
+    best = max(patterns.WEAK_SLICES, key=lambda k: row["share_of_successes"][k])
     row["mode"] = best if row["share_of_successes"][best] >= 0.5 else "mixed"
   return row
 
@@ -180,9 +152,10 @@ def census_of_run(run_dir: str, label: str, args) -> list[dict]:
 
 def plot(rows, path: str):
   import matplotlib.pyplot as plt
+  from banel_jax.tasks import addition_patterns as patterns
   fig, ax = plt.subplots(figsize=(7, 4.5))
   imp = np.array([max(r["improvement_final"], 0.05) for r in rows])
-  for k, marker in zip(SLICES, "osx^"):
+  for k, marker in zip(patterns.WEAK_SLICES, "osx^"):
     ax.scatter(imp, [r["share"][k] for r in rows], marker=marker, label=k, alpha=0.7)
   ax.set_xscale("log")
   ax.axvline(50, color="grey", ls="--", lw=0.8)
@@ -199,6 +172,7 @@ def main(argv=None):
   args = parse_args(argv)
   import matplotlib
   matplotlib.use("Agg")
+  from banel_jax.tasks import addition_patterns as patterns
   labels = args.label or [os.path.basename(os.path.normpath(d)) for d in args.run_dir]
   rows = []
   for run_dir, label in zip(args.run_dir, labels):
@@ -216,7 +190,7 @@ def main(argv=None):
                "by_mode": summary, "rows": rows}, f, indent=1)
   plot(rows, os.path.join(args.out, "census.png"))
   for r in rows:
-    shares = " ".join(f"{k} {r['share'][k]:.3f}" for k in SLICES)
+    shares = " ".join(f"{k} {r['share'][k]:.3f}" for k in patterns.WEAK_SLICES)
     print(f"{r['run']} seed {r['seed']}: {r['improvement_final']:.1f}x "
           f"({r['final_distinct_successes']} distinct of {r['final_successes']} "
           f"final successes), last "

@@ -104,3 +104,34 @@ def toy_runs():
           "one": one, "oracle_sizes_three": oracle3.sizes,
           "oracle_sizes_one": oracle1.sizes, "cache_sizes_round1": sizes_round1,
           "cache_sizes_end": sizes_end, "compiles_after_round1": compiles}
+
+
+class _Crash(BaseException):
+  """A crash the run does not catch (``BaseException``, like a KeyboardInterrupt)."""
+
+
+@pytest.fixture
+def crash_then_resume(tmp_path):
+  """``resume(model, prior, oracle, config, seeds)``: runs BaNEL in a run
+  directory with an oracle that crashes on its 4th call, then resumes the
+  directory with the real oracle to the end; returns the resumed ``RunResult``."""
+
+  def resume(model, prior, oracle, config, seeds):
+    calls = []
+
+    def dying(x):
+      calls.append(1)
+      if len(calls) == 4:
+        raise _Crash
+      return oracle(x)
+
+    run_dir = tmp_path / "crashed_run"
+    with pytest.raises(_Crash):
+      with BanelRunner(model, prior, dying, config, seeds=seeds, progress=False,
+                       run_dir=run_dir) as runner:
+        runner.run()
+    with BanelRunner(model, prior, oracle, config, seeds=seeds, progress=False,
+                     run_dir=run_dir) as runner:
+      return runner.run()
+
+  return resume

@@ -194,7 +194,7 @@ def test_mode_census_classifies_hand_made_seeds():
       "12+34=",              # none
       "07+1=",               # malformed here (leading zero)
   ]
-  masks = mode_census.slice_masks(addition.encode_batch(rows, TASK.max_len), strict)
+  masks = patterns.weak_slice_masks(addition.encode_batch(rows, TASK.max_len), strict)
   assert {k: np.flatnonzero(v).tolist() for k, v in masks.items()} == {
       "tops_45": [0, 1], "propagation_3": [2], "carry_into_top": [3],
       "top_sum_13": [4]}

@@ -119,28 +119,10 @@ def test_exact_mode_refuses_it():
     _config(mode="exact")
 
 
-class _Crash(BaseException):
-  pass
-
-
-def test_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path):
+def test_resume_after_a_crash_equals_the_uninterrupted_run(crash_then_resume):
   cfg = _config()
   full = BanelRunner(MODEL, PRIOR, TASK.oracle, cfg, seeds=[0, 1], progress=False).run()
-  calls = []
-
-  def dying(x):
-    calls.append(1)
-    if len(calls) == 4:
-      raise _Crash
-    return TASK.oracle(x)
-
-  with pytest.raises(_Crash):
-    with BanelRunner(MODEL, PRIOR, dying, cfg, seeds=[0, 1], progress=False,
-                     run_dir=tmp_path / "run") as runner:
-      runner.run()
-  with BanelRunner(MODEL, PRIOR, TASK.oracle, cfg, seeds=[0, 1], progress=False,
-                   run_dir=tmp_path / "run") as runner:
-    resumed = runner.run()
+  resumed = crash_then_resume(MODEL, PRIOR, TASK.oracle, cfg, [0, 1])
   assert int(np.asarray(resumed.states.seen_failures.size).min()) > 0
   for a, b in zip(jax.tree.leaves(full.states.seen_failures),
                   jax.tree.leaves(resumed.states.seen_failures)):

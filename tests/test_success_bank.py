@@ -115,29 +115,11 @@ def test_bad_settings_name_the_field(kw, what):
   assert what in str(err.value)
 
 
-class _Crash(BaseException):
-  pass
-
-
-def test_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path):
+def test_resume_after_a_crash_equals_the_uninterrupted_run(crash_then_resume):
   cfg = _config(nre_budget=60)
   full = BanelRunner(MODEL, PRIOR, TASK.oracle, cfg, seeds=[0, 1], progress=False).run()
   assert int(np.asarray(full.states.successes.count).max()) > 0
-  calls = []
-
-  def dying(x):
-    calls.append(1)
-    if len(calls) == 4:
-      raise _Crash
-    return TASK.oracle(x)
-
-  with pytest.raises(_Crash):
-    with BanelRunner(MODEL, PRIOR, dying, cfg, seeds=[0, 1], progress=False,
-                     run_dir=tmp_path / "run") as runner:
-      runner.run()
-  with BanelRunner(MODEL, PRIOR, TASK.oracle, cfg, seeds=[0, 1], progress=False,
-                   run_dir=tmp_path / "run") as runner:
-    resumed = runner.run()
+  resumed = crash_then_resume(MODEL, PRIOR, TASK.oracle, cfg, [0, 1])
   for a, b in zip(jax.tree.leaves(full.states.successes),
                   jax.tree.leaves(resumed.states.successes)):
     np.testing.assert_array_equal(a, b)

@@ -27,21 +27,7 @@ def carry_chain_length(a, b) -> np.ndarray:
   Returns:
     ``int64[n]``; 0 when the sum has no carry.
   """
-  a = np.asarray(a, np.int64).copy()
-  b = np.asarray(b, np.int64).copy()
-  if np.any(a < 0) or np.any(b < 0):
-    raise ValueError("operands must be non-negative")
-  carry = np.zeros_like(a)
-  run = np.zeros_like(a)
-  best = np.zeros_like(a)
-  while np.any((a > 0) | (b > 0) | (carry > 0)):
-    s = a % 10 + b % 10 + carry
-    carry = (s >= 10).astype(np.int64)
-    run = np.where(carry > 0, run + 1, 0)
-    best = np.maximum(best, run)
-    a //= 10
-    b //= 10
-  return best
+  return _longest_run(a, b, lambda digits, carry_in: digits + carry_in >= 10)
 
 
 def carry_propagation_length(a, b) -> np.ndarray:
@@ -52,8 +38,8 @@ def carry_propagation_length(a, b) -> np.ndarray:
   These are the positions a carry crosses without the local digits saying so:
   in ``79999979+7890=`` the carry made at the tens and hundreds crosses the
   three nines above the shorter operand (length 3); in ``34070000+68864203=``
-  the carry made by ``4+8`` crosses the top pair ``3+6`` (length 1). Long runs are rare in random queries (about
-  ``10^-k`` for ``k``) and are where a target that cannot look ahead errs (the
+  the carry made by ``4+8`` crosses the top pair ``3+6`` (length 1). Long
+  runs are rare in random queries (about ``10^-k`` for ``k``) and are where a target that cannot look ahead errs (the
   paper's carry chains, ``99999999+9=``: 7).
 
   Args:
@@ -66,6 +52,13 @@ def carry_propagation_length(a, b) -> np.ndarray:
   ...                          np.array([7890, 9, 54, 45]))
   array([3, 7, 0, 1])
   """
+  return _longest_run(a, b, lambda digits, carry_in: (carry_in > 0) & (digits == 9))
+
+
+def _longest_run(a, b, in_run) -> np.ndarray:
+  """Longest run of consecutive digit positions of ``a + b`` where
+  ``in_run(digits, carry_in)`` holds (``digits``: the two digits' sum, a missing
+  digit counting as 0; ``carry_in``: 0 or 1), walking from the units up."""
   a = np.asarray(a, np.int64).copy()
   b = np.asarray(b, np.int64).copy()
   if np.any(a < 0) or np.any(b < 0):
@@ -75,7 +68,7 @@ def carry_propagation_length(a, b) -> np.ndarray:
   best = np.zeros_like(a)
   while np.any((a > 0) | (b > 0) | (carry > 0)):
     digits = a % 10 + b % 10
-    run = np.where((carry > 0) & (digits == 9), run + 1, 0)
+    run = np.where(in_run(digits, carry), run + 1, 0)
     best = np.maximum(best, run)
     carry = (digits + carry >= 10).astype(np.int64)
     a //= 10
@@ -230,16 +223,7 @@ def top_sum_13_share(x, task: addition.AdditionTaskConfig) -> float:
   ...     task.max_len), task)
   0.6666666666666666
   """
-  m = task.max_operand_len
-  rows = _well_formed_rows(x, task)
-  if rows is None or m < 2:
-    return 0.0
-  parsed, len_a, len_b = rows
-  a_long = (len_a == m) & (len_b == m - 1)
-  b_long = (len_b == m) & (len_a == m - 1)
-  long_ = np.where(a_long, parsed.a, parsed.b)
-  short = np.where(a_long, parsed.b, parsed.a)
-  return float(np.mean((a_long | b_long) & (top_digit_sum(long_, short, m) == 13)))
+  return _slice_share(x, task, "top_sum_13")
 
 
 def carries_into_top(a, b, m: int) -> np.ndarray:
@@ -269,13 +253,7 @@ def carry_into_top_share(x, task: addition.AdditionTaskConfig) -> float:
   ...     task.max_len), task)
   0.3333333333333333
   """
-  m = task.max_operand_len
-  rows = _well_formed_rows(x, task)
-  if rows is None:
-    return 0.0
-  parsed, len_a, len_b = rows
-  both = (len_a == m) & (len_b == m)
-  return float(np.mean(both & carries_into_top(parsed.a, parsed.b, m)))
+  return _slice_share(x, task, "carry_into_top")
 
 
 def tops_45_share(x, task: addition.AdditionTaskConfig) -> float:
@@ -294,15 +272,7 @@ def tops_45_share(x, task: addition.AdditionTaskConfig) -> float:
   ...      "5005926+50753069="], task.max_len), task)
   0.5
   """
-  m = task.max_operand_len
-  rows = _well_formed_rows(x, task)
-  if rows is None:
-    return 0.0
-  parsed, len_a, len_b = rows
-  low = 10 ** (m - 1)
-  tops_a, tops_b = parsed.a // low, parsed.b // low
-  return float(np.mean((len_a == m) & (len_b == m) & np.isin(tops_a, (4, 5))
-                       & np.isin(tops_b, (4, 5))))
+  return _slice_share(x, task, "tops_45")
 
 
 def propagation_share(x, task: addition.AdditionTaskConfig, k: int = 3) -> float:
@@ -321,6 +291,57 @@ def propagation_share(x, task: addition.AdditionTaskConfig, k: int = 3) -> float
     return 0.0
   parsed = rows[0]
   return float(np.mean(carry_propagation_length(parsed.a, parsed.b) >= k))
+
+
+WEAK_SLICES = ("tops_45", "propagation_3", "carry_into_top", "top_sum_13")
+
+
+def _slices_of_rows(parsed, len_a, len_b, m: int) -> dict[str, np.ndarray]:
+  """The :data:`WEAK_SLICES` masks of parsed well-formed rows (see the
+  ``*_share`` functions for each slice)."""
+  a, b = parsed.a, parsed.b
+  low = 10 ** (m - 1)
+  both = (len_a == m) & (len_b == m)
+  a_long = (len_a == m) & (len_b == m - 1)
+  b_long = (len_b == m) & (len_a == m - 1)
+  if m >= 2:
+    long_, short = np.where(a_long, a, b), np.where(a_long, b, a)
+    top_13 = (a_long | b_long) & (top_digit_sum(long_, short, m) == 13)
+  else:
+    top_13 = np.zeros(len(a), bool)
+  return {"tops_45": both & np.isin(a // low, (4, 5)) & np.isin(b // low, (4, 5)),
+          "propagation_3": carry_propagation_length(a, b) >= 3,
+          "carry_into_top": both & carries_into_top(a, b, m),
+          "top_sum_13": top_13}
+
+
+def weak_slice_masks(x, task: addition.AdditionTaskConfig) -> dict[str, np.ndarray]:
+  """``bool[n]`` per slice of :data:`WEAK_SLICES` for the rows of ``x``
+  (``False`` on malformed rows).
+
+  >>> task = addition.AdditionTaskConfig()
+  >>> masks = weak_slice_masks(addition.encode_batch(
+  ...     ["50059266+50753069=", "79999979+7890=", "1+"], task.max_len), task)
+  >>> masks["tops_45"].tolist(), masks["propagation_3"].tolist()
+  ([True, False, False], [False, True, False])
+  """
+  x = np.asarray(x)
+  out = {name: np.zeros(len(x), bool) for name in WEAK_SLICES}
+  wf = addition.is_well_formed(x, task.max_operand_len, task.allow_leading_zeros)
+  rows = _well_formed_rows(x, task)
+  if rows is not None:
+    for name, mask in _slices_of_rows(*rows, task.max_operand_len).items():
+      out[name][wf] = mask
+  return out
+
+
+def _slice_share(x, task: addition.AdditionTaskConfig, name: str) -> float:
+  """Share of the well-formed rows of ``x`` in weak slice ``name``; 0 when no
+  row is well-formed."""
+  rows = _well_formed_rows(x, task)
+  if rows is None:
+    return 0.0
+  return float(np.mean(_slices_of_rows(*rows, task.max_operand_len)[name]))
 
 
 RULES = ("carry", "leading_zeros", "carry_leading_zeros", "carry_past_shorter",
