@@ -194,7 +194,8 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
       seen_failures = seen.add_seen(seen_failures, batch.x, failure_mask)
     successes = state.successes
     if successes is not None:
-      successes = success_bank.add_successes(successes, batch.x, success)
+      successes = success_bank.add_successes(successes, batch.x, success,
+                                              distinct=config.success_bank_distinct)
     # 3. Next proposal.
     proposal = state.proposal
     metrics = {"distill_accept_rate": jnp.asarray(jnp.nan, jnp.float32),

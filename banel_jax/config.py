@@ -93,6 +93,10 @@ class BanelConfig:
       successes every distillation fits (a ring buffer carried in the state,
       :mod:`banel_jax.success_bank`); ``0`` (default) fits only the round's own
       successes. Distilled mode only.
+    success_bank_distinct: with ``success_bank_size``, a success already in the
+      bank is not added again, so the bank holds ``success_bank_size``
+      *distinct* queries (by default a query found ten times fills ten slots,
+      and is fitted with ten times the weight).
     max_regions: capacity of the region bank (static); ``0`` derives it from
       ``ceil(nre_budget / samples_per_round)``.
     region_strategy: how a batch is tested against the union of the regions:
@@ -128,6 +132,7 @@ class BanelConfig:
   min_acceptance_rate: float = 1e-4
   learn_from_successes: bool = False
   success_bank_size: int = 0
+  success_bank_distinct: bool = False
   max_regions: int = 0
   region_strategy: Literal["vmap", "loop"] = "vmap"
   n_eval: int = 10_000
@@ -136,7 +141,8 @@ class BanelConfig:
   # Added after run directories were written: left out of records while default.
   OMIT_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("proposal_filter",
                                                    "reject_seen_failures",
-                                                   "success_bank_size")
+                                                   "success_bank_size",
+                                                   "success_bank_distinct")
 
   def __post_init__(self):
     validate_config(self)
@@ -203,7 +209,7 @@ def validate_config(c: BanelConfig) -> None:
   _require(_is_number(c.min_acceptance_rate) and 0.0 <= c.min_acceptance_rate < 1.0,
            "min_acceptance_rate", c.min_acceptance_rate, "expected a number in [0, 1)")
   for name in ("distill_reset", "distill_pack", "learn_from_successes",
-               "proposal_filter", "reject_seen_failures"):
+               "proposal_filter", "reject_seen_failures", "success_bank_distinct"):
     _require(isinstance(getattr(c, name), bool), name, getattr(c, name),
              "expected True or False")
   _require(c.failure_batch_size <= c.samples_per_round, "failure_batch_size",
@@ -230,6 +236,9 @@ def validate_config(c: BanelConfig) -> None:
              "keeps successes for distillation: set learn_from_successes=True too")
     _require(c.mode == "distilled", "success_bank_size", c.success_bank_size,
              "applies to mode='distilled' only (successes join distillation)")
+  if c.success_bank_distinct:
+    _require(c.success_bank_size > 0, "success_bank_distinct", c.success_bank_distinct,
+             "applies to the bank of successes: set success_bank_size > 0 too")
   if c.max_regions:
     _require(c.max_regions >= c.num_rounds, "max_regions", c.max_regions,
              f"must be 0 or >= the number of rounds ({c.num_rounds})")

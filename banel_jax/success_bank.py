@@ -9,7 +9,10 @@ reached 1% at some round often fell back to near the pretrained rate by the end
 every distillation fits all of them (``BanelConfig.success_bank_size``).
 
 It is a ring buffer of samples with static shapes (``jit`` and ``vmap`` run it):
-the slot of the ``k``-th success ever added is ``k mod capacity``.
+the slot of the ``k``-th success ever added is ``k mod capacity``. With
+``distinct=True`` a success already in the bank (or earlier in the same batch)
+is not added again, so a proposal that keeps rewriting a few successful queries
+does not push the other ones out (``BanelConfig.success_bank_distinct``).
 
 >>> import jax.numpy as jnp
 >>> bank = empty_success_bank(3, (2,), jnp.int32)
@@ -27,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from banel_jax import seen
 from banel_jax.types import Samples
 
 
@@ -62,16 +66,33 @@ def valid_mask(bank: SuccessBank) -> jax.Array:
   return jnp.arange(bank.capacity) < jnp.minimum(bank.count, bank.capacity)
 
 
-def add_successes(bank: SuccessBank, x: Samples, mask: jax.Array) -> SuccessBank:
+def add_successes(bank: SuccessBank, x: Samples, mask: jax.Array,
+                  distinct: bool = False) -> SuccessBank:
   """Adds the samples of ``x`` where ``mask``, in order, overwriting the oldest.
 
   When a batch holds more successes than the capacity, its last ``capacity``
   are kept.
+
+  Args:
+    bank: the bank.
+    x: ``[n, *event_shape]`` samples.
+    mask: ``bool[n]``, the successes among them.
+    distinct: static. If ``True``, a sample equal to one in the bank, or to an
+      earlier masked sample of ``x``, is skipped (equality of the 64-bit
+      fingerprints of :func:`banel_jax.seen.fingerprints`); ``count`` then
+      counts distinct successes added.
   """
   chex.assert_rank(mask, 1)
   chex.assert_axis_dimension(x, 0, mask.shape[0])
   chex.assert_equal_shape([x[0], bank.x[0]])
   mask = jnp.asarray(mask, bool)
+  if distinct:
+    keys = seen.fingerprints(x)
+    bank_keys = seen.fingerprints(bank.x)
+    same = jnp.all(keys[:, None] == keys[None, :], axis=-1)
+    earlier = jnp.tril(same, k=-1) & mask[None, :]
+    in_bank = jnp.all(keys[:, None] == bank_keys[None, :], axis=-1) & valid_mask(bank)
+    mask = mask & ~jnp.any(earlier, axis=1) & ~jnp.any(in_bank, axis=1)
   rank = jnp.cumsum(mask.astype(jnp.int32)) - 1  # order among this batch's successes
   n_new = jnp.sum(mask.astype(jnp.int32))
   keep = mask & (rank >= n_new - bank.capacity)

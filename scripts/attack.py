@@ -110,6 +110,10 @@ def parse_args(argv=None):
                  help="implies --learn-from-successes: every distillation fits the "
                  "latest K successes found in training (a ring buffer kept in the "
                  "run's state), not only the round's own.")
+  p.add_argument("--distinct-bank", action="store_true",
+                 help="with --success-bank: a success already in the bank is not "
+                 "added again, so the bank keeps K distinct queries (by default a "
+                 "query found ten times fills ten slots).")
   p.add_argument("--proposal-filter", action="store_true",
                  help="draw every paid, calibration and evaluation sample from the "
                  "proposal restricted to outside the regions (and the grammar with "
@@ -174,6 +178,10 @@ def build_experiment(args) -> attack_configs.AttackExperiment:
     b["learn_from_successes"] = True
   if args.success_bank is not None:
     b["success_bank_size"] = args.success_bank
+  if args.distinct_bank:
+    if not args.success_bank:
+      raise SystemExit("--distinct-bank needs --success-bank K (K >= 1)")
+    b["success_bank_distinct"] = True
   banel = exp.banel.replace(**b)
   if banel.failure_batch_size > banel.samples_per_round:
     banel = banel.replace(failure_batch_size=banel.samples_per_round)

@@ -1,6 +1,7 @@
 """The bank of successes (``banel_jax.success_bank``) and ``success_bank_size``."""
 
 import collections
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,55 @@ def test_the_bank_keeps_the_latest_successes(capacity, batches):
     assert valid.sum() == len(ref)
     got = sorted(tuple(r) for r in np.asarray(bank.x)[valid].tolist())
     assert got == sorted(ref)
+
+
+_ADD_DISTINCT = jax.jit(functools.partial(success_bank.add_successes, distinct=True))
+
+
+@settings(max_examples=25, deadline=None)
+@given(capacity=st.integers(1, 5),
+       batches=st.lists(st.lists(st.tuples(st.integers(0, 6), st.booleans()),
+                                 min_size=6, max_size=6),
+                        min_size=1, max_size=5))
+def test_the_distinct_bank_keeps_the_latest_distinct_successes(capacity, batches):
+  """Against a deque fed each batch's first occurrences of the successes it did
+  not hold before the batch: few values (0..6), so repeats within a batch,
+  across batches and after eviction all occur."""
+  bank = success_bank.empty_success_bank(capacity, (2,), jnp.int32)
+  ref = collections.deque(maxlen=capacity)
+  added = 0
+  for batch in batches:
+    x = np.array([[v, -v] for v, _ in batch], np.int32)
+    mask = np.array([m for _, m in batch])
+    bank = _ADD_DISTINCT(bank, x, mask)
+    held = set(ref)
+    for row, m in zip(x.tolist(), mask):
+      if m and tuple(row) not in held:
+        held.add(tuple(row))
+        ref.append(tuple(row))
+        added += 1
+    assert int(bank.count) == added
+    valid = np.asarray(success_bank.valid_mask(bank))
+    got = [tuple(r) for r in np.asarray(bank.x)[valid].tolist()]
+    assert len(set(got)) == len(got) and sorted(got) == sorted(ref)
+
+
+def test_the_distinct_bank_skips_what_it_holds():
+  bank = success_bank.empty_success_bank(4, (2,), jnp.int32)
+  x = jnp.array([[1, 1], [2, 2], [1, 1], [3, 3]], jnp.int32)
+  bank = _ADD_DISTINCT(bank, x, jnp.array([True, True, True, False]))
+  assert int(bank.count) == 2
+  # [3, 3] was not a success before; [2, 2] is banked; [0, 0] equals the empty
+  # slots' zeros, which must not count as held.
+  x2 = jnp.array([[2, 2], [3, 3], [0, 0]], jnp.int32)
+  bank = _ADD_DISTINCT(bank, x2, jnp.array([True, True, True]))
+  assert int(bank.count) == 4
+  assert bank.x.tolist() == [[1, 1], [2, 2], [3, 3], [0, 0]]
+  assert np.asarray(success_bank.valid_mask(bank)).all()
+  plain = jax.jit(success_bank.add_successes)(
+      success_bank.empty_success_bank(4, (2,), jnp.int32), x,
+      jnp.array([True, True, True, False]))
+  assert int(plain.count) == 3
 
 
 def test_vmap_and_bad_capacity():
@@ -108,15 +158,19 @@ def test_banked_successes_keep_being_fitted():
     (dict(mode="exact"), "distilled"),
     (dict(success_bank_size=-1), "integer >= 0"),
     (dict(success_bank_size=True), "integer >= 0"),
+    (dict(success_bank_size=0, success_bank_distinct=True), "success_bank_size > 0"),
+    (dict(success_bank_distinct=1), "True or False"),
 ])
 def test_bad_settings_name_the_field(kw, what):
-  with pytest.raises(ConfigError, match="success_bank_size") as err:
+  field = "success_bank_distinct" if "success_bank_distinct" in kw else "success_bank_size"
+  with pytest.raises(ConfigError, match=field) as err:
     _config(**kw)
   assert what in str(err.value)
 
 
-def test_resume_after_a_crash_equals_the_uninterrupted_run(crash_then_resume):
-  cfg = _config(nre_budget=60)
+@pytest.mark.parametrize("distinct", [False, True])
+def test_resume_after_a_crash_equals_the_uninterrupted_run(crash_then_resume, distinct):
+  cfg = _config(nre_budget=60, success_bank_distinct=distinct)
   full = BanelRunner(MODEL, PRIOR, TASK.oracle, cfg, seeds=[0, 1], progress=False).run()
   assert int(np.asarray(full.states.successes.count).max()) > 0
   resumed = crash_then_resume(MODEL, PRIOR, TASK.oracle, cfg, [0, 1])
