@@ -21,58 +21,59 @@ PRIOR = TASK.prior_params()
 _ADD = jax.jit(success_bank.add_successes)
 
 
-@settings(max_examples=25, deadline=None)
-@given(capacity=st.integers(1, 5),
-       batches=st.lists(st.lists(st.tuples(st.integers(0, 99), st.booleans()),
-                                 min_size=6, max_size=6),
-                        min_size=1, max_size=5))
-def test_the_bank_keeps_the_latest_successes(capacity, batches):
-  """Against ``collections.deque(maxlen=capacity)``: same contents, same count."""
+def _batches(max_value):
+  return st.lists(st.lists(st.tuples(st.integers(0, max_value), st.booleans()),
+                           min_size=6, max_size=6), min_size=1, max_size=5)
+
+
+def _check_against_deque(add, capacity, batches, new_in_batch):
+  """Feeds ``batches`` to ``add`` and to a ``deque(maxlen=capacity)``, which
+  gets ``new_in_batch(ref, successes)``; after each batch both hold the same
+  samples and the bank's count is the number the deque was given."""
   bank = success_bank.empty_success_bank(capacity, (2,), jnp.int32)
   ref = collections.deque(maxlen=capacity)
-  total = 0
+  given_to_ref = 0
   for batch in batches:
     x = np.array([[v, -v] for v, _ in batch], np.int32)
     mask = np.array([m for _, m in batch])
-    bank = _ADD(bank, x, mask)
-    ref.extend(tuple(row) for row, m in zip(x.tolist(), mask) if m)
-    total += int(mask.sum())
-    assert int(bank.count) == total
+    bank = add(bank, x, mask)
+    new = new_in_batch(ref, [tuple(r) for r, m in zip(x.tolist(), mask) if m])
+    ref.extend(new)
+    given_to_ref += len(new)
+    assert int(bank.count) == given_to_ref
     valid = np.asarray(success_bank.valid_mask(bank))
-    assert valid.sum() == len(ref)
-    got = sorted(tuple(r) for r in np.asarray(bank.x)[valid].tolist())
-    assert got == sorted(ref)
+    got = [tuple(r) for r in np.asarray(bank.x)[valid].tolist()]
+    assert len(got) == len(ref) and sorted(got) == sorted(ref)
+  return got
+
+
+@settings(max_examples=25, deadline=None)
+@given(capacity=st.integers(1, 5), batches=_batches(99))
+def test_the_bank_keeps_the_latest_successes(capacity, batches):
+  """Against ``collections.deque(maxlen=capacity)``: same contents, same count."""
+  _check_against_deque(_ADD, capacity, batches, lambda ref, rows: rows)
 
 
 _ADD_DISTINCT = jax.jit(functools.partial(success_bank.add_successes, distinct=True))
 
 
+def _first_new_occurrences(ref, rows):
+  held, new = set(ref), []
+  for row in rows:
+    if row not in held:
+      held.add(row)
+      new.append(row)
+  return new
+
+
 @settings(max_examples=25, deadline=None)
-@given(capacity=st.integers(1, 5),
-       batches=st.lists(st.lists(st.tuples(st.integers(0, 6), st.booleans()),
-                                 min_size=6, max_size=6),
-                        min_size=1, max_size=5))
+@given(capacity=st.integers(1, 5), batches=_batches(6))
 def test_the_distinct_bank_keeps_the_latest_distinct_successes(capacity, batches):
   """Against a deque fed each batch's first occurrences of the successes it did
   not hold before the batch: few values (0..6), so repeats within a batch,
   across batches and after eviction all occur."""
-  bank = success_bank.empty_success_bank(capacity, (2,), jnp.int32)
-  ref = collections.deque(maxlen=capacity)
-  added = 0
-  for batch in batches:
-    x = np.array([[v, -v] for v, _ in batch], np.int32)
-    mask = np.array([m for _, m in batch])
-    bank = _ADD_DISTINCT(bank, x, mask)
-    held = set(ref)
-    for row, m in zip(x.tolist(), mask):
-      if m and tuple(row) not in held:
-        held.add(tuple(row))
-        ref.append(tuple(row))
-        added += 1
-    assert int(bank.count) == added
-    valid = np.asarray(success_bank.valid_mask(bank))
-    got = [tuple(r) for r in np.asarray(bank.x)[valid].tolist()]
-    assert len(set(got)) == len(got) and sorted(got) == sorted(ref)
+  got = _check_against_deque(_ADD_DISTINCT, capacity, batches, _first_new_occurrences)
+  assert len(set(got)) == len(got)
 
 
 def test_the_distinct_bank_skips_what_it_holds():
