@@ -114,7 +114,8 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
       distillation never fits samples outside it and exact mode never draws
       them. Failure models cannot learn such a region when the prior almost
       never writes it, so without this check compounding rejection can hand it
-      the proposal's mass (README, "Why it peaks, then declines").
+      the proposal's mass (``results/README.md``, "Why it peaks, then
+      declines").
 
   Returns:
     A :class:`Banel` bundle. All three functions are pure and jit-able;

@@ -6,7 +6,8 @@ one they cannot reject: fitted on the round's failures, the failure model gives
 it about the share it had among them, which is about the proposal's own
 probability, so the ratio stays near 1 however many times it failed. Once
 distillation puts mass on such a query, every round pays for it again (one seed
-of the MSB attack spent 3,494 of its 7,500 evaluations on ``7+0=``, README).
+of the MSB attack spent 3,494 of its 7,500 evaluations on ``7+0=``,
+``results/README.md``).
 
 With a deterministic oracle, a query that failed once fails again. This module
 keeps every paid failure's fingerprint (two 32-bit FNV-1a hashes of the sample's

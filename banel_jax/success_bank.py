@@ -5,8 +5,9 @@ and reported. With ``learn_from_successes`` they also join distillation, but a
 round's own successes are a handful among the hundreds of accepted samples, and
 they are gone the next round: on the MSB attack, seeds whose success rate
 reached 1% at some round often fell back to near the pretrained rate by the end
-(README). A :class:`SuccessBank` keeps the last ``capacity`` successes, so that
-every distillation fits all of them (``BanelConfig.success_bank_size``).
+(``results/README.md``). A :class:`SuccessBank` keeps the last ``capacity``
+successes, so that every distillation fits all of them
+(``BanelConfig.success_bank_size``).
 
 It is a ring buffer of samples with static shapes (``jit`` and ``vmap`` run it):
 the slot of the ``k``-th success ever added is ``k mod capacity``. With
