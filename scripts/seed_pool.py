@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -46,6 +47,30 @@ from scripts._cli import command_line  # noqa: E402
 
 # What every file of a group must share (``seeds`` and wall times may differ).
 _MUST_MATCH = ("banel_config", "task_config", "support_filter")
+
+
+def _config_classes() -> dict:
+  """The dataclass each recorded config dict was written from."""
+  from banel_jax.config import BanelConfig
+  from banel_jax.tasks.addition import AdditionTaskConfig
+  return {"banel_config": BanelConfig, "task_config": AdditionTaskConfig}
+
+
+def comparable(key: str, value):
+  """``value`` of ``record[key]`` without fields recorded at their old default.
+
+  A field added to a config class after earlier runs (listed in the class's
+  ``OMIT_WHEN_DEFAULT``) is absent from the attack.json files written before
+  it and present, at its default, in later ones: both mean the same run, so the
+  comparison drops it while it holds its default.
+  """
+  cls = _config_classes().get(key)
+  if cls is None or not isinstance(value, dict):
+    return value
+  defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+  omit = getattr(cls, "OMIT_WHEN_DEFAULT", ())
+  return {k: v for k, v in value.items()
+          if not (k in omit and k in defaults and v == defaults[k])}
 
 
 def parse_args(argv=None):
@@ -110,12 +135,12 @@ def load_group(paths: list[str]) -> dict:
   first = records[0]
   for record, file in zip(records[1:], sources[1:]):
     for key in _MUST_MATCH:
-      if record[key] != first[key]:
+      want, got = comparable(key, first[key]), comparable(key, record[key])
+      if got != want:
         diff = key
-        if isinstance(first[key], dict):
-          keys = sorted(set(first[key]) | set(record[key]))
-          diff = ", ".join(f"{key}.{k}" for k in keys
-                           if first[key].get(k) != record[key].get(k))
+        if isinstance(want, dict) and isinstance(got, dict):
+          keys = sorted(set(want) | set(got))
+          diff = ", ".join(f"{key}.{k}" for k in keys if want.get(k) != got.get(k))
         raise SystemExit(f"{file} and {sources[0]} differ in {diff}: they are "
                          "not the same configuration")
     if record["pretrained"]["rate"] != first["pretrained"]["rate"]:

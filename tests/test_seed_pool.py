@@ -88,3 +88,28 @@ def test_bad_arguments_name_the_problem(tmp_path):
   with pytest.raises(SystemExit, match="missing seeds"):
     seed_pool.main(["--group", f"g={tmp_path / 'x.json'}", "--out",
                     str(tmp_path / "out")])
+
+
+def test_a_field_added_later_at_its_default_matches_its_absence(tmp_path):
+  # attack.json files written before BanelConfig.success_bank_distinct existed
+  # lack it; later ones record it at its default, False: the same run.
+  old = _attack_json(tmp_path / "old", [0], [1.0])
+  new = _attack_json(tmp_path / "new", [1], [3.0])
+  on = _attack_json(tmp_path / "on", [2], [3.0])
+  for folder, value in (("new", False), ("on", True)):
+    path = tmp_path / folder / "attack.json"
+    record = json.loads(path.read_text())
+    record["banel_config"]["success_bank_distinct"] = value
+    path.write_text(json.dumps(record))
+  out = tmp_path / "out"
+  seed_pool.main(["--group", f"g={old},{new}", "--draws", "10", "--out", str(out)])
+  s = json.loads((out / "seed_pool.json").read_text())["groups"]["g"]
+  assert s["n_seed_runs"] == 2 and s["final_mean"] == pytest.approx(2.0)
+  with pytest.raises(SystemExit, match="banel_config.success_bank_distinct"):
+    seed_pool.main(["--group", f"g={old},{on}", "--out", str(tmp_path / "out2")])
+  # A field that is not a later addition still has to match when absent.
+  record = json.loads((tmp_path / "new" / "attack.json").read_text())
+  del record["banel_config"]["failure_epochs"]
+  (tmp_path / "new" / "attack.json").write_text(json.dumps(record))
+  with pytest.raises(SystemExit, match="banel_config.failure_epochs"):
+    seed_pool.main(["--group", f"g={old},{new}", "--out", str(tmp_path / "out3")])
