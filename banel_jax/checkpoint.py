@@ -64,14 +64,19 @@ def recorded_fields(config: Any) -> list[tuple[str, Any]]:
   behaviour from before it existed), it is left out, so checkpoint metadata and
   run directories written before it still match.
   """
-  omit = getattr(type(config), "OMIT_WHEN_DEFAULT", ())
-  out = []
-  for f in dataclasses.fields(config):
-    value = getattr(config, f.name)
-    if f.name in omit and value == f.default:
-      continue
-    out.append((f.name, value))
-  return out
+  return [(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)
+          if not omitted_when_default(type(config), f.name, getattr(config, f.name))]
+
+
+def omitted_when_default(cls: type, name: str, value: Any) -> bool:
+  """Whether records of config class ``cls`` leave field ``name`` out at ``value``.
+
+  True for a field listed in ``cls.OMIT_WHEN_DEFAULT`` that holds its default:
+  records written before the field existed lack it and mean the same.
+  """
+  if name not in getattr(cls, "OMIT_WHEN_DEFAULT", ()):
+    return False
+  return value == {f.name: f.default for f in dataclasses.fields(cls)}[name]
 
 
 def _jsonable(value):

@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -64,13 +63,11 @@ def comparable(key: str, value):
   it and present, at its default, in later ones: both mean the same run, so the
   comparison drops it while it holds its default.
   """
+  from banel_jax.checkpoint import omitted_when_default
   cls = _config_classes().get(key)
   if cls is None or not isinstance(value, dict):
     return value
-  defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-  omit = getattr(cls, "OMIT_WHEN_DEFAULT", ())
-  return {k: v for k, v in value.items()
-          if not (k in omit and k in defaults and v == defaults[k])}
+  return {k: v for k, v in value.items() if not omitted_when_default(cls, k, v)}
 
 
 def parse_args(argv=None):
