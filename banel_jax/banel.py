@@ -209,6 +209,8 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
         extra_w = success_bank.valid_mask(successes).astype(jnp.float32)
       elif config.learn_from_successes:
         extra_x, extra_w = batch.x, success.astype(jnp.float32)
+      if extra_w is not None:
+        extra_w = extra_w * jnp.float32(config.success_weight)
       proposal, metrics = distill(proposal, state.prior_params, regions, distill_key,
                                   extra_x, extra_w, seen_failures=seen_failures)
     metrics.update(fmetrics)

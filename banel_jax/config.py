@@ -97,6 +97,13 @@ class BanelConfig:
       bank is not added again, so the bank holds ``success_bank_size``
       *distinct* queries (by default a query found ten times fills ten slots,
       and is fitted with ten times the weight).
+    success_weight: with ``learn_from_successes``, the weight of each success
+      (the round's own, or each banked one) in distillation's weighted
+      likelihood, where every accepted sample weighs 1 (default ``1.0``). A
+      minibatch's loss is normalised by its own total weight, so a success of
+      weight ``w`` among ``n`` accepted samples of its minibatch takes a share
+      ``w / (w + n)`` of that step. Upweighting lets a few successes count
+      against thousands of accepted samples (replay without regions).
     max_regions: capacity of the region bank (static); ``0`` derives it from
       ``ceil(nre_budget / samples_per_round)``.
     region_strategy: how a batch is tested against the union of the regions:
@@ -133,6 +140,7 @@ class BanelConfig:
   learn_from_successes: bool = False
   success_bank_size: int = 0
   success_bank_distinct: bool = False
+  success_weight: float = 1.0
   max_regions: int = 0
   region_strategy: Literal["vmap", "loop"] = "vmap"
   n_eval: int = 10_000
@@ -142,7 +150,8 @@ class BanelConfig:
   OMIT_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("proposal_filter",
                                                    "reject_seen_failures",
                                                    "success_bank_size",
-                                                   "success_bank_distinct")
+                                                   "success_bank_distinct",
+                                                   "success_weight")
 
   def __post_init__(self):
     validate_config(self)
@@ -239,6 +248,13 @@ def validate_config(c: BanelConfig) -> None:
   if c.success_bank_distinct:
     _require(c.success_bank_size > 0, "success_bank_distinct", c.success_bank_distinct,
              "applies to the bank of successes: set success_bank_size > 0 too")
+  _require(_is_number(c.success_weight) and math.isfinite(c.success_weight)
+           and c.success_weight > 0, "success_weight", c.success_weight,
+           "expected a finite number > 0")
+  if c.success_weight != 1.0:
+    _require(c.learn_from_successes, "success_weight", c.success_weight,
+             "weighs the successes fitted in distillation: set "
+             "learn_from_successes=True too")
   if c.max_regions:
     _require(c.max_regions >= c.num_rounds, "max_regions", c.max_regions,
              f"must be 0 or >= the number of rounds ({c.num_rounds})")

@@ -114,6 +114,12 @@ def parse_args(argv=None):
                  help="with --success-bank: a success already in the bank is not "
                  "added again, so the bank keeps K distinct queries (by default a "
                  "query found ten times fills ten slots).")
+  p.add_argument("--success-weight", type=float, default=None, metavar="W",
+                 help="with --learn-from-successes or --success-bank: each success "
+                 "weighs W in distillation's weighted likelihood, where every "
+                 "accepted sample weighs 1 (default 1). Upweighting lets a few "
+                 "successes count against thousands of accepted samples, e.g. "
+                 "replay without regions (--tau-mode factor --filter-factor 1e30).")
   p.add_argument("--proposal-filter", action="store_true",
                  help="draw every paid, calibration and evaluation sample from the "
                  "proposal restricted to outside the regions (and the grammar with "
@@ -182,6 +188,11 @@ def build_experiment(args) -> attack_configs.AttackExperiment:
     if not args.success_bank:
       raise SystemExit("--distinct-bank needs --success-bank K (K >= 1)")
     b["success_bank_distinct"] = True
+  if args.success_weight is not None:
+    if not (args.learn_from_successes or args.success_bank):
+      raise SystemExit("--success-weight needs --learn-from-successes or "
+                       "--success-bank K")
+    b["success_weight"] = args.success_weight
   banel = exp.banel.replace(**b)
   if banel.failure_batch_size > banel.samples_per_round:
     banel = banel.replace(failure_batch_size=banel.samples_per_round)

@@ -154,6 +154,53 @@ def test_banked_successes_keep_being_fitted():
   assert np.mean(mass[8]) > 1.2 * np.mean(mass[0])
 
 
+def test_upweighted_successes_take_more_mass():
+  """The same two rounds as above, with the regions switched off (a filter
+  factor no ratio reaches): at weight 1 the four banked successes are 4 rows
+  among about 64 accepted ones; at weight 30 they take about two thirds of the
+  fitted weight, so over 16 seeds their bins end with more mass."""
+  bins = [int(b) for b in TASK.target_bins]
+  found = np.array(bins * 2 + [6, 5, 5, 4, 5, 6], np.int32)
+  none = np.array([5, 5, 4, 6, 5, 5, 4, 5, 6, 5], np.int32)
+  batches = [RoundBatch(x, TASK.oracle(x), np.ones(10, bool), 0.0)
+             for x in (found, none)]
+  mass = {}
+  for weight in (1.0, 30.0):
+    banel = make_banel(MODEL, _config(success_weight=weight, tau_mode="factor",
+                                      filter_factor=1e30, distill_samples=64,
+                                      distill_batch_size=32))
+
+    def two_rounds(key):
+      state = banel.init(key, PRIOR)
+      for t, batch in enumerate(batches):
+        state, metrics = banel.update(state, batch, jax.random.fold_in(key, t))
+      return metrics, jnp.exp(MODEL.log_prob(state.proposal.params,
+                                             jnp.array(bins))).sum()
+
+    metrics, mass[weight] = jax.jit(jax.vmap(two_rounds))(
+        jax.random.split(jax.random.key(0), 16))
+    # nothing is rejected by a region: the test is about the weight alone
+    assert float(np.min(metrics["distill_accept_rate"])) > 0.99
+  assert np.mean(mass[30.0] > mass[1.0]) >= 0.75
+  assert np.mean(mass[30.0]) > 1.5 * np.mean(mass[1.0])
+
+
+@pytest.mark.parametrize("kw, what", [
+    (dict(success_weight=0.0), "number > 0"),
+    (dict(success_weight=-2.0), "number > 0"),
+    (dict(success_weight=float("nan")), "number > 0"),
+    (dict(success_weight=float("inf")), "number > 0"),
+    (dict(success_weight=True), "number > 0"),
+    (dict(success_weight="3"), "number > 0"),
+    (dict(success_weight=3.0, learn_from_successes=False, success_bank_size=0),
+     "learn_from_successes=True"),
+])
+def test_bad_success_weight_names_the_field(kw, what):
+  with pytest.raises(ConfigError, match="success_weight") as err:
+    _config(**kw)
+  assert what in str(err.value)
+
+
 @pytest.mark.parametrize("kw, what", [
     (dict(learn_from_successes=False), "learn_from_successes=True"),
     (dict(mode="exact"), "distilled"),
