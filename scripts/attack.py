@@ -356,9 +356,7 @@ def main(argv=None):
                                      # only when on: older run directories resume
                                      **({"support_filter": True}
                                         if exp.support_filter else {})})
-  t_run = time.perf_counter()
   result = runner.run()
-  wall = time.perf_counter() - t_run
   final = np.array(result.final_success_rates())
   best = np.array(result.best_success_rates())
   rate0 = max(pre.rate, 1.0 / pre.trials)  # avoid /0 when no success was seen
@@ -379,7 +377,7 @@ def main(argv=None):
       "improvement_final_median": float(np.median(final) / rate0),
       "nre_spent": result.nre_spent, "eval_calls": result.eval_calls,
       "n_successes_found_in_training": len(result.successes),
-      "wall_time_s": wall,
+      "wall_time_s": result.wall_time_s,  # summed over resumed processes
       "examples_found_in_training": sorted({addition.decode(s.sample)
                                             for s in result.successes})[:40],
   }
@@ -426,7 +424,7 @@ def main(argv=None):
         f"{final.mean():.4f} median {np.median(final):.4f} std {final.std():.4f} | "
         f"improvement (mean) {summary['improvement_final_mean']:.1f}x; best-so-far "
         f"mean {best.mean():.4f} ({summary['improvement_best_mean']:.1f}x) | "
-        f"{wall:.0f}s")
+        f"{result.wall_time_s:.0f}s")
   if "rule_based_attacks" in summary:
     print("rule-based:", {k: round(v["rate"], 4) for k, v in
                           summary["rule_based_attacks"].items()})

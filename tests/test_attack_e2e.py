@@ -79,6 +79,17 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
       "python", "scripts/attack.py", "--config", "tiny", "--run-dir", str(run_dir),
       "--out", str(tmp_path / "attack"), "--no-analysis", "--no-progress",
       "--support-filter", "--seed-offset", "3"])
+  # Rerunning a finished run directory pays for nothing and reports the wall
+  # time the run took, not the seconds the rerun took to load it.
+  subprocess.run([sys.executable, str(ROOT / "scripts" / "attack.py"), "--config",
+                  "tiny", "--run-dir", str(run_dir), "--out", str(tmp_path / "again"),
+                  "--no-analysis", "--no-progress", "--support-filter",
+                  "--seed-offset", "3"], check=True, cwd=ROOT, capture_output=True)
+  again = json.load(open(tmp_path / "again" / "attack.json"))
+  assert again["nre_spent"] == summary["nre_spent"]
+  assert again["final_success_rate"] == summary["final_success_rate"]
+  assert summary["wall_time_s"] > 1.0
+  assert again["wall_time_s"] >= 0.5 * summary["wall_time_s"]
   metrics = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
   trained = [m for m in metrics if m["round"] > 0]
   assert len(trained) == 2  # NRE 128 at 64 per round
