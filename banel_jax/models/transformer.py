@@ -124,7 +124,13 @@ class TransformerConfig:
 
 
 class LayerCache(NamedTuple):
-  """Keys and values of one layer, each ``[batch, max_len + 1, heads, head_dim]``."""
+  """Keys and values of one layer, each ``[batch, heads, max_len + 1, head_dim]``.
+
+  Heads before positions: one decoding step's attention is then a batched
+  matrix-vector product over ``(batch, heads)`` with no transpose of the cache
+  (with positions first, XLA on a CPU transposed the whole cache at every step,
+  which took most of the sampling time at the attacker's shape).
+  """
 
   k: Array
   v: Array
@@ -150,6 +156,26 @@ def _attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
   scores = jnp.where(mask[None, None], scores, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def _attend_cached(q: Array, k: Array, v: Array, pos: Array) -> Array:
+  """One decoding step's attention against a cache laid out heads first.
+
+  Args:
+    q: ``[B, H, D]`` the step's queries.
+    k: ``[B, H, S, D]`` cached keys (slots after ``pos`` are masked out).
+    v: ``[B, H, S, D]`` cached values.
+    pos: the step's position (int scalar); keys ``0..pos`` are attended.
+
+  Returns:
+    ``[B, H, D]``.
+  """
+  scale = q.shape[-1] ** -0.5
+  scores = jnp.einsum("bhd,bhsd->bhs", q * scale, k).astype(jnp.float32)
+  scores = jnp.where((jnp.arange(k.shape[2]) <= pos)[None, None], scores,
+                     jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhs,bhsd->bhd", weights, v)
 
 
 class _Block(nn.Module):
@@ -184,14 +210,15 @@ class _Block(nn.Module):
   def decode(self, x: Array, pos: Array, cache: LayerCache
              ) -> tuple[Array, LayerCache]:
     """One step: ``x`` is ``[B, 1, W]`` at position ``pos``; writes slot ``pos``."""
-    qkv = self.qkv(self.ln_attn(x))  # [B, 1, 3, H, D]
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    qkv = self.qkv(self.ln_attn(x))[:, 0]  # [B, 3, H, D]
+    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # [B, H, D] each
     zero = jnp.zeros((), jnp.int32)
-    idx = (zero, pos, zero, zero)
-    k_all = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), idx)
-    v_all = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), idx)
-    mask = (jnp.arange(k_all.shape[1]) <= pos)[None, :]  # [1, S]
-    x = x + self.attn_out(_attend(q, k_all, v_all, mask))
+    idx = (zero, zero, pos, zero)
+    k_all = jax.lax.dynamic_update_slice(cache.k, k[:, :, None].astype(cache.k.dtype),
+                                         idx)
+    v_all = jax.lax.dynamic_update_slice(cache.v, v[:, :, None].astype(cache.v.dtype),
+                                         idx)
+    x = x + self.attn_out(_attend_cached(q, k_all, v_all, pos)[:, None])
     return self._mlp(x), LayerCache(k_all, v_all)
 
 
@@ -329,7 +356,7 @@ def make_transformer(config: TransformerConfig = TransformerConfig()) -> Transfo
     return mask_logits(module.apply({"params": params}, with_bos(x))[:, -1])
 
   def init_cache(batch: int) -> KVCache:
-    shape = (batch, cfg.num_positions, cfg.num_heads, cfg.head_dim)
+    shape = (batch, cfg.num_heads, cfg.num_positions, cfg.head_dim)
     return tuple(LayerCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
                  for _ in range(cfg.num_layers))
 
@@ -340,8 +367,8 @@ def make_transformer(config: TransformerConfig = TransformerConfig()) -> Transfo
   def decode_step(params, cache, token, pos):
     chex.assert_rank(token, 1, custom_message="token must be int[batch]")
     chex.assert_type(token, int, custom_message="token must be an integer id")
-    chex.assert_shape(cache[0].k, (token.shape[0], cfg.num_positions,
-                                   cfg.num_heads, cfg.head_dim),
+    chex.assert_shape(cache[0].k, (token.shape[0], cfg.num_heads,
+                                   cfg.num_positions, cfg.head_dim),
                       custom_message="cache does not match token batch / config")
     logits, cache = raw_decode(params, cache, token.astype(jnp.int32),
                                jnp.asarray(pos, jnp.int32))
