@@ -298,6 +298,26 @@ def paid_sample_diagnostics(task, n_seeds: int):
   return on_round
 
 
+
+def _method_label(c) -> str:
+  """The plot's name for the method: BaNEL, or what it was run with besides.
+
+  A fixed filter factor of 1e30 or more is named "no regions": a region would
+  reject only samples the failure model finds 1e30 times likelier than the
+  proposal does (the ablation of `results/README.md`, sessions 22-23).
+  """
+  if c.tau_mode == "factor" and c.filter_factor >= 1e30:
+    label = "no regions"
+  else:
+    label = "BaNEL"
+  if c.success_bank_size:
+    label += f" + bank {c.success_bank_size}"
+  elif c.learn_from_successes:
+    label += " + round's successes"
+  if c.learn_from_successes and c.success_weight != 1.0:
+    label += f" (weight {c.success_weight:g})"
+  return label
+
 def main(argv=None):
   args = parse_args(argv)
   import matplotlib
@@ -413,7 +433,8 @@ def main(argv=None):
     json.dump(summary, f, indent=1)
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 4))
-  plotting.plot_success_vs_nre({"BaNEL": result.history}, ax, log_y=True,
+  plotting.plot_success_vs_nre({_method_label(exp.banel): result.history}, ax,
+                               log_y=True,
                                title="addition attack: success rate vs NRE")
   ax.axhline(pre.rate, color="k", ls=":", lw=1, label="pretrained")
   ax.legend()

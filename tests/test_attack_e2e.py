@@ -59,6 +59,20 @@ def test_attack_script_help_documents_options():
     assert option in out
 
 
+def test_the_plot_names_what_was_run():
+  sys.path.insert(0, str(ROOT))
+  from scripts import attack
+  base = bj.BanelConfig()
+  assert attack._method_label(base) == "BaNEL"
+  bank = base.replace(learn_from_successes=True, success_bank_size=256)
+  assert attack._method_label(bank) == "BaNEL + bank 256"
+  assert attack._method_label(bank.replace(
+      success_weight=100.0, tau_mode="factor", filter_factor=1e30)) == (
+          "no regions + bank 256 (weight 100)")
+  assert attack._method_label(base.replace(learn_from_successes=True)) == (
+      "BaNEL + round's successes")
+
+
 def test_attack_run_dir_then_proposal_drift(tmp_path):
   """The attack script's run directory holds every round's proposal, and
   ``proposal_drift.py`` reads them back: one row per seed and round (plus the
