@@ -298,7 +298,6 @@ def paid_sample_diagnostics(task, n_seeds: int):
   return on_round
 
 
-
 def _method_label(c) -> str:
   """The plot's name for the method: BaNEL, or what it was run with besides.
 
@@ -317,6 +316,7 @@ def _method_label(c) -> str:
   if c.learn_from_successes and c.success_weight != 1.0:
     label += f" (weight {c.success_weight:g})"
   return label
+
 
 def main(argv=None):
   args = parse_args(argv)
