@@ -120,34 +120,44 @@ def _config(**kw):
   return BanelConfig(**base)
 
 
-def test_banked_successes_keep_being_fitted():
-  """Four successes in round 1, none in round 2: with the bank the second
-  distillation fits them again, so over 16 seeds their bins end with more mass
-  than when only each round's own successes are fitted."""
-  bins = [int(b) for b in TASK.target_bins]
-  found = np.array(bins * 2 + [6, 5, 5, 4, 5, 6], np.int32)
+BINS = [int(b) for b in TASK.target_bins]
+
+
+def _two_rounds(config):
+  """Round 1 pays for four successes (the target bins, twice), round 2 for none.
+
+  Returns ``(state, metrics, mass)`` over 16 seeds side by side: the final
+  state, round 2's metrics, and the proposal's mass on the target bins.
+  """
+  found = np.array(BINS * 2 + [6, 5, 5, 4, 5, 6], np.int32)
   none = np.array([5, 5, 4, 6, 5, 5, 4, 5, 6, 5], np.int32)
   batches = [RoundBatch(x, TASK.oracle(x), np.ones(10, bool), 0.0)
              for x in (found, none)]
   assert batches[0].rewards.sum() == 4 and batches[1].rewards.sum() == 0
+  banel = make_banel(MODEL, config)
+
+  def run(key):
+    state = banel.init(key, PRIOR)
+    for t, batch in enumerate(batches):
+      state, metrics = banel.update(state, batch, jax.random.fold_in(key, t))
+    return state, metrics, jnp.exp(MODEL.log_prob(state.proposal.params,
+                                                  jnp.array(BINS))).sum()
+
+  return jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(0), 16))
+
+
+def test_banked_successes_keep_being_fitted():
+  """Four successes in round 1, none in round 2: with the bank the second
+  distillation fits them again, so over 16 seeds their bins end with more mass
+  than when only each round's own successes are fitted."""
   mass = {}
   for size in (8, 0):
-    banel = make_banel(MODEL, _config(success_bank_size=size, distill_samples=64,
-                                      distill_batch_size=32))
-
-    def two_rounds(key):
-      state = banel.init(key, PRIOR)
-      for t, batch in enumerate(batches):
-        state, metrics = banel.update(state, batch, jax.random.fold_in(key, t))
-      return state, metrics, jnp.exp(MODEL.log_prob(state.proposal.params,
-                                                    jnp.array(bins))).sum()
-
-    state, metrics, mass[size] = jax.jit(jax.vmap(two_rounds))(
-        jax.random.split(jax.random.key(0), 16))
+    state, metrics, mass[size] = _two_rounds(_config(
+        success_bank_size=size, distill_samples=64, distill_batch_size=32))
     if size:
       assert np.asarray(metrics["n_banked_successes"]).tolist() == [4] * 16
       np.testing.assert_array_equal(np.asarray(state.successes.x)[:, :4],
-                                    np.tile(bins * 2, (16, 1)))
+                                    np.tile(BINS * 2, (16, 1)))
     else:
       assert state.successes is None and "n_banked_successes" not in metrics
   assert np.mean(mass[8] > mass[0]) >= 0.75
@@ -159,26 +169,11 @@ def test_upweighted_successes_take_more_mass():
   factor no ratio reaches): at weight 1 the four banked successes are 4 rows
   among about 64 accepted ones; at weight 30 they take about two thirds of the
   fitted weight, so over 16 seeds their bins end with more mass."""
-  bins = [int(b) for b in TASK.target_bins]
-  found = np.array(bins * 2 + [6, 5, 5, 4, 5, 6], np.int32)
-  none = np.array([5, 5, 4, 6, 5, 5, 4, 5, 6, 5], np.int32)
-  batches = [RoundBatch(x, TASK.oracle(x), np.ones(10, bool), 0.0)
-             for x in (found, none)]
   mass = {}
   for weight in (1.0, 30.0):
-    banel = make_banel(MODEL, _config(success_weight=weight, tau_mode="factor",
-                                      filter_factor=1e30, distill_samples=64,
-                                      distill_batch_size=32))
-
-    def two_rounds(key):
-      state = banel.init(key, PRIOR)
-      for t, batch in enumerate(batches):
-        state, metrics = banel.update(state, batch, jax.random.fold_in(key, t))
-      return metrics, jnp.exp(MODEL.log_prob(state.proposal.params,
-                                             jnp.array(bins))).sum()
-
-    metrics, mass[weight] = jax.jit(jax.vmap(two_rounds))(
-        jax.random.split(jax.random.key(0), 16))
+    _, metrics, mass[weight] = _two_rounds(_config(
+        success_weight=weight, tau_mode="factor", filter_factor=1e30,
+        distill_samples=64, distill_batch_size=32))
     # nothing is rejected by a region: the test is about the weight alone
     assert float(np.min(metrics["distill_accept_rate"])) > 0.99
   assert np.mean(mass[30.0] > mass[1.0]) >= 0.75

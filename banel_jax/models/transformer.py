@@ -152,10 +152,15 @@ def _attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
     ``[B, Tq, H, D]``.
   """
   scale = q.shape[-1] ** -0.5
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k).astype(jnp.float32)
-  scores = jnp.where(mask[None, None], scores, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k)
+  weights = _masked_softmax(scores, mask[None, None], v.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def _masked_softmax(scores: Array, mask: Array, dtype) -> Array:
+  """Softmax over the last axis in float32, masked-out keys at weight 0."""
+  scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(scores, axis=-1).astype(dtype)
 
 
 def _attend_cached(q: Array, k: Array, v: Array, pos: Array) -> Array:
@@ -171,10 +176,9 @@ def _attend_cached(q: Array, k: Array, v: Array, pos: Array) -> Array:
     ``[B, H, D]``.
   """
   scale = q.shape[-1] ** -0.5
-  scores = jnp.einsum("bhd,bhsd->bhs", q * scale, k).astype(jnp.float32)
-  scores = jnp.where((jnp.arange(k.shape[2]) <= pos)[None, None], scores,
-                     jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  scores = jnp.einsum("bhd,bhsd->bhs", q * scale, k)
+  weights = _masked_softmax(scores, (jnp.arange(k.shape[2]) <= pos)[None, None],
+                            v.dtype)
   return jnp.einsum("bhs,bhsd->bhd", weights, v)
 
 
