@@ -65,6 +65,10 @@ def parse_args(argv=None):
                  help="reject x when the failure model finds it f times likelier.")
   p.add_argument("--reject-fraction", type=float, default=None,
                  help="target rejection rate of --tau-mode calibrated.")
+  p.add_argument("--min-acceptance-rate", type=float, default=None,
+                 help="floor on the rejection regions' acceptance rate (default "
+                 "1e-4); below it the run stops with AcceptanceRateError rather "
+                 "than distil from almost nothing. 0 turns the check off.")
   p.add_argument("--failure-epochs", type=int, default=None,
                  help="failure-model epochs per round (the compute knob).")
   p.add_argument("--failure-init", choices=["proposal", "scratch"], default=None,
@@ -166,6 +170,7 @@ def build_experiment(args) -> attack_configs.AttackExperiment:
       "mode": args.mode, "tau_mode": args.tau_mode,
       "filter_factor": args.filter_factor,
       "calibrated_reject_fraction": args.reject_fraction,
+      "min_acceptance_rate": args.min_acceptance_rate,
       "failure_epochs": args.failure_epochs, "failure_init": args.failure_init,
       "failure_learning_rate": args.failure_lr,
       "distill_samples": args.distill_samples, "distill_epochs": args.distill_epochs,

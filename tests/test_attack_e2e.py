@@ -55,7 +55,8 @@ def test_attack_script_help_documents_options():
   for option in ("--config", "--failure-epochs", "--tau-mode", "--no-leading-zeros",
                  "--run-dir", "--reset", "--distill-pack", "--distill-target",
                  "--support-filter", "--reject-seen-failures", "--learn-from-successes",
-                 "--success-bank", "--distinct-bank", "--success-weight"):
+                 "--success-bank", "--distinct-bank", "--success-weight",
+                 "--min-acceptance-rate"):
     assert option in out
 
 
