@@ -22,6 +22,14 @@ Example:
   python scripts/attack.py --config quick          # README main job, minutes
   python scripts/attack.py --config full           # NRE 7,500, 5 seeds
   python scripts/attack.py --config full --no-leading-zeros --failure-epochs 20
+  python scripts/attack.py --config full --method self-imitation --support-filter
+
+``--method self-imitation`` runs the self-imitation baseline
+(:func:`banel_jax.baselines.make_self_imitation`) in the same harness instead of
+BaNEL: no failure model, no regions; it fits the latest ``--success-bank K``
+successes (default 256), each weighing ``--success-weight W`` (default 100),
+beside ``--distill-samples`` fresh samples of itself, with BaNEL's distillation
+epochs, batch size and learning rate.
 """
 
 from __future__ import annotations
@@ -56,6 +64,10 @@ def parse_args(argv=None):
                  help="reward evaluations spent on learning, per seed.")
   p.add_argument("--samples-per-round", type=int, default=None,
                  help="queries scored per round (m).")
+  p.add_argument("--method", choices=["banel", "self-imitation"], default="banel",
+                 help="banel (default), or the self-imitation baseline: fit the "
+                 "successes found so far, upweighted, with no failure model "
+                 "(BaNEL-only options are then refused).")
   p.add_argument("--mode", choices=["distilled", "exact"], default=None,
                  help="BaNEL variant (distilled = Algorithm 2).")
   p.add_argument("--tau-mode", choices=["factor", "calibrated"], default=None,
@@ -189,11 +201,11 @@ def build_experiment(args) -> attack_configs.AttackExperiment:
     b["learn_from_successes"] = True
   if args.success_bank is not None:
     b["success_bank_size"] = args.success_bank
-  if args.distinct_bank:
+  if args.distinct_bank and args.method == "banel":
     if not args.success_bank:
       raise SystemExit("--distinct-bank needs --success-bank K (K >= 1)")
     b["success_bank_distinct"] = True
-  if args.success_weight is not None:
+  if args.success_weight is not None and args.method == "banel":
     if not (args.learn_from_successes or args.success_bank):
       raise SystemExit("--success-weight needs --learn-from-successes or "
                        "--success-bank K")
@@ -214,6 +226,43 @@ def build_experiment(args) -> attack_configs.AttackExperiment:
     if getattr(args, name) is not None:
       exp = exp.replace(**{name: getattr(args, name)})
   return exp
+
+
+# argparse dests of the options that only BaNEL reads, and their flags
+_BANEL_ONLY = {"mode": "--mode", "tau_mode": "--tau-mode",
+               "filter_factor": "--filter-factor", "reject_fraction": "--reject-fraction",
+               "min_acceptance_rate": "--min-acceptance-rate",
+               "failure_epochs": "--failure-epochs", "failure_init": "--failure-init",
+               "failure_lr": "--failure-lr", "reset": "--reset",
+               "distill_target": "--distill-target",
+               "reject_seen_failures": "--reject-seen-failures",
+               "proposal_filter": "--proposal-filter"}
+SELF_IMITATION_BANK, SELF_IMITATION_WEIGHT = 256, 100.0
+
+
+def self_imitation_configs(args, exp):
+  """``(SelfImitationConfig, RunConfig)`` of ``--method self-imitation``.
+
+  The fit takes BaNEL's distillation settings of ``exp`` (samples, epochs, batch
+  size, learning rate, packing); the run takes its budget and evaluation.
+  """
+  from banel_jax.baselines import RunConfig, SelfImitationConfig
+  given = [flag for dest, flag in _BANEL_ONLY.items()
+           if getattr(args, dest) not in (None, False)]
+  if given:
+    raise SystemExit(f"--method self-imitation has no failure model or regions: "
+                     f"drop {', '.join(given)}")
+  b = exp.banel
+  si = SelfImitationConfig(
+      bank_size=args.success_bank or SELF_IMITATION_BANK,
+      success_weight=(SELF_IMITATION_WEIGHT if args.success_weight is None
+                      else args.success_weight),
+      bank_distinct=args.distinct_bank, anchor_samples=b.distill_samples,
+      epochs=b.distill_epochs, batch_size=b.distill_batch_size,
+      learning_rate=b.distill_learning_rate, pack=b.distill_pack)
+  run = RunConfig(nre_budget=b.nre_budget, samples_per_round=b.samples_per_round,
+                  n_eval=b.n_eval, eval_every=b.eval_every)
+  return si, run
 
 
 def ensure_checkpoints(exp, train_missing: bool):
@@ -323,6 +372,10 @@ def _method_label(c) -> str:
   return label
 
 
+def _self_imitation_label(c) -> str:
+  return f"self-imitation, bank {c.bank_size} (weight {c.success_weight:g})"
+
+
 def main(argv=None):
   args = parse_args(argv)
   import matplotlib
@@ -362,16 +415,21 @@ def main(argv=None):
         f"[{pre.low:.2e}, {pre.high:.2e}] ({source}, {time.perf_counter() - t0:.0f}s)",
         flush=True)
 
-  # 2. BaNEL, seeds side by side.
+  # 2. The method (BaNEL or the baseline), seeds side by side.
   metrics_path = os.path.join(out, "metrics.jsonl")
   if os.path.exists(metrics_path):
     os.remove(metrics_path)
   from banel_jax.checkpoint import config_to_dict
-  method = None
-  if exp.support_filter:
+  method, run_config, si_config = None, exp.banel, None
+  support = addition.make_support(task) if exp.support_filter else None
+  if args.method == "self-imitation":
+    from banel_jax.baselines import make_self_imitation
+    si_config, run_config = self_imitation_configs(args, exp)
+    method = make_self_imitation(model, si_config, support=support)
+  elif exp.support_filter:
     from banel_jax import make_banel
-    method = make_banel(model, exp.banel, support=addition.make_support(task))
-  runner = BanelRunner(model, attacker_params, oracle, exp.banel, exp.seeds,
+    method = make_banel(model, exp.banel, support=support)
+  runner = BanelRunner(model, attacker_params, oracle, run_config, exp.seeds,
                        metrics_path=metrics_path, progress=not args.no_progress,
                        run_dir=args.run_dir, method=method,
                        on_round=paid_sample_diagnostics(task, len(exp.seeds)),
@@ -389,7 +447,12 @@ def main(argv=None):
       "command": command_line("attack.py", argv),
       "task": "addition_attack", "config_name": args.config,
       "task_config": _jsonable(dataclasses.asdict(task)),
-      "banel_config": dataclasses.asdict(exp.banel), "seeds": list(exp.seeds),
+      "method": args.method,
+      # BaNEL's config, or None for the baseline (its config is method_config)
+      "banel_config": dataclasses.asdict(exp.banel) if si_config is None else None,
+      **({"method_config": dataclasses.asdict(si_config),
+          "run_config": dataclasses.asdict(run_config)} if si_config else {}),
+      "seeds": list(exp.seeds),
       "support_filter": exp.support_filter,
       "pretrained": pre.as_dict(), "pretrained_source": source,
       "pretrained_rate_is_lower_bound": pre.successes == 0,
@@ -407,7 +470,7 @@ def main(argv=None):
                                             for s in result.successes})[:40],
   }
 
-  # 3. What BaNEL learned, against the pretrained attacker.
+  # 3. What the method learned, against the pretrained attacker.
   if not args.no_analysis:
     n = exp.analysis_samples
     pre_rows = x_pre[:n]
@@ -438,7 +501,9 @@ def main(argv=None):
     json.dump(summary, f, indent=1)
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 4))
-  plotting.plot_success_vs_nre({_method_label(exp.banel): result.history}, ax,
+  label = (_self_imitation_label(si_config) if si_config else
+           _method_label(exp.banel))
+  plotting.plot_success_vs_nre({label: result.history}, ax,
                                log_y=True,
                                title="addition attack: success rate vs NRE")
   ax.axhline(pre.rate, color="k", ls=":", lw=1, label="pretrained")

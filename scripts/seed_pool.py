@@ -46,6 +46,9 @@ from scripts._cli import command_line  # noqa: E402
 
 # What every file of a group must share (``seeds`` and wall times may differ).
 _MUST_MATCH = ("banel_config", "task_config", "support_filter")
+# ...and what they must share when present (written since the self-imitation
+# baseline; an older file ran BaNEL with no method_config).
+_OPTIONAL_MATCH = {"method": "banel", "method_config": None}
 
 
 def _config_classes() -> dict:
@@ -131,8 +134,10 @@ def load_group(paths: list[str]) -> dict:
     sources.append(file)
   first = records[0]
   for record, file in zip(records[1:], sources[1:]):
-    for key in _MUST_MATCH:
-      want, got = comparable(key, first[key]), comparable(key, record[key])
+    for key in (*_MUST_MATCH, *_OPTIONAL_MATCH):
+      default = _OPTIONAL_MATCH.get(key)
+      want = comparable(key, first.get(key, default))
+      got = comparable(key, record.get(key, default))
       if got != want:
         diff = key
         if isinstance(want, dict) and isinstance(got, dict):
@@ -147,7 +152,8 @@ def load_group(paths: list[str]) -> dict:
           for seed, fin, best in zip(record["seeds"], record["improvement_final"],
                                      record["improvement_best"])]
   return {"runs": runs, "pretrained_rate": first["pretrained"]["rate"],
-          "banel_config": first["banel_config"]}
+          "banel_config": first["banel_config"],
+          **{k: first.get(k, d) for k, d in _OPTIONAL_MATCH.items()}}
 
 
 def table_means(final: np.ndarray, table_size: int, draws: int,
@@ -170,6 +176,7 @@ def summarize(group: dict, args, rng: np.random.Generator
       "n_seed_runs": int(final.size),
       "pretrained_rate": group["pretrained_rate"],
       "banel_config": group["banel_config"],
+      "method": group["method"], "method_config": group["method_config"],
       "final_mean": float(final.mean()), "final_median": float(np.median(final)),
       "best_mean": float(best.mean()), "best_median": float(np.median(best)),
       "hits": hits, "hit_rate": hits / final.size,

@@ -56,7 +56,7 @@ def test_attack_script_help_documents_options():
                  "--run-dir", "--reset", "--distill-pack", "--distill-target",
                  "--support-filter", "--reject-seen-failures", "--learn-from-successes",
                  "--success-bank", "--distinct-bank", "--success-weight",
-                 "--min-acceptance-rate"):
+                 "--min-acceptance-rate", "--method"):
     assert option in out
 
 
@@ -72,6 +72,40 @@ def test_the_plot_names_what_was_run():
           "no regions + bank 256 (weight 100)")
   assert attack._method_label(base.replace(learn_from_successes=True)) == (
       "BaNEL + round's successes")
+
+
+def test_attack_script_runs_the_self_imitation_baseline(tmp_path):
+  """``--method self-imitation``: the baseline in the attack's harness, with its
+  own config recorded (BaNEL's is ``None``), the budget spent exactly, its bank
+  in the run directory's checkpoints, and the analysis run on its generator."""
+  import json
+  script = [sys.executable, str(ROOT / "scripts" / "attack.py"), "--config", "tiny",
+            "--method", "self-imitation", "--no-progress", "--support-filter"]
+  refused = subprocess.run(script + ["--tau-mode", "factor", "--reset"], cwd=ROOT,
+                           capture_output=True, text=True)
+  assert refused.returncode != 0
+  assert "drop --tau-mode, --reset" in refused.stderr
+  run_dir, out = tmp_path / "run", tmp_path / "out"
+  subprocess.run(script + ["--success-bank", "8", "--run-dir", str(run_dir),
+                           "--out", str(out)], check=True, cwd=ROOT,
+                 capture_output=True)
+  summary = json.load(open(out / "attack.json"))
+  assert summary["method"] == "self-imitation" and summary["banel_config"] is None
+  mc = summary["method_config"]
+  assert (mc["bank_size"], mc["success_weight"], mc["anchor_samples"],
+          mc["epochs"], mc["batch_size"]) == (8, 100.0, 256, 1, 128)
+  assert summary["run_config"]["nre_budget"] == 128
+  assert summary["nre_spent"] == [128, 128]
+  assert len(summary["patterns_banel_per_seed"]) == 2
+  record = json.load(open(run_dir / "config.json"))
+  assert record["method"] == "self_imitation"
+  assert record["method_config"]["bank_size"] == 8
+  metrics = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+  trained = [m for m in metrics if m["round"] > 0]
+  assert len(trained) == 2
+  for m in trained:
+    assert all(0 <= k <= 8 for k in m["n_banked_successes"])
+    assert all(0.0 <= r <= 1.0 for r in m["anchor_support_rate"])
 
 
 def test_attack_run_dir_then_proposal_drift(tmp_path):

@@ -1,6 +1,7 @@
 """Tests of the baselines (banel_jax.baselines): real behaviour, tiny shapes."""
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,8 @@ TASK = Toy1DTask(num_bins=K)
 # One epoch, one minibatch: plain REINFORCE steps (and the cheapest to compile).
 PG = B.PolicyGradientConfig(learning_rate=0.1, kl_weight=0.0, epochs=1,
                             num_minibatches=1)
+SMALL_SI = B.SelfImitationConfig(bank_size=8, anchor_samples=64, epochs=2,
+                                 batch_size=24, learning_rate=0.3)
 SMALL_RND = B.RNDConfig(hidden=(16, 16), output_dim=8, learning_rate=1e-3,
                         init_samples=256)
 
@@ -40,6 +43,7 @@ def _methods(model):
       "unlikelihood": B.make_unlikelihood(model, B.UnlikelihoodConfig(steps=4)),
       "exact_rejection": B.make_exact_rejection(model, B.ExactRejectionConfig(
           capacity=250, batch_size=1024, max_batches=64)),
+      "self_imitation": B.make_self_imitation(model, SMALL_SI),
   }
 
 
@@ -75,7 +79,8 @@ def runs():
 
 
 @pytest.mark.parametrize("name", ["reinforce", "rnd", "pseudo_count", "exact_count",
-                                  "unlikelihood", "exact_rejection"])
+                                  "unlikelihood", "exact_rejection",
+                                  "self_imitation"])
 def test_every_method_stops_at_the_budget(runs, name):
   res, oracle = runs[name]
   assert res.nre_spent == [250, 250]
@@ -264,6 +269,71 @@ def test_unlikelihood_lowers_the_likelihood_of_its_failures():
   assert np.all(np.asarray(lp1 - lp0)[np.asarray(fail)] < 0)
   assert float(metrics["failure_log_prob_change"]) < 0
   assert int(metrics["n_failures"]) == 4
+
+
+# ---------------------------------------------------------------------------
+# Self-imitation.
+
+
+def _self_imitation_round(x, config=SMALL_SI, support=None, successes=True):
+  model = TASK.model()
+  method = B.make_self_imitation(model, config, support=support)
+  state = method.init(jax.random.key(0), TASK.prior_params())
+  rewards = (jnp.asarray(TASK.oracle(np.asarray(x))) if successes
+             else jnp.zeros(x.shape[0]))
+  new, metrics = jax.jit(method.update)(state, _batch(x, rewards), jax.random.key(1))
+  return model, state, new, metrics
+
+
+def test_self_imitation_banks_the_successes_and_raises_them():
+  x = jnp.array([4, 5, 5, 6, 2, 8], jnp.int32)  # 2 and 8 are the toy's targets
+  model, state, new, metrics = _self_imitation_round(x)
+  assert int(metrics["n_successes"]) == 2
+  assert int(metrics["n_banked_successes"]) == 2
+  np.testing.assert_array_equal(np.asarray(new.successes.x[:2]), [2, 8])
+  assert int(new.successes.count) == 2  # the failures never enter the bank
+  targets = jnp.array([2, 8], jnp.int32)
+  lp1 = np.asarray(model.log_prob(new.policy.params, targets))
+  # The same round with the rewards hidden: nothing is banked, the anchors alone
+  # are fitted, and the targets end lower.
+  _, _, blind, blind_metrics = _self_imitation_round(x, successes=False)
+  assert int(blind_metrics["n_banked_successes"]) == 0
+  assert np.all(lp1 - np.asarray(model.log_prob(blind.policy.params, targets)) > 1.0)
+  # The weight is what makes them count: at weight 1e-3 the bank is noise.
+  _, _, light, _ = _self_imitation_round(x, SMALL_SI.replace(success_weight=1e-3))
+  assert np.all(lp1 - np.asarray(model.log_prob(light.policy.params, targets)) > 1.0)
+  assert np.all(lp1 > np.asarray(model.log_prob(state.policy.params, targets)))
+
+
+def test_self_imitation_fits_no_anchor_outside_the_support():
+  x = jnp.array([4, 5, 6], jnp.int32)
+  five = jnp.array([5], jnp.int32)
+
+  def not_five(s):
+    return s != 5
+
+  model, state, new, metrics = _self_imitation_round(x, support=not_five,
+                                                     successes=False)
+  _, _, free, free_metrics = _self_imitation_round(x, successes=False)
+  # Without the check the 5s among the anchors are fitted like the rest.
+  lp_free = float(model.log_prob(free.policy.params, five)[0])
+  assert float(model.log_prob(new.policy.params, five)[0]) < lp_free - 1.5
+  assert float(model.log_prob(new.policy.params, five)[0]) < float(
+      model.log_prob(state.policy.params, five)[0])
+  rate = float(metrics["anchor_support_rate"])
+  assert 0.0 < rate < 1.0 and float(free_metrics["anchor_support_rate"]) == 1.0
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("success_weight", 0.0, "success_weight=0.0 must be a finite number > 0"),
+    ("success_weight", float("nan"), "success_weight=nan"),
+    ("bank_size", 0, "bank_size=0 must be an integer >= 1"),
+    ("epochs", 1.5, "epochs=1.5"),
+    ("batch_size", 4096, "batch_size=4096 must be <= anchor_samples + bank_size"),
+])
+def test_self_imitation_config_errors_name_the_field(field, value, words):
+  with pytest.raises(ValueError, match=re.escape(words)):
+    B.SelfImitationConfig(**{field: value})
 
 
 def test_log1mexp_is_stable():

@@ -113,3 +113,28 @@ def test_a_field_added_later_at_its_default_matches_its_absence(tmp_path):
   (tmp_path / "new" / "attack.json").write_text(json.dumps(record))
   with pytest.raises(SystemExit, match="banel_config.failure_epochs"):
     seed_pool.main(["--group", f"g={old},{new}", "--out", str(tmp_path / "out3")])
+
+
+def test_a_baseline_pools_with_itself_and_never_with_banel(tmp_path):
+  def baseline(name, seeds, final, weight=100.0):
+    folder = pathlib.Path(_attack_json(tmp_path / name, seeds, final))
+    record = json.loads((folder / "attack.json").read_text())
+    record.update(method="self-imitation", banel_config=None,
+                  method_config={"bank_size": 256, "success_weight": weight})
+    (folder / "attack.json").write_text(json.dumps(record))
+    return str(folder)
+
+  a, b = baseline("a", [0], [10.0]), baseline("b", [1], [30.0])
+  out = tmp_path / "out"
+  seed_pool.main(["--group", f"si={a},{b}", "--draws", "10", "--out", str(out)])
+  s = json.loads((out / "seed_pool.json").read_text())["groups"]["si"]
+  assert s["n_seed_runs"] == 2 and s["final_mean"] == pytest.approx(20.0)
+  assert s["method"] == "self-imitation" and s["banel_config"] is None
+  assert s["method_config"]["success_weight"] == 100.0
+  # A BaNEL file written before the method field existed: refused all the same.
+  old = _attack_json(tmp_path / "old", [2], [1.0])
+  with pytest.raises(SystemExit, match="differ in banel_config"):
+    seed_pool.main(["--group", f"g={a},{old}", "--out", str(tmp_path / "o2")])
+  heavy = baseline("heavy", [3], [1.0], weight=10.0)
+  with pytest.raises(SystemExit, match="method_config.success_weight"):
+    seed_pool.main(["--group", f"g={a},{heavy}", "--out", str(tmp_path / "o3")])

@@ -2,9 +2,9 @@
 
 Every baseline is a :class:`Baseline` bundle ``(init, propose, update, name)``
 that :class:`~banel_jax.driver.BanelRunner` runs with ``method=``: same oracle
-boundary, same NRE budget, same evaluation as BaNEL. None of them learns from the
-oracle's rewards (``r_learn = 0``): successes are recorded by the driver and
-reported, never used for learning.
+boundary, same NRE budget, same evaluation as BaNEL. Only self-imitation learns
+from the oracle's rewards; for the others ``r_learn = 0``: successes are recorded
+by the driver and reported, never used for learning.
 
 * :func:`make_reinforce`: REINFORCE on the raw reward (zero gradient: random search).
 * :func:`make_rnd`: REINFORCE with a random-network-distillation bonus.
@@ -12,6 +12,8 @@ reported, never used for learning.
 * :func:`make_exact_count`: REINFORCE with an exact-count bonus (small spaces).
 * :func:`make_unlikelihood`: unlikelihood training on failures.
 * :func:`make_exact_rejection`: reject every failure already seen (a reference).
+* :func:`make_self_imitation`: fit the successes found so far, upweighted (what
+  BaNEL's success replay is when no region rejects anything).
 
 Example:
   >>> from banel_jax import BanelRunner
@@ -51,6 +53,9 @@ from banel_jax.baselines.pseudo_counts import (ExactCountState, PseudoCountConfi
 from banel_jax.baselines.rnd import (Moments, RNDBonus, RNDConfig, RNDState,
                                      apply_mlp, init_mlp, make_rnd, make_rnd_bonus,
                                      one_hot_features, orthogonalize)
+from banel_jax.baselines.self_imitation import (SelfImitationConfig,
+                                                SelfImitationState,
+                                                make_self_imitation)
 from banel_jax.baselines.unlikelihood import (UnlikelihoodConfig, UnlikelihoodState,
                                               log1mexp, make_unlikelihood,
                                               sequence_unlikelihood, token_id_mask,
@@ -70,6 +75,7 @@ __all__ = [
     "prediction_gain", "pseudo_count",
     "Moments", "RNDBonus", "RNDConfig", "RNDState", "apply_mlp", "init_mlp",
     "make_rnd", "make_rnd_bonus", "one_hot_features", "orthogonalize",
+    "SelfImitationConfig", "SelfImitationState", "make_self_imitation",
     "UnlikelihoodConfig", "UnlikelihoodState", "log1mexp", "make_unlikelihood",
     "sequence_unlikelihood", "token_id_mask", "token_unlikelihood",
 ]
