@@ -16,9 +16,9 @@ same seeds on another device) into one group, and reports:
 * with several groups, each group against the first: Fisher's exact test on the
   hit counts and a two-sided Mann-Whitney U test on the final improvements.
 
-Within a group every file must agree on the BaNEL configuration, the task and
-the pretrained rate (the seeds may differ); a mismatch is an error that names
-the key.
+Within a group every file must agree on the method (BaNEL, or a baseline run
+with ``attack.py --method``) and its configuration, the task and the pretrained
+rate (the seeds may differ); a mismatch is an error that names the key.
 
 Writes ``seed_pool.json`` and ``seed_pool.png`` (each seed-run's final
 improvement per group, log scale, zeros drawn on the floor line; and the
