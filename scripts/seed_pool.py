@@ -14,15 +14,23 @@ same seeds on another device) into one group, and reports:
   improvement of at least ``--bar`` (the issue's 50x), with the 5 / 50 / 95%
   quantiles of that mean; ``--draws`` Monte Carlo draws, seeded;
 * with several groups, each group against the first: Fisher's exact test on the
-  hit counts and a two-sided Mann-Whitney U test on the final improvements.
+  hit counts and a two-sided Mann-Whitney U test on the final improvements;
+* **the first success**: from the ``metrics.jsonl`` beside each ``attack.json``
+  (where there is one), the NRE spent when each seed-run's training first
+  scored a success (``null``: none within the budget), how many seed-runs found
+  one, and the median NRE among them. Until its first success a method that
+  learns from successes has nothing to learn from; BaNEL's regions are meant to
+  raise the rate before it.
 
 Within a group every file must agree on the method (BaNEL, or a baseline run
 with ``attack.py --method``) and its configuration, the task and the pretrained
 rate (the seeds may differ); a mismatch is an error that names the key.
 
 Writes ``seed_pool.json`` and ``seed_pool.png`` (each seed-run's final
-improvement per group, log scale, zeros drawn on the floor line; and the
-distribution of a random table's mean against the bar) to ``--out``.
+improvement per group, log scale, zeros drawn on the floor line; the
+distribution of a random table's mean against the bar; and, where metrics
+exist, the share of seed-runs that have found a success against NRE) to
+``--out``.
 
 Example:
   python scripts/seed_pool.py \\
@@ -147,13 +155,57 @@ def load_group(paths: list[str]) -> dict:
                          "not the same configuration")
     if record["pretrained"]["rate"] != first["pretrained"]["rate"]:
       raise SystemExit(f"{file} and {sources[0]} differ in the pretrained rate")
-  runs = [{"source": file, "seed": int(seed), "final": float(fin), "best": float(best)}
-          for record, file in zip(records, sources)
-          for seed, fin, best in zip(record["seeds"], record["improvement_final"],
-                                     record["improvement_best"])]
+  runs = []
+  for record, file in zip(records, sources):
+    first_nre = first_success_nre(
+        os.path.join(os.path.dirname(file), "metrics.jsonl"), len(record["seeds"]))
+    runs += [{"source": file, "seed": int(seed), "final": float(fin),
+              "best": float(best), "nre_first_success": nre}
+             for seed, fin, best, nre in zip(record["seeds"],
+                                             record["improvement_final"],
+                                             record["improvement_best"],
+                                             first_nre)]
   return {"runs": runs, "pretrained_rate": first["pretrained"]["rate"],
           "banel_config": first["banel_config"],
           **{k: first.get(k, d) for k, d in _OPTIONAL_MATCH.items()}}
+
+
+_NO_METRICS = "no metrics"
+
+
+def first_success_nre(metrics_path: str, n_seeds: int) -> list:
+  """Per seed, the NRE spent when training first scored a success.
+
+  Read from a run's ``metrics.jsonl`` (one record per round, per-seed lists
+  ``nre`` and ``n_successes``): the ``nre`` of the first round whose
+  ``n_successes`` is positive; ``None`` when no round found one, and
+  ``"no metrics"`` for every seed when the file is missing.
+  """
+  if not os.path.isfile(metrics_path):
+    return [_NO_METRICS] * n_seeds
+  first = [None] * n_seeds
+  with open(metrics_path) as f:
+    for line in f:
+      record = json.loads(line)
+      found = record.get("n_successes")
+      if found is None:
+        continue
+      if len(found) != n_seeds:
+        raise SystemExit(f"{metrics_path}: {len(found)} seeds in round "
+                         f"{record.get('round')}, the attack.json has {n_seeds}")
+      for s, n in enumerate(found):
+        if n > 0 and first[s] is None:
+          first[s] = int(record["nre"][s])
+  return first
+
+
+def first_success_summary(runs: list) -> dict:
+  """How many seed-runs found a success, and the median NRE at the first."""
+  known = [r["nre_first_success"] for r in runs
+           if r["nre_first_success"] != _NO_METRICS]
+  found = [n for n in known if n is not None]
+  return {"n_with_metrics": len(known), "n_found": len(found),
+          "median_nre_first_success": float(np.median(found)) if found else None}
 
 
 def table_means(final: np.ndarray, table_size: int, draws: int,
@@ -184,6 +236,7 @@ def summarize(group: dict, args, rng: np.random.Generator
       "p_table_reaches_bar": float(np.mean(means >= args.bar)),
       "table_mean_quantiles": {q: float(np.quantile(means, float(q)))
                                for q in ("0.05", "0.5", "0.95")},
+      "first_success": first_success_summary(group["runs"]),
       "runs": group["runs"],
   }, means
 
@@ -205,7 +258,10 @@ def plot(summaries: dict, args, means_by_group: dict, path: str) -> None:
   import matplotlib.pyplot as plt
   names = list(summaries)
   floor = 0.05
-  fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+  with_metrics = [n for n in names if summaries[n]["first_success"]["n_with_metrics"]]
+  fig, axes = plt.subplots(1, 3 if with_metrics else 2,
+                           figsize=(16.5 if with_metrics else 11, 4.2))
+  ax, bx = axes[0], axes[1]
   for i, name in enumerate(names):
     final = np.array([r["final"] for r in summaries[name]["runs"]])
     jitter = np.linspace(-0.15, 0.15, final.size) if final.size > 1 else np.zeros(1)
@@ -233,6 +289,20 @@ def plot(summaries: dict, args, means_by_group: dict, path: str) -> None:
   bx.set_xlabel(f"mean final improvement of a random {args.table_size}-seed table")
   bx.set_ylabel("share of tables")
   bx.legend(fontsize=8)
+  if with_metrics:
+    cx = axes[2]
+    for name in with_metrics:
+      known = [r["nre_first_success"] for r in summaries[name]["runs"]
+               if r["nre_first_success"] != _NO_METRICS]
+      found = np.sort([n for n in known if n is not None])
+      steps = np.concatenate([[0], found])
+      share = np.arange(found.size + 1) / len(known)
+      cx.step(steps, share, where="post",
+              label=f"{name}: {found.size}/{len(known)}")
+    cx.set_xlabel("NRE spent")
+    cx.set_ylabel("share of seed-runs that have scored a success")
+    cx.set_ylim(0, 1.02)
+    cx.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -265,6 +335,10 @@ def main(argv=None):
           f"P({args.table_size}-seed mean >= {args.bar:g}x) = "
           f"{s['p_table_reaches_bar']:.3f} (5/50/95%: {q['0.05']:.1f}, "
           f"{q['0.5']:.1f}, {q['0.95']:.1f})")
+    fs = s["first_success"]
+    if fs["n_with_metrics"]:
+      print(f"  a success found by {fs['n_found']}/{fs['n_with_metrics']} seed-runs, "
+            f"median NRE at the first: {fs['median_nre_first_success']}")
   for name, c in comparisons.items():
     print(f"{name} vs {names[0]}: Fisher (hits) p = {c['fisher_hits_p']:.3f}, "
           f"Mann-Whitney (final) p = {c['mannwhitney_final_p']:.3f}")

@@ -138,3 +138,25 @@ def test_a_baseline_pools_with_itself_and_never_with_banel(tmp_path):
   heavy = baseline("heavy", [3], [1.0], weight=10.0)
   with pytest.raises(SystemExit, match="method_config.success_weight"):
     seed_pool.main(["--group", f"g={a},{heavy}", "--out", str(tmp_path / "o3")])
+
+
+def test_the_first_success_is_read_from_the_metrics(tmp_path):
+  a = pathlib.Path(_attack_json(tmp_path / "a", [0, 1, 2], [900.0, 0.0, 60.0]))
+  rounds = [{"round": 0, "nre": [0, 0, 0], "success_rate": [0.0, 0.0, 0.0]},
+            {"round": 1, "nre": [500, 500, 500], "n_successes": [0, 0, 0]},
+            {"round": 2, "nre": [1000, 1000, 1000], "n_successes": [2, 0, 0]},
+            {"round": 3, "nre": [1500, 1500, 1500], "n_successes": [0, 0, 1]},
+            {"round": 4, "nre": [2000, 2000, 2000], "n_successes": [5, 0, 3]}]
+  (a / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rounds) + "\n")
+  b = _attack_json(tmp_path / "b", [3], [1.0])  # no metrics.jsonl beside it
+  out = tmp_path / "out"
+  seed_pool.main(["--group", f"g={a},{b}", "--draws", "10", "--out", str(out)])
+  s = json.loads((out / "seed_pool.json").read_text())["groups"]["g"]
+  assert [r["nre_first_success"] for r in s["runs"]] == [1000, None, 1500,
+                                                         "no metrics"]
+  assert s["first_success"] == {"n_with_metrics": 3, "n_found": 2,
+                                "median_nre_first_success": 1250.0}
+  rounds[2]["n_successes"] = [2, 0]
+  (a / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rounds) + "\n")
+  with pytest.raises(SystemExit, match="2 seeds in round 2, the attack.json has 3"):
+    seed_pool.main(["--group", f"g={a}", "--out", str(tmp_path / "o2")])
