@@ -159,12 +159,13 @@ def load_group(paths: list[str]) -> dict:
   for record, file in zip(records, sources):
     first_nre = first_success_nre(
         os.path.join(os.path.dirname(file), "metrics.jsonl"), len(record["seeds"]))
+    spent = record.get("nre_spent") or [None] * len(record["seeds"])
     runs += [{"source": file, "seed": int(seed), "final": float(fin),
-              "best": float(best), "nre_first_success": nre}
-             for seed, fin, best, nre in zip(record["seeds"],
-                                             record["improvement_final"],
-                                             record["improvement_best"],
-                                             first_nre)]
+              "best": float(best), "nre_first_success": nre, "nre_spent": paid}
+             for seed, fin, best, nre, paid in zip(record["seeds"],
+                                                   record["improvement_final"],
+                                                   record["improvement_best"],
+                                                   first_nre, spent)]
   return {"runs": runs, "pretrained_rate": first["pretrained"]["rate"],
           "banel_config": first["banel_config"],
           **{k: first.get(k, d) for k, d in _OPTIONAL_MATCH.items()}}
@@ -295,8 +296,11 @@ def plot(summaries: dict, args, means_by_group: dict, path: str) -> None:
       known = [r["nre_first_success"] for r in summaries[name]["runs"]
                if r["nre_first_success"] != _NO_METRICS]
       found = np.sort([n for n in known if n is not None])
-      steps = np.concatenate([[0], found])
-      share = np.arange(found.size + 1) / len(known)
+      # held flat to the end of the budget
+      end = max([r["nre_spent"] for r in summaries[name]["runs"]
+                 if r["nre_spent"] is not None] + [found.max(initial=0)])
+      steps = np.concatenate([[0], found, [end]])
+      share = np.concatenate([np.arange(found.size + 1), [found.size]]) / len(known)
       cx.step(steps, share, where="post",
               label=f"{name}: {found.size}/{len(known)}")
     cx.set_xlabel("NRE spent")
