@@ -125,7 +125,8 @@ def parse_args(argv=None):
   p.add_argument("--success-bank", type=int, default=None, metavar="K",
                  help="implies --learn-from-successes: every distillation fits the "
                  "latest K successes found in training (a ring buffer kept in the "
-                 "run's state), not only the round's own.")
+                 "run's state), not only the round's own. With --method "
+                 "self-imitation: the bank's size (default 256).")
   p.add_argument("--distinct-bank", action="store_true",
                  help="with --success-bank: a success already in the bank is not "
                  "added again, so the bank keeps K distinct queries (by default a "
@@ -135,7 +136,8 @@ def parse_args(argv=None):
                  "weighs W in distillation's weighted likelihood, where every "
                  "accepted sample weighs 1 (default 1). Upweighting lets a few "
                  "successes count against thousands of accepted samples, e.g. "
-                 "replay without regions (--tau-mode factor --filter-factor 1e30).")
+                 "replay without regions (--tau-mode factor --filter-factor 1e30). "
+                 "With --method self-imitation: default 100.")
   p.add_argument("--proposal-filter", action="store_true",
                  help="draw every paid, calibration and evaluation sample from the "
                  "proposal restricted to outside the regions (and the grammar with "
