@@ -20,6 +20,23 @@ itself and barely moves, so this method depends on the pretrained model finding
 a success by chance (``results/README.md``: on the shipped addition target it
 is a lottery).
 
+Example (the toy: 2 and 8 are its rewarded bins):
+  >>> from banel_jax import BanelRunner
+  >>> from banel_jax.baselines import (RunConfig, SelfImitationConfig,
+  ...                                  make_self_imitation)
+  >>> from banel_jax.tasks.toy1d import Toy1DTask
+  >>> task = Toy1DTask(num_bins=11)
+  >>> method = make_self_imitation(task.model(), SelfImitationConfig(
+  ...     bank_size=8, anchor_samples=64, batch_size=24, learning_rate=0.3))
+  >>> res = BanelRunner(task.model(), task.prior_params(), task.oracle,
+  ...                   RunConfig(nre_budget=200, n_eval=500), seeds=(0, 1),
+  ...                   method=method, progress=False).run()
+  >>> res.nre_spent
+  [200, 200]
+  >>> [int(n) for n in res.states.successes.count] == [
+  ...     sum(s.seed_index == i for s in res.successes) for i in (0, 1)]
+  True
+
 References:
   Oh et al. (2018), "Self-Imitation Learning", ICML; the success replay of
   ``results/README.md`` ("Replay alone, upweighted", session 23).
