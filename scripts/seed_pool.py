@@ -275,7 +275,8 @@ def plot(summaries: dict, args, means_by_group: dict, path: str) -> None:
   ax.set_yscale("log")
   ax.set_xticks(range(len(names)),
                 [f"{n}\n{summaries[n]['hits']}/{summaries[n]['n_seed_runs']} hits"
-                 for n in names])
+                 for n in names], rotation=25 if len(names) > 3 else 0, fontsize=8,
+                ha="right" if len(names) > 3 else "center")
   ax.set_ylabel(f"final improvement per seed-run (0 drawn at {floor})")
   ax.legend(fontsize=8)
   for name in names:
