@@ -255,13 +255,17 @@ def self_imitation_configs(args, exp):
     raise SystemExit(f"--method self-imitation has no failure model or regions: "
                      f"drop {', '.join(given)}")
   b = exp.banel
-  si = SelfImitationConfig(
-      bank_size=args.success_bank or SELF_IMITATION_BANK,
-      success_weight=(SELF_IMITATION_WEIGHT if args.success_weight is None
-                      else args.success_weight),
-      bank_distinct=args.distinct_bank, anchor_samples=b.distill_samples,
-      epochs=b.distill_epochs, batch_size=b.distill_batch_size,
-      learning_rate=b.distill_learning_rate, pack=b.distill_pack)
+  try:
+    si = SelfImitationConfig(
+        bank_size=(SELF_IMITATION_BANK if args.success_bank is None
+                   else args.success_bank),
+        success_weight=(SELF_IMITATION_WEIGHT if args.success_weight is None
+                        else args.success_weight),
+        bank_distinct=args.distinct_bank, anchor_samples=b.distill_samples,
+        epochs=b.distill_epochs, batch_size=b.distill_batch_size,
+        learning_rate=b.distill_learning_rate, pack=b.distill_pack)
+  except ValueError as e:  # names the field; --success-bank K is bank_size
+    raise SystemExit(f"--method self-imitation: {e}") from None
   run = RunConfig(nre_budget=b.nre_budget, samples_per_round=b.samples_per_round,
                   n_eval=b.n_eval, eval_every=b.eval_every)
   return si, run
@@ -390,6 +394,9 @@ def main(argv=None):
   from banel_jax.tasks import addition_patterns as patterns
 
   exp = build_experiment(args)
+  # the baseline's config first: a refused option fails before any work
+  si_config, run_config = (self_imitation_configs(args, exp)
+                           if args.method == "self-imitation" else (None, exp.banel))
   out = args.out or os.path.join("results", f"attack_{args.config}")
   os.makedirs(out, exist_ok=True)
   ensure_checkpoints(exp, args.train_missing)
@@ -422,11 +429,10 @@ def main(argv=None):
   if os.path.exists(metrics_path):
     os.remove(metrics_path)
   from banel_jax.checkpoint import config_to_dict
-  method, run_config, si_config = None, exp.banel, None
+  method = None
   support = addition.make_support(task) if exp.support_filter else None
-  if args.method == "self-imitation":
+  if si_config is not None:
     from banel_jax.baselines import make_self_imitation
-    si_config, run_config = self_imitation_configs(args, exp)
     method = make_self_imitation(model, si_config, support=support)
   elif exp.support_filter:
     from banel_jax import make_banel

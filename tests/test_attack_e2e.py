@@ -85,6 +85,9 @@ def test_attack_script_runs_the_self_imitation_baseline(tmp_path):
                            capture_output=True, text=True)
   assert refused.returncode != 0
   assert "drop --tau-mode, --reset" in refused.stderr
+  empty = subprocess.run(script + ["--success-bank", "0"], cwd=ROOT,
+                         capture_output=True, text=True)
+  assert empty.returncode != 0 and "bank_size=0 must be an integer >= 1" in empty.stderr
   run_dir, out = tmp_path / "run", tmp_path / "out"
   subprocess.run(script + ["--success-bank", "8", "--run-dir", str(run_dir),
                            "--out", str(out)], check=True, cwd=ROOT,
