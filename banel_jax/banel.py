@@ -79,6 +79,22 @@ class RoundBatch(NamedTuple):
   log_norm: jax.Array
 
 
+def round_masks(batch: RoundBatch, event_rank: int) -> tuple[jax.Array, jax.Array]:
+  """Checks a round's shapes; returns ``(evaluated, success)`` as ``bool[m]``.
+
+  Every method's ``update`` starts here: ``batch.x`` is ``[m, *event_shape]``
+  (``event_rank`` dimensions per sample) and ``batch.evaluated`` is ``[m]``; a
+  success is an evaluated sample rewarded above 0.5. Failures are
+  ``evaluated & ~success``.
+  """
+  m = batch.rewards.shape[0]
+  chex.assert_rank(batch.x, 1 + event_rank)
+  chex.assert_axis_dimension(batch.x, 0, m)
+  chex.assert_shape(batch.evaluated, (m,))
+  evaluated = batch.evaluated.astype(bool)
+  return evaluated, evaluated & (batch.rewards > 0.5)
+
+
 class Banel(NamedTuple):
   """BaNEL as a bundle of pure functions (see :func:`make_banel`)."""
 
@@ -161,13 +177,8 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
     return x, posterior.PosteriorSampleInfo(n_filled=one, n_drawn=one, n_accepted=one)
 
   def update(state: BanelState, batch: RoundBatch, key: PRNGKey):
-    m = batch.rewards.shape[0]
-    chex.assert_rank(batch.x, 1 + event_rank)
-    chex.assert_axis_dimension(batch.x, 0, m)
-    chex.assert_shape(batch.evaluated, (m,))
+    evaluated, success = round_masks(batch, event_rank)
     fail_key, tau_key, distill_key = jax.random.split(key, 3)
-    evaluated = batch.evaluated.astype(bool)
-    success = evaluated & (batch.rewards > 0.5)
     failure_mask = evaluated & ~success
 
     # 1. Failure model on this round's failures only.

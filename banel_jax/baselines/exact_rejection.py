@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import chex
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from banel_jax import posterior
-from banel_jax.banel import RoundBatch
+from banel_jax.banel import RoundBatch, round_masks
 from banel_jax.baselines.common import Baseline, count_distinct, hash_samples
 from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
 
@@ -171,12 +170,7 @@ def make_exact_rejection(model: GenerativeModel,
 
   def update(state: ExactRejectionState, batch: RoundBatch, key: PRNGKey):
     del key
-    m = batch.rewards.shape[0]
-    chex.assert_rank(batch.x, 1 + event_rank)
-    chex.assert_axis_dimension(batch.x, 0, m)
-    chex.assert_shape(batch.evaluated, (m,))
-    evaluated = batch.evaluated.astype(bool)
-    success = evaluated & (batch.rewards > 0.5)
+    evaluated, success = round_masks(batch, event_rank)
     failure = evaluated & ~success
     failures = insert(state.failures, batch.x, failure, c.window)
     n_eval = jnp.sum(evaluated.astype(jnp.int32))

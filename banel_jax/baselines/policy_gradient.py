@@ -44,7 +44,7 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from banel_jax.banel import RoundBatch
+from banel_jax.banel import RoundBatch, round_masks
 from banel_jax.baselines.common import (Baseline, all_accepted_info, all_finite,
                                         count_distinct, masked_mean)
 from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
@@ -257,13 +257,8 @@ def make_policy_gradient(model: GenerativeModel, config: PolicyGradientConfig,
     return jax.lax.scan(epoch, policy, jax.random.split(key, c.epochs))
 
   def update(state: PolicyGradientState, batch: RoundBatch, key: PRNGKey):
-    m = batch.rewards.shape[0]
-    chex.assert_rank(batch.x, 1 + event_rank)
-    chex.assert_axis_dimension(batch.x, 0, m)
-    chex.assert_shape(batch.evaluated, (m,))
+    evaluated, success = round_masks(batch, event_rank)  # success: r_learn = 0
     bonus_key, policy_key = jax.random.split(key)
-    evaluated = batch.evaluated.astype(bool)
-    success = evaluated & (batch.rewards > 0.5)  # reported only: r_learn = 0
 
     # 1. Bonus of each sample, before the bonus model learns from the batch.
     b, bonus_state, bmetrics = bonus.update(state.bonus, batch.x, evaluated,
@@ -273,7 +268,7 @@ def make_policy_gradient(model: GenerativeModel, config: PolicyGradientConfig,
     old_logp = model.log_prob(state.policy.params, batch.x)
     prior_logp = model.log_prob(state.prior_params, batch.x)
     kl = jnp.where(evaluated, old_logp - prior_logp, 0.0)
-    r_learn = jnp.zeros((m,), jnp.float32)
+    r_learn = jnp.zeros(evaluated.shape, jnp.float32)
     learn_reward = r_learn + c.bonus_weight * b - c.kl_weight * kl
     adv = leave_one_out_advantages(learn_reward, evaluated)
     adv = jnp.clip(adv, -c.advantage_clip, c.advantage_clip)

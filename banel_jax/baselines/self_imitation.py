@@ -48,7 +48,6 @@ import dataclasses
 import math
 from typing import Callable
 
-import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -56,7 +55,7 @@ from flax import struct
 from flax.training import train_state
 
 from banel_jax import success_bank
-from banel_jax.banel import RoundBatch
+from banel_jax.banel import RoundBatch, round_masks
 from banel_jax.baselines.common import (Baseline, all_accepted_info, all_finite,
                                         count_distinct)
 from banel_jax.mle import fit_weighted_mle
@@ -166,12 +165,7 @@ def make_self_imitation(model: GenerativeModel,
     return model.sample(state.policy.params, key, n), all_accepted_info(n)
 
   def update(state: SelfImitationState, batch: RoundBatch, key: PRNGKey):
-    m = batch.rewards.shape[0]
-    chex.assert_rank(batch.x, 1 + event_rank)
-    chex.assert_axis_dimension(batch.x, 0, m)
-    chex.assert_shape(batch.evaluated, (m,))
-    evaluated = batch.evaluated.astype(bool)
-    success = evaluated & (batch.rewards > 0.5)
+    evaluated, success = round_masks(batch, event_rank)
     bank = success_bank.add_successes(state.successes, batch.x, success,
                                       distinct=c.bank_distinct)
     anchor_key, fit_key = jax.random.split(key)

@@ -36,7 +36,7 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from banel_jax.banel import RoundBatch
+from banel_jax.banel import RoundBatch, round_masks
 from banel_jax.baselines.common import (Baseline, all_accepted_info, all_finite,
                                         count_distinct, masked_mean)
 from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
@@ -173,12 +173,7 @@ def make_unlikelihood(model: GenerativeModel,
     return model.sample(state.policy.params, key, n), all_accepted_info(n)
 
   def update(state: UnlikelihoodState, batch: RoundBatch, key: PRNGKey):
-    m = batch.rewards.shape[0]
-    chex.assert_rank(batch.x, 1 + event_rank)
-    chex.assert_axis_dimension(batch.x, 0, m)
-    chex.assert_shape(batch.evaluated, (m,))
-    evaluated = batch.evaluated.astype(bool)
-    success = evaluated & (batch.rewards > 0.5)  # reported, never learned from
+    evaluated, success = round_masks(batch, event_rank)  # success: reported only
     failure = evaluated & ~success
     use_anchor = c.anchor_weight > 0 and c.anchor_samples > 0  # static
     anchor = (model.sample(state.prior_params, key, c.anchor_samples) if use_anchor
