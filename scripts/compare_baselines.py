@@ -5,7 +5,8 @@ NRE budget, the same samples per round, the same evaluation (``n_eval`` fresh
 samples per round, Clopper-Pearson intervals, counted apart from the NRE), seeds
 side by side under ``vmap``. Methods: the pretrained model, BaNEL, REINFORCE,
 RND, pseudo-counts, exact counts (toy only: the samples must be small integers),
-unlikelihood, and the exact-rejection reference (``BASELINES.md``).
+unlikelihood, the exact-rejection reference (``BASELINES.md``), and
+self-imitation (the one method that learns from the successes it finds).
 
 Writes to ``--out`` (default ``results/baselines_<task>``):
 
@@ -64,7 +65,8 @@ from scripts.configs import baselines as configs  # noqa: E402
 LABELS = {"pretrained": "pretrained", "banel": "BaNEL",
           "banel_support": "BaNEL + support check", "reinforce": "REINFORCE",
           "rnd": "RND", "pseudo_count": "pseudo-count", "exact_count": "exact-count",
-          "unlikelihood": "unlikelihood", "exact_rejection": "exact rejection"}
+          "unlikelihood": "unlikelihood", "exact_rejection": "exact rejection",
+          "self_imitation": "self-imitation"}
 
 
 def parse_args(argv=None):
@@ -283,6 +285,9 @@ def build_method(name: str, setup: TaskSetup, exp):
                                  token_mask=setup.token_mask)
   elif name == "exact_rejection":
     method = B.make_exact_rejection(setup.fast_prior_model, exp.exact_rejection)
+  elif name == "self_imitation":
+    # no support check: like every baseline here, it is not given the grammar
+    method = B.make_self_imitation(model, exp.self_imitation)
   else:
     raise ValueError(f"unknown method {name!r}")
   return method, run
@@ -344,7 +349,8 @@ METHOD_SECTIONS = {"banel": ("banel",), "banel_support": ("banel",),
                    "rnd": ("rnd", "rnd_bonus"),
                    "pseudo_count": ("pseudo_count", "pseudo_count_bonus"),
                    "exact_count": ("exact_count",), "unlikelihood": ("unlikelihood",),
-                   "exact_rejection": ("exact_rejection",)}
+                   "exact_rejection": ("exact_rejection",),
+                   "self_imitation": ("self_imitation",)}
 RESULT_FILE = "result.json"
 
 

@@ -26,6 +26,9 @@ tuning grid; ``scripts/compare_baselines.py`` reads them.
   only matters relative to ``kl_weight`` and the advantage clip, so it is 1);
 * unlikelihood: ``learning_rate`` in {0.03, 0.3} x anchor weight ``mu`` in
   {0, 0.1, 1} (addition: {1e-5, 1e-4} x {0.1, 1, 10});
+* self-imitation: ``learning_rate`` in {0.03, 0.3} (addition: {1e-4, 1e-3}) x
+  success weight ``success_weight`` in {10, 100, 1000} (bank 256, 2,048
+  anchors, 2 epochs; added in session 25, its grid results below);
 * exact rejection and the pretrained model have no knobs;
 * ``banel_support`` (addition only: BaNEL given the grammar as a free support
   check, ``make_banel(..., support=addition.well_formed_mask)``) runs at BaNEL's
@@ -76,13 +79,13 @@ from typing import Any
 
 from banel_jax.baselines import (ExactRejectionConfig, PolicyGradientConfig,
                                  PseudoCountConfig, RNDConfig, RunConfig,
-                                 UnlikelihoodConfig)
+                                 SelfImitationConfig, UnlikelihoodConfig)
 from banel_jax.config import BanelConfig
 from banel_jax.tasks.toy1d import Toy1DTask
 from scripts.configs import toy1d as toy_configs
 
 METHODS = ("pretrained", "banel", "banel_support", "reinforce", "rnd", "pseudo_count",
-           "exact_count", "unlikelihood", "exact_rejection")
+           "exact_count", "unlikelihood", "exact_rejection", "self_imitation")
 
 # name -> ((field path, values), (field path, values)); a path is
 # "<method section>.<field>" of the experiment config below.
@@ -97,6 +100,8 @@ TOY_GRID: tuple[tuple[str, tuple[tuple[str, tuple[Any, ...]], ...]], ...] = (
     ("exact_count", _PG_GRID("exact_count")),
     ("unlikelihood", (("unlikelihood.learning_rate", (0.03, 0.3)),
                       ("unlikelihood.anchor_weight", (0.0, 0.1, 1.0)))),
+    ("self_imitation", (("self_imitation.learning_rate", (0.03, 0.3)),
+                        ("self_imitation.success_weight", (10.0, 100.0, 1000.0)))),
 )
 # The same structure for the transformer (Adam 1e-5 to 1e-4, BASELINES.md).
 _PG_GRID_LM = lambda m: ((f"{m}.learning_rate", (1e-5, 1e-4)),  # noqa: E731
@@ -111,6 +116,8 @@ ADDITION_GRID = (
     ("pseudo_count", _PG_GRID_LM("pseudo_count")),
     ("unlikelihood", (("unlikelihood.learning_rate", (1e-5, 1e-4)),
                       ("unlikelihood.anchor_weight", (0.1, 1.0, 10.0)))),
+    ("self_imitation", (("self_imitation.learning_rate", (1e-4, 1e-3)),
+                        ("self_imitation.success_weight", (10.0, 100.0, 1000.0)))),
 )
 
 
@@ -127,6 +134,7 @@ class ToyComparison:
     rnd_bonus, pseudo_count_bonus: the bonuses' own knobs.
     unlikelihood: unlikelihood training.
     exact_rejection: the exact-rejection reference.
+    self_imitation: self-imitation (the one baseline that learns from rewards).
     seeds: reported seeds (run side by side under ``vmap``).
     tuning_seeds: seeds of the tuning runs.
     tuning_run: the budget, m and evaluation of the tuning runs (``None``: the
@@ -156,6 +164,7 @@ class ToyComparison:
                                                         anchor_weight=0.0)
   exact_rejection: ExactRejectionConfig = ExactRejectionConfig(
       capacity=1000, batch_size=65_536, max_batches=64)
+  self_imitation: SelfImitationConfig = SelfImitationConfig(learning_rate=0.3)
   seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
   tuning_seeds: tuple[int, ...] = (100, 101, 102, 103, 104)
   tuning_run: RunConfig | None = None  # the grid runs at ``run``
@@ -199,6 +208,7 @@ class AdditionComparison:
       anchor_samples=256)
   exact_rejection: ExactRejectionConfig = ExactRejectionConfig(
       capacity=7500, batch_size=4096, max_batches=64)
+  self_imitation: SelfImitationConfig = SelfImitationConfig()
   seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
   # A grid point at the reported size takes 25-70 minutes here, so the grid runs
   # on 2 tuning seeds at NRE 2,500 (30 points: about 2 hours on 2 cores).
@@ -239,6 +249,8 @@ def get_tiny_config(task: str = "toy1d"):
         banel=base.banel.replace(distill_samples=1024),
         rnd_bonus=RNDConfig(hidden=(32, 32), output_dim=16, init_samples=256),
         exact_rejection=base.exact_rejection.replace(capacity=300, batch_size=8192),
+        self_imitation=base.self_imitation.replace(bank_size=16, anchor_samples=256,
+                                                   batch_size=64),
         seeds=(0, 1), tuning_seeds=(100, 101), pretrained_samples=20_000)
   base = get_addition_config()
   return base.replace(
@@ -256,6 +268,8 @@ def get_tiny_config(task: str = "toy1d"):
       unlikelihood=base.unlikelihood.replace(steps=2, anchor_samples=32),
       exact_rejection=base.exact_rejection.replace(capacity=128, batch_size=256,
                                                    max_batches=8),
+      self_imitation=base.self_imitation.replace(bank_size=16, anchor_samples=64,
+                                                 batch_size=32, epochs=1),
       seeds=(0, 1), tuning_seeds=(100, 101), tuning_run=None,
       pretrained_samples=1024, final_eval_samples=1024)
 
