@@ -8,6 +8,15 @@ step or per round. With ``--peer`` it measures, in the same process and on the s
 threads, a randomly initialised Hugging Face GPT-2 of the same shape on PyTorch
 (``pip install -e ".[bench]"``) and writes the ratios.
 
+It also writes a roofline (``"roofline"`` in the JSON): the machine's measured
+fp32 matrix-multiply peak (the best of square ``jnp.dot`` products, in this
+process), the matmul FLOPs each measurement needs (counted from the shape, the
+least any implementation of the same math must do: causal attention over the
+positions seen so far), the GFLOP/s each side reached, and the GFLOP/s a target
+ratio would need against the peer's measured speed. A target whose need exceeds
+the measured peak cannot be met on that machine by any implementation that does
+the same arithmetic in fp32.
+
 Example:
   python scripts/bench_transformer.py --peer            # results/bench_transformer.json
   python scripts/bench_transformer.py --batch-sizes 256 --repeats 2
@@ -64,6 +73,57 @@ def _median_time(fn, repeats):
     fn()
     times.append(time.perf_counter() - t0)
   return statistics.median(times)
+
+
+def forward_flops(cfg, positions: int) -> float:
+  """Matmul FLOPs of one causal forward pass over ``positions`` positions.
+
+  Per layer and position: the QKV and output projections (``8 d^2``), the MLP
+  (``4 r d^2``, ``r`` the MLP ratio) and attention to the ``t`` positions seen
+  so far (``4 t d`` for scores and values); plus the unembedding (``2 d V``).
+  Embedding lookups, norms and softmaxes are not counted (not matmuls), so this
+  is a lower bound on the work of any implementation of the same model. A
+  sampler with a KV cache does the same work for its ``positions`` tokens.
+  """
+  d, r, v = cfg.width, cfg.mlp_ratio, cfg.vocab_size
+  per_position = cfg.num_layers * (8 + 4 * r) * d * d + 2 * d * v
+  attention = cfg.num_layers * 4 * d * positions * (positions + 1) // 2
+  return float(positions * per_position + attention)
+
+
+def measure_matmul_peak(repeats: int, sizes=(512, 1024, 2048)) -> dict:
+  """fp32 GFLOP/s of square ``jnp.dot`` products (jitted); the best size."""
+  import jax
+  import jax.numpy as jnp
+  dot = jax.jit(jnp.dot)
+  by_size = {}
+  for n in sizes:
+    a = jax.random.normal(jax.random.key(n), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(n + 1), (n, n), jnp.float32)
+    t = _median_time(lambda: dot(a, b).block_until_ready(), repeats)
+    by_size[str(n)] = 2.0 * n ** 3 / t / 1e9
+  return {"gflops_by_size": by_size, "peak_gflops": max(by_size.values())}
+
+
+def roofline(cfg, peak: dict, ours: dict, peer: dict, targets: dict,
+             batches: dict) -> dict:
+  """Achieved and needed GFLOP/s of each compared measurement (module doc)."""
+  seq = forward_flops(cfg, cfg.max_len)
+  # FLOPs per unit of each measurement: a sampled token, a scored sequence, and
+  # a training step (forward + backward, about 3 forward passes, per sequence)
+  per_unit = {"sample_tokens_per_s": seq / cfg.max_len,
+              "log_prob_sequences_per_s": seq,
+              "train_steps_per_s": 3.0 * seq * batches["train_steps_per_s"]}
+  out = {"matmul_peak": peak, "flops_per_unit": per_unit, "metrics": {}}
+  for k, flops in per_unit.items():
+    need = flops * targets[k] * peer[k] / 1e9
+    out["metrics"][k] = {
+        "jax_gflops": flops * ours[k] / 1e9,
+        "peer_gflops": flops * peer[k] / 1e9,
+        "gflops_needed_for_target": need,
+        "needed_over_peak": need / peak["peak_gflops"],
+        "target_within_peak": bool(need <= peak["peak_gflops"])}
+  return out
 
 
 def bench_jax(cfg, batch_sizes, repeats, train_batches):
@@ -229,6 +289,13 @@ def main(argv=None):
     report["results"]["attacker"]["target_ratio"] = targets
     report["results"]["attacker"]["meets_targets"] = {
         k: bool(ratios[k] >= targets[k]) for k in targets}
+    print("[machine] fp32 matmul peak ...", flush=True)
+    batches = {"sample_tokens_per_s": args.peer_sample_batch,
+               "log_prob_sequences_per_s": args.peer_score_batch,
+               "train_steps_per_s": args.peer_train_batch}
+    report["results"]["attacker"]["roofline"] = roofline(
+        cfg, measure_matmul_peak(args.repeats), {
+            k: ours[str(b)][k] for k, b in batches.items()}, peer, targets, batches)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(report, f, indent=1)
