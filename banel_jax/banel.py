@@ -230,7 +230,7 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
         "n_successes": jnp.sum(success.astype(jnp.int32)),
         "n_evaluated": jnp.sum(evaluated.astype(jnp.int32)),
         "n_regions": regions.size,
-        "params_finite": _all_finite(proposal.params) & _all_finite(failure.params),
+        "params_finite": all_finite(proposal.params) & all_finite(failure.params),
     })
     if seen_failures is not None:
       metrics["n_seen_failures"] = seen_failures.size
@@ -247,7 +247,9 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
                support=support)
 
 
-def _all_finite(tree) -> jax.Array:
+def all_finite(tree) -> jax.Array:
+  """``bool[]``: every floating leaf of ``tree`` is finite (a round's
+  ``params_finite`` metric, here and in every baseline)."""
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
             if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from banel_jax import posterior
-from banel_jax.banel import RoundBatch
+from banel_jax.banel import RoundBatch, all_finite  # noqa: F401 (re-exported)
 from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
 
 
@@ -84,13 +84,6 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
   w = mask.astype(jnp.float32)
   safe = jnp.where(mask, values, 0.0)
   return jnp.sum(w * safe) / jnp.maximum(jnp.sum(w), 1.0)
-
-
-def all_finite(tree) -> jax.Array:
-  """``bool[]``: every floating leaf of ``tree`` is finite."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def hash_samples(x: Samples) -> jax.Array:
