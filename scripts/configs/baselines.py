@@ -49,6 +49,9 @@ rate over tuning seeds 100-104, n_eval 10,000; the pretrained rate is 0.011):
                                                       -> lr 0.3, lam 0
   unlikelihood  lr 0.03: 0.892 / 0.014 / 0.010 (mu 0 / 0.1 / 1);
                 lr 0.3: 0.999 / 0.013 / 0.009         -> lr 0.3, mu 0
+  self-imit.    lr 0.03: 0.308 / 0.888 / 0.942 (W 10 / 100 / 1000);
+                lr 0.3: 0.918 / 1.000 / 1.000         -> lr 0.3, W 100
+                (session 25, ``results/baselines_toy1d_selfimit/tuning.json``)
 
 Addition grid results (``results/baselines_addition_tuned/tuning.json``; mean
 final success rate over tuning seeds 100-101 at NRE 2,500, n_eval 10,000; the
