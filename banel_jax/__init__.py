@@ -4,7 +4,8 @@ Post-train a likelihood-based generative model from failures only, under a hard
 budget of reward evaluations. See the README for a tour.
 """
 
-from banel_jax.banel import Banel, BanelState, RoundBatch, make_banel, round_keys
+from banel_jax.banel import (Banel, BanelState, RestartClock, RoundBatch, make_banel,
+                             round_keys)
 from banel_jax.budget import BudgetKeeper, OracleError, OraclePolicy, validate_rewards
 from banel_jax.config import BanelConfig, ConfigError
 from banel_jax.distill import make_distiller

@@ -29,6 +29,20 @@ from banel_jax.failure import make_failure_fitter, make_failure_tx
 from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
 
 
+class RestartClock(struct.PyTreeNode):
+  """When to restart the search (``config.restart_after_rounds``; one seed).
+
+  Attributes:
+    since: ``int32[]`` rounds since the run's start or its last restart.
+    found: ``bool[]`` whether training has scored a success yet.
+    count: ``int32[]`` restarts so far.
+  """
+
+  since: jax.Array
+  found: jax.Array
+  count: jax.Array
+
+
 class BanelState(struct.PyTreeNode):
   """Everything a BaNEL run carries between rounds (one seed).
 
@@ -48,6 +62,8 @@ class BanelState(struct.PyTreeNode):
     successes: the latest successes found in training
       (:class:`~banel_jax.success_bank.SuccessBank`) with
       ``config.success_bank_size``; ``None`` otherwise.
+    restart: the :class:`RestartClock` with ``config.restart_after_rounds``;
+      ``None`` otherwise.
   """
 
   proposal: train_state.TrainState
@@ -59,6 +75,7 @@ class BanelState(struct.PyTreeNode):
   key: PRNGKey
   seen_failures: seen.SeenSet | None = None
   successes: success_bank.SuccessBank | None = None
+  restart: RestartClock | None = None
 
 
 class RoundBatch(NamedTuple):
@@ -159,7 +176,11 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
                        if config.reject_seen_failures else None),
         successes=(success_bank.empty_success_bank(
             config.success_bank_size, tuple(model.event_shape), model.dtype)
-                   if config.success_bank_size else None))
+                   if config.success_bank_size else None),
+        restart=(RestartClock(since=jnp.zeros((), jnp.int32),
+                              found=jnp.zeros((), bool),
+                              count=jnp.zeros((), jnp.int32))
+                 if config.restart_after_rounds else None))
 
   def propose(state: BanelState, key: PRNGKey, n: int):
     """Samples the current proposal: ``(x[n, ...], info)``."""
@@ -237,14 +258,46 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
     if successes is not None:
       metrics["n_banked_successes"] = jnp.minimum(successes.count,
                                                   successes.capacity)
+    restart = state.restart
+    if restart is not None:
+      proposal, regions, restart = _maybe_restart(
+          restart, jnp.any(success), proposal, regions, state.prior_params,
+          config.restart_after_rounds)
+      metrics["n_restarts"] = restart.count
+      metrics["n_regions"] = regions.size
     new_state = state.replace(proposal=proposal, failure=failure, regions=regions,
                               seen_failures=seen_failures, successes=successes,
-                              round=state.round + 1,
+                              restart=restart, round=state.round + 1,
                               nre=state.nre + metrics["n_evaluated"])
     return new_state, metrics
 
   return Banel(init=init, propose=propose, update=update, config=config, model=model,
                support=support)
+
+
+def _maybe_restart(clock: RestartClock, any_success: jax.Array,
+                   proposal: train_state.TrainState, regions: posterior.RegionBank,
+                   prior_params: Params, every: int):
+  """``(proposal, regions, clock)`` after a round, restarted if it is time.
+
+  It is time when no success has been found and ``every`` rounds have passed
+  since the last start: the proposal becomes the pretrained model with a fresh
+  optimizer state, and every region slot is emptied (``add_region`` then
+  refills from slot 0). Shape-static: both branches are computed and one is
+  selected, so nothing recompiles.
+  """
+  found = clock.found | any_success
+  since = clock.since + 1
+  now = (~found) & (since >= every)
+  fresh = proposal.replace(step=jnp.zeros_like(proposal.step), params=prior_params,
+                           opt_state=proposal.tx.init(prior_params))
+  pick = lambda a, b: jax.tree.map(lambda u, v: jnp.where(now, u, v), a, b)  # noqa: E731
+  proposal = pick(fresh, proposal)
+  regions = regions.replace(valid=regions.valid & ~now,
+                            size=jnp.where(now, 0, regions.size))
+  clock = RestartClock(since=jnp.where(now, 0, since), found=found,
+                       count=clock.count + now.astype(jnp.int32))
+  return proposal, regions, clock
 
 
 def all_finite(tree) -> jax.Array:

@@ -104,6 +104,16 @@ class BanelConfig:
       weight ``w`` among ``n`` accepted samples of its minibatch takes a share
       ``w / (w + n)`` of that step. Upweighting lets a few successes count
       against thousands of accepted samples (replay without regions).
+    restart_after_rounds: if ``> 0``, a seed whose training has scored no
+      success restarts its search every ``restart_after_rounds`` rounds: the
+      next proposal is the pretrained model again (its optimizer state fresh)
+      and every region is dropped; the failure models already fitted are not
+      used again. Once a success is found it never restarts. ``0`` (default):
+      never, as in the paper. Not the paper's algorithm: it reads whether any
+      success was found. Motivation: on the shipped addition target the
+      regions find a first success sooner, but seed-runs that have none by
+      NRE 4,000 drift to a proposal that never finds one
+      (``results/README.md``, "Time to the first success").
     max_regions: capacity of the region bank (static); ``0`` derives it from
       ``ceil(nre_budget / samples_per_round)``.
     region_strategy: how a batch is tested against the union of the regions:
@@ -141,6 +151,7 @@ class BanelConfig:
   success_bank_size: int = 0
   success_bank_distinct: bool = False
   success_weight: float = 1.0
+  restart_after_rounds: int = 0
   max_regions: int = 0
   region_strategy: Literal["vmap", "loop"] = "vmap"
   n_eval: int = 10_000
@@ -151,7 +162,8 @@ class BanelConfig:
                                                    "reject_seen_failures",
                                                    "success_bank_size",
                                                    "success_bank_distinct",
-                                                   "success_weight")
+                                                   "success_weight",
+                                                   "restart_after_rounds")
 
   def __post_init__(self):
     validate_config(self)
@@ -255,6 +267,10 @@ def validate_config(c: BanelConfig) -> None:
     _require(c.learn_from_successes, "success_weight", c.success_weight,
              "weighs the successes fitted in distillation: set "
              "learn_from_successes=True too")
+  _require(isinstance(c.restart_after_rounds, int)
+           and not isinstance(c.restart_after_rounds, bool)
+           and c.restart_after_rounds >= 0, "restart_after_rounds",
+           c.restart_after_rounds, "expected an integer >= 0 (0 never restarts)")
   if c.max_regions:
     _require(c.max_regions >= c.num_rounds, "max_regions", c.max_regions,
              f"must be 0 or >= the number of rounds ({c.num_rounds})")

@@ -138,6 +138,12 @@ def parse_args(argv=None):
                  "successes count against thousands of accepted samples, e.g. "
                  "replay without regions (--tau-mode factor --filter-factor 1e30). "
                  "With --method self-imitation: default 100.")
+  p.add_argument("--restart-after-rounds", type=int, default=None, metavar="R",
+                 help="not the paper's algorithm: a seed whose training has scored "
+                 "no success after R rounds restarts its search (the proposal "
+                 "becomes the pretrained attacker again and every region is "
+                 "dropped), and again every R rounds until it finds one; never "
+                 "after. Default 0: never.")
   p.add_argument("--proposal-filter", action="store_true",
                  help="draw every paid, calibration and evaluation sample from the "
                  "proposal restricted to outside the regions (and the grammar with "
@@ -190,6 +196,7 @@ def build_experiment(args) -> attack_configs.AttackExperiment:
       "distill_samples": args.distill_samples, "distill_epochs": args.distill_epochs,
       "distill_learning_rate": args.distill_lr, "n_eval": args.n_eval,
       "distill_target": args.distill_target,
+      "restart_after_rounds": args.restart_after_rounds,
       "eval_every": args.eval_every}.items() if v is not None}
   if args.reset:
     b["distill_reset"] = True
@@ -238,7 +245,8 @@ _BANEL_ONLY = {"mode": "--mode", "tau_mode": "--tau-mode",
                "failure_lr": "--failure-lr", "reset": "--reset",
                "distill_target": "--distill-target",
                "reject_seen_failures": "--reject-seen-failures",
-               "proposal_filter": "--proposal-filter"}
+               "proposal_filter": "--proposal-filter",
+               "restart_after_rounds": "--restart-after-rounds"}
 SELF_IMITATION_BANK, SELF_IMITATION_WEIGHT = 256, 100.0
 
 

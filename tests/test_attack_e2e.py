@@ -56,7 +56,7 @@ def test_attack_script_help_documents_options():
                  "--run-dir", "--reset", "--distill-pack", "--distill-target",
                  "--support-filter", "--reject-seen-failures", "--learn-from-successes",
                  "--success-bank", "--distinct-bank", "--success-weight",
-                 "--min-acceptance-rate", "--method"):
+                 "--min-acceptance-rate", "--method", "--restart-after-rounds"):
     assert option in out
 
 
