@@ -129,6 +129,8 @@ def _describe(record: dict) -> str:
     parts.append("learns from successes")
   if b.get("reject_seen_failures"):
     parts.append("rejects seen failures")
+  if b.get("restart_after_rounds"):
+    parts.append(f"restarts every {b['restart_after_rounds']} rounds")
   return ", ".join(parts)
 
 
@@ -224,7 +226,7 @@ def plot(groups: dict, summaries: dict, grid: np.ndarray, path: str) -> None:
   ax2.axhline(50, color="gray", ls=":", lw=1)
   ax2.grid(alpha=0.3)
   if ax2.get_legend_handles_labels()[0]:
-    ax2.legend(fontsize=6)
+    ax2.legend(fontsize=6, loc="best")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
