@@ -9,8 +9,8 @@ threads, a randomly initialised Hugging Face GPT-2 of the same shape on PyTorch
 (``pip install -e ".[bench]"``) and writes the ratios.
 
 It also writes a roofline (``"roofline"`` in the JSON): the machine's measured
-fp32 matrix-multiply peak (the best of square ``jnp.dot`` products, in this
-process), the matmul FLOPs each measurement needs (counted from the shape, the
+fp32 matrix-multiply peak (the best of square ``jnp.dot`` and, for a CPU
+peer, ``torch.mm`` products, in this process), the matmul FLOPs each measurement needs (counted from the shape, the
 least any implementation of the same math must do: causal attention over the
 positions seen so far), the GFLOP/s each side reached, and the GFLOP/s a target
 ratio would need against the peer's measured speed. A target whose need exceeds
@@ -91,18 +91,33 @@ def forward_flops(cfg, positions: int) -> float:
   return float(positions * per_position + attention)
 
 
-def measure_matmul_peak(repeats: int, sizes=(512, 1024, 2048)) -> dict:
-  """fp32 GFLOP/s of square ``jnp.dot`` products (jitted); the best size."""
+def measure_matmul_peak(repeats: int, sizes=(512, 1024, 2048),
+                        torch_threads: int | None = None) -> dict:
+  """fp32 GFLOP/s of square matrix products, the best size of each library.
+
+  ``jnp.dot`` (jitted) always; with ``torch_threads``, ``torch.mm`` on that
+  many threads too (the peer's BLAS may be faster than XLA's). The peak is the
+  best of all.
+  """
   import jax
   import jax.numpy as jnp
   dot = jax.jit(jnp.dot)
-  by_size = {}
+  out = {"jax": {}}
   for n in sizes:
     a = jax.random.normal(jax.random.key(n), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(n + 1), (n, n), jnp.float32)
     t = _median_time(lambda: dot(a, b).block_until_ready(), repeats)
-    by_size[str(n)] = 2.0 * n ** 3 / t / 1e9
-  return {"gflops_by_size": by_size, "peak_gflops": max(by_size.values())}
+    out["jax"][str(n)] = 2.0 * n ** 3 / t / 1e9
+  if torch_threads is not None:
+    import torch
+    torch.set_num_threads(torch_threads)
+    out["torch"] = {}
+    for n in sizes:
+      a, b = torch.randn(n, n), torch.randn(n, n)
+      t = _median_time(lambda: torch.mm(a, b), repeats)
+      out["torch"][str(n)] = 2.0 * n ** 3 / t / 1e9
+  return {"gflops_by_size": out,
+          "peak_gflops": max(v for lib in out.values() for v in lib.values())}
 
 
 def roofline(cfg, peak: dict, ours: dict, peer: dict, targets: dict,
@@ -294,7 +309,9 @@ def main(argv=None):
                "log_prob_sequences_per_s": args.peer_score_batch,
                "train_steps_per_s": args.peer_train_batch}
     report["results"]["attacker"]["roofline"] = roofline(
-        cfg, measure_matmul_peak(args.repeats), {
+        cfg, measure_matmul_peak(
+            args.repeats,
+            torch_threads=args.threads if args.peer_device == "cpu" else None), {
             k: ours[str(b)][k] for k, b in batches.items()}, peer, targets, batches)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
