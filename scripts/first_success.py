@@ -24,8 +24,11 @@ up to that round; seed-runs of a group with equal fingerprints count once
 of seed width, drift apart and count as separate draws).
 
 Reports, per group: distinct seed-runs, how many found a success, the median
-NRE at the first success among those, and the share that had found one by
-each NRE; against the first group, a log-rank test on the censored times.
+NRE at the first success among those, the share that had found one by each
+NRE, and at each evaluation the mean success rate of the proposals of the
+seed-runs that had none yet (is the search still productive, or has it
+drifted away?); against the first group, a log-rank test on the censored
+times.
 Also, for every seed-run (not deduplicated) that found a success: its final
 improvement against its first-success NRE, which shows how much of the budget
 the climb after it needs.
@@ -70,11 +73,14 @@ def parse_args(argv=None):
 def read_seed_runs(path: str) -> tuple[dict, list[dict]]:
   """``(attack.json record, seed-runs)`` of one attack output.
 
-  A seed-run is ``{"seed", "first", "censored_at", "fingerprint", "final"}``:
+  A seed-run is ``{"seed", "first", "censored_at", "fingerprint",
+  "rates_before", "final"}``:
   ``first`` is the NRE of the first round whose training scored a success
   (``None``: none), ``censored_at`` the NRE spent, ``fingerprint`` the seed,
   ``first`` and the evaluated success rates of the rounds up to the first
-  success (or of every round when none), ``final`` the final improvement.
+  success (or of every round when none), ``rates_before`` the ``(NRE,
+  rate)`` of the evaluations made while it had none yet, ``final`` the final
+  improvement.
 
   Raises:
     SystemExit: no attack.json or metrics.jsonl, or they disagree on the seeds.
@@ -90,6 +96,7 @@ def read_seed_runs(path: str) -> tuple[dict, list[dict]]:
   n = len(seeds)
   first = [None] * n
   rates = [[] for _ in range(n)]
+  before = [[] for _ in range(n)]  # (NRE, rate) of evaluations before the first
   with open(metrics) as f:
     for line in f:
       row = json.loads(line)
@@ -100,14 +107,18 @@ def read_seed_runs(path: str) -> tuple[dict, list[dict]]:
       for s in range(n):
         if first[s] is not None:
           continue
-        if row.get("success_rate") is not None:
-          rates[s].append(float(row["success_rate"][s]))
         found = row.get("n_successes")
-        if found is not None and found[s] > 0:
+        found_now = found is not None and found[s] > 0
+        if row.get("success_rate") is not None:
+          rate = float(row["success_rate"][s])
+          rates[s].append(rate)
+          if not found_now:
+            before[s].append((int(row["nre"][s]), rate))
+        if found_now:
           first[s] = int(row["nre"][s])
   spent = record.get("nre_spent") or [None] * n
   runs = [{"seed": seeds[s], "first": first[s], "censored_at": spent[s],
-           "fingerprint": [seeds[s], first[s], rates[s]],
+           "fingerprint": [seeds[s], first[s], rates[s]], "rates_before": before[s],
            "final": float(record["improvement_final"][s]), "source": file}
           for s in range(n)]
   return record, runs
@@ -170,12 +181,19 @@ def summarize(group: dict, grid: np.ndarray) -> dict:
   firsts = [r["first"] for r in group["distinct"]]
   found = [f for f in firsts if f is not None]
   times = np.asarray([np.inf if f is None else f for f in firsts], float)
+  by_nre = {}
+  for r in group["distinct"]:
+    for nre, rate in r["rates_before"]:
+      by_nre.setdefault(nre, []).append(rate)
   return {"n_seed_runs": len(group["runs"]), "n_distinct": len(firsts),
           "n_found": len(found),
           "median_nre_first_success_among_found": (float(np.median(found))
                                                    if found else None),
           "share_found_by_nre": {str(int(n)): float(np.mean(times <= n))
                                  for n in grid},
+          "rate_before_first_success": {
+              str(n): {"n": len(v), "mean": float(np.mean(v))}
+              for n, v in sorted(by_nre.items())},
           "configs": group["configs"]}
 
 
@@ -203,11 +221,18 @@ def plot(groups: dict, summaries: dict, grid: np.ndarray, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+  fig, (ax1, ax3, ax2) = plt.subplots(1, 3, figsize=(17, 4.8))
   for i, (name, s) in enumerate(summaries.items()):
     share = [s["share_found_by_nre"][str(int(n))] for n in grid]
     ax1.step(grid, share, where="post", color=f"C{i}",
              label=f"{name} ({s['n_found']}/{s['n_distinct']})")
+    before = s["rate_before_first_success"]
+    if before:
+      ax3.plot([int(n) for n in before], [v["mean"] for v in before.values()],
+               "o-", color=f"C{i}", label=name)
+      for n, v in before.items():
+        ax3.annotate(str(v["n"]), (int(n), v["mean"]), fontsize=6,
+                     textcoords="offset points", xytext=(2, 3))
     markers = dict(zip(groups[name]["configs"], "os^Dv<>ph*"))
     for config, sources in groups[name]["configs"].items():
       pts = [(r["first"], max(r["final"], 0.5)) for r in groups[name]["runs"]
@@ -221,6 +246,10 @@ def plot(groups: dict, summaries: dict, grid: np.ndarray, path: str) -> None:
           ylim=(0, 1.02), title="time to the first training success")
   ax1.grid(alpha=0.3)
   ax1.legend(fontsize=8)
+  ax3.set(xlabel="NRE", ylabel="mean evaluated success rate",
+          title="proposals still without a success (n beside each point)")
+  ax3.grid(alpha=0.3)
+  ax3.legend(fontsize=8)
   ax2.set(xlabel="NRE at the first success", ylabel="final improvement (x)",
           yscale="log", title="the climb after it (every seed-run; 0 drawn at 0.5)")
   ax2.axhline(50, color="gray", ls=":", lw=1)

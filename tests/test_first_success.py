@@ -113,3 +113,14 @@ def test_runs_that_do_not_pool_are_refused(tmp_path):
   with pytest.raises(SystemExit, match="no metrics.jsonl"):
     (tmp_path / "a" / "metrics.jsonl").unlink()
     _run(tmp_path, f"g={a}")
+
+
+def test_the_rate_before_the_first_success(tmp_path):
+  # evaluations at NRE 0 and 1,000; seed 0 finds a success at 1,000 (so its
+  # evaluation there is not "before"), seed 1 never does
+  a = _attack(tmp_path / "a", [0, 1], [[0, 1, 0, 0], [0, 0, 0, 0]],
+              evals=[[2e-4, 9e-4], [4e-4, 1e-4]])
+  rec, _ = _run(tmp_path, f"g={a}")
+  before = rec["groups"]["g"]["rate_before_first_success"]
+  assert before == {"0": {"n": 2, "mean": pytest.approx(3e-4)},
+                    "1000": {"n": 1, "mean": pytest.approx(1e-4)}}
