@@ -55,7 +55,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from scripts._cli import command_line  # noqa: E402
-from scripts.seed_pool import parse_group  # noqa: E402
+from scripts.seed_pool import parse_group, scan_first_successes  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -94,28 +94,7 @@ def read_seed_runs(path: str) -> tuple[dict, list[dict]]:
     record = json.load(f)
   seeds = [int(s) for s in record["seeds"]]
   n = len(seeds)
-  first = [None] * n
-  rates = [[] for _ in range(n)]
-  before = [[] for _ in range(n)]  # (NRE, rate) of evaluations before the first
-  with open(metrics) as f:
-    for line in f:
-      row = json.loads(line)
-      for key in ("n_successes", "success_rate"):
-        if row.get(key) is not None and len(row[key]) != n:
-          raise SystemExit(f"{metrics}: {len(row[key])} seeds in round "
-                           f"{row.get('round')}, {file} has {n}")
-      for s in range(n):
-        if first[s] is not None:
-          continue
-        found = row.get("n_successes")
-        found_now = found is not None and found[s] > 0
-        if row.get("success_rate") is not None:
-          rate = float(row["success_rate"][s])
-          rates[s].append(rate)
-          if not found_now:
-            before[s].append((int(row["nre"][s]), rate))
-        if found_now:
-          first[s] = int(row["nre"][s])
+  first, rates, before = scan_first_successes(metrics, n)
   spent = record.get("nre_spent") or [None] * n
   runs = [{"seed": seeds[s], "first": first[s], "censored_at": spent[s],
            "fingerprint": [seeds[s], first[s], rates[s]], "rates_before": before[s],

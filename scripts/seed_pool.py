@@ -184,20 +184,44 @@ def first_success_nre(metrics_path: str, n_seeds: int) -> list:
   """
   if not os.path.isfile(metrics_path):
     return [_NO_METRICS] * n_seeds
+  return scan_first_successes(metrics_path, n_seeds)[0]
+
+
+def scan_first_successes(metrics_path: str, n_seeds: int) -> tuple[list, list, list]:
+  """``(first, rates, before)`` per seed, from a run's ``metrics.jsonl``.
+
+  ``first``: the ``nre`` of the first round whose ``n_successes`` is positive
+  (``None``: none); ``rates``: the evaluated success rates (``success_rate``)
+  of the rounds up to and including that one (every round when none);
+  ``before``: the ``(nre, rate)`` of those evaluations made while the seed
+  had no success yet.
+
+  Raises:
+    SystemExit: a round's per-seed list is not ``n_seeds`` long.
+  """
   first = [None] * n_seeds
+  rates = [[] for _ in range(n_seeds)]
+  before = [[] for _ in range(n_seeds)]
   with open(metrics_path) as f:
     for line in f:
       record = json.loads(line)
+      for key in ("n_successes", "success_rate"):
+        if record.get(key) is not None and len(record[key]) != n_seeds:
+          raise SystemExit(f"{metrics_path}: {len(record[key])} seeds in round "
+                           f"{record.get('round')}, the attack.json has {n_seeds}")
       found = record.get("n_successes")
-      if found is None:
-        continue
-      if len(found) != n_seeds:
-        raise SystemExit(f"{metrics_path}: {len(found)} seeds in round "
-                         f"{record.get('round')}, the attack.json has {n_seeds}")
-      for s, n in enumerate(found):
-        if n > 0 and first[s] is None:
+      evaluated = record.get("success_rate")
+      for s in range(n_seeds):
+        if first[s] is not None:
+          continue
+        found_now = found is not None and found[s] > 0
+        if evaluated is not None:
+          rates[s].append(float(evaluated[s]))
+          if not found_now:
+            before[s].append((int(record["nre"][s]), float(evaluated[s])))
+        if found_now:
           first[s] = int(record["nre"][s])
-  return first
+  return first, rates, before
 
 
 def first_success_summary(runs: list) -> dict:
