@@ -11,7 +11,7 @@ import optax
 from flax.training import train_state
 
 from banel_jax.config import BanelConfig
-from banel_jax.mle import fit_weighted_mle
+from banel_jax.mle import fit_weighted_mle, microbatch_size_for
 from banel_jax.posterior import RegionBank, rejection_mask
 from banel_jax.seen import SeenSet, contains
 from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
@@ -89,7 +89,10 @@ def make_distiller(model: GenerativeModel, config: BanelConfig,
     state, losses = fit_weighted_mle(state, x, weights, train_key,
                                      epochs=config.distill_epochs,
                                      batch_size=config.distill_batch_size,
-                                     pack=config.distill_pack)
+                                     pack=config.distill_pack,
+                                     microbatch_size=microbatch_size_for(
+                                         config.distill_batch_size,
+                                         config.train_microbatch))
     metrics = {"distill_accept_rate": jnp.mean(accept.astype(jnp.float32)),
                "distill_ess": effective_sample_size(weights),
                "distill_loss": losses[-1].mean()}

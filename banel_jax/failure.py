@@ -11,7 +11,7 @@ import optax
 from flax.training import train_state
 
 from banel_jax.config import BanelConfig
-from banel_jax.mle import fit_weighted_mle, weighted_nll
+from banel_jax.mle import fit_weighted_mle, microbatch_size_for, weighted_nll
 from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
 
 FailureFitter = Callable[[Params, Samples, jax.Array, PRNGKey],
@@ -64,7 +64,9 @@ def make_failure_fitter(model: GenerativeModel, config: BanelConfig,
     weights = failure_mask.astype(jnp.float32)
     state, _ = fit_weighted_mle(state, x, weights, train_key,
                                 epochs=config.failure_epochs,
-                                batch_size=config.failure_batch_size)
+                                batch_size=config.failure_batch_size,
+                                microbatch_size=microbatch_size_for(
+                                    config.failure_batch_size, config.train_microbatch))
     metrics = {
         "failure_nll": weighted_nll(model.log_prob, state.params, x, weights),
         "n_failures": jnp.sum(failure_mask.astype(jnp.int32)),

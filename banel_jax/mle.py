@@ -10,6 +10,7 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 from flax.training import train_state
 
 from banel_jax.types import PRNGKey, Samples
@@ -20,16 +21,56 @@ def weighted_nll(log_prob_fn, params, x: Samples, weights: jax.Array) -> jax.Arr
 
   Returns 0 when every weight is 0.
   """
-  total = jnp.sum(weights)
+  return (weighted_nll_sum(log_prob_fn, params, x, weights)
+          / _safe_total(jnp.sum(weights)))
+
+
+def weighted_nll_sum(log_prob_fn, params, x: Samples, weights: jax.Array
+                     ) -> jax.Array:
+  """``sum(w * -log p(x))``, the numerator of :func:`weighted_nll`."""
   nll = -log_prob_fn(params, x)
   # `where` keeps a -inf log-prob under weight 0 from turning the sum into NaN.
-  contrib = jnp.where(weights > 0, weights * nll, 0.0)
-  return jnp.sum(contrib) / jnp.maximum(total, jnp.finfo(jnp.float32).tiny)
+  return jnp.sum(jnp.where(weights > 0, weights * nll, 0.0))
+
+
+def _safe_total(total):
+  return jnp.maximum(total, jnp.finfo(jnp.float32).tiny)
+
+
+def weighted_nll_and_grad(log_prob_fn, params, x: Samples, weights: jax.Array, *,
+                          microbatch_size: int | None = None):
+  """``(weighted_nll, its gradient)``, optionally accumulated over microbatches.
+
+  With ``microbatch_size`` the batch is split into microbatches of that many
+  samples (it must divide the batch), processed one after the other by
+  ``optax.microbatch``, and their gradients summed: the same gradient up to
+  float rounding, with each microbatch's activations small enough to stay in a
+  CPU's cache. ``None``: one pass.
+  """
+  if microbatch_size is None:
+    return jax.value_and_grad(
+        lambda p: weighted_nll(log_prob_fn, p, x, weights))(params)
+  total = _safe_total(jnp.sum(weights))
+  loss_sum, grads = optax.microbatch(
+      jax.value_and_grad(lambda p, xb, wb: weighted_nll_sum(log_prob_fn, p, xb, wb)),
+      argnums=(1, 2), microbatch_size=microbatch_size)(params, x, weights)
+  return loss_sum / total, jax.tree.map(lambda g: g / total, grads)
+
+
+def microbatch_size_for(batch_size: int, max_microbatch: int) -> int | None:
+  """The largest divisor of ``batch_size`` up to ``max_microbatch``.
+
+  ``None`` (one pass) when ``max_microbatch`` is 0 or the batch is no larger.
+  E.g. ``(256, 32) -> 32``, ``(100, 32) -> 25``, ``(100, 0) -> None``.
+  """
+  if max_microbatch <= 0 or batch_size <= max_microbatch:
+    return None
+  return max(m for m in range(1, max_microbatch + 1) if batch_size % m == 0)
 
 
 def fit_weighted_mle(state: train_state.TrainState, x: Samples, weights: jax.Array,
                      key: PRNGKey, *, epochs: int, batch_size: int,
-                     pack: bool = False
+                     pack: bool = False, microbatch_size: int | None = None
                      ) -> tuple[train_state.TrainState, jax.Array]:
   """Fits ``state.params`` by weighted maximum likelihood with minibatch Adam/SGD.
 
@@ -52,6 +93,9 @@ def fit_weighted_mle(state: train_state.TrainState, x: Samples, weights: jax.Arr
     epochs: number of passes (static).
     batch_size: minibatch size (static, ``<= N``).
     pack: put positive-weight samples first in every epoch (static).
+    microbatch_size: accumulate each step's gradient over microbatches of this
+      many samples (static; must divide ``batch_size``); see
+      :func:`weighted_nll_and_grad`. ``None`` (default): one pass per step.
 
   Returns:
     ``(state, losses)`` with ``losses`` of shape ``[epochs, N // batch_size]``.
@@ -64,14 +108,19 @@ def fit_weighted_mle(state: train_state.TrainState, x: Samples, weights: jax.Arr
   chex.assert_axis_dimension(x, 0, n)
   if not 1 <= batch_size <= n:
     raise ValueError(f"batch_size={batch_size} must be in [1, {n}] (number of samples)")
+  if microbatch_size is not None and (
+      isinstance(microbatch_size, bool) or not isinstance(microbatch_size, int)
+      or microbatch_size < 1 or batch_size % microbatch_size):
+    raise ValueError(f"microbatch_size={microbatch_size!r} must be None or a "
+                     f"positive int dividing batch_size={batch_size}")
   steps = n // batch_size
   weights = weights.astype(jnp.float32)
 
   def step(state, batch):
     xb, wb = batch
     has_data = jnp.sum(wb) > 0
-    loss, grads = jax.value_and_grad(
-        lambda p: weighted_nll(state.apply_fn, p, xb, wb))(state.params)
+    loss, grads = weighted_nll_and_grad(state.apply_fn, state.params, xb, wb,
+                                        microbatch_size=microbatch_size)
     new_state = state.apply_gradients(grads=grads)
     new_state = jax.tree.map(lambda a, b: jnp.where(has_data, a, b), new_state, state)
     return new_state, loss

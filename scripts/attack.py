@@ -144,6 +144,11 @@ def parse_args(argv=None):
                  "becomes the pretrained attacker again and every region is "
                  "dropped), and again every R rounds until it finds one; never "
                  "after. Default 0: never.")
+  p.add_argument("--train-microbatch", type=int, default=None, metavar="M",
+                 help="a speed setting: every failure-model and distillation step "
+                 "accumulates its gradient over microbatches of at most M samples "
+                 "(the same step up to float rounding; faster on a CPU, e.g. 32). "
+                 "Default 0: one pass per step, as the committed results ran.")
   p.add_argument("--proposal-filter", action="store_true",
                  help="draw every paid, calibration and evaluation sample from the "
                  "proposal restricted to outside the regions (and the grammar with "
@@ -197,6 +202,7 @@ def build_experiment(args) -> attack_configs.AttackExperiment:
       "distill_learning_rate": args.distill_lr, "n_eval": args.n_eval,
       "distill_target": args.distill_target,
       "restart_after_rounds": args.restart_after_rounds,
+      "train_microbatch": args.train_microbatch,
       "eval_every": args.eval_every}.items() if v is not None}
   if args.reset:
     b["distill_reset"] = True
@@ -246,7 +252,8 @@ _BANEL_ONLY = {"mode": "--mode", "tau_mode": "--tau-mode",
                "distill_target": "--distill-target",
                "reject_seen_failures": "--reject-seen-failures",
                "proposal_filter": "--proposal-filter",
-               "restart_after_rounds": "--restart-after-rounds"}
+               "restart_after_rounds": "--restart-after-rounds",
+               "train_microbatch": "--train-microbatch"}
 SELF_IMITATION_BANK, SELF_IMITATION_WEIGHT = 256, 100.0
 
 

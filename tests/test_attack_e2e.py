@@ -56,7 +56,8 @@ def test_attack_script_help_documents_options():
                  "--run-dir", "--reset", "--distill-pack", "--distill-target",
                  "--support-filter", "--reject-seen-failures", "--learn-from-successes",
                  "--success-bank", "--distinct-bank", "--success-weight",
-                 "--min-acceptance-rate", "--method", "--restart-after-rounds"):
+                 "--min-acceptance-rate", "--method", "--restart-after-rounds",
+                 "--train-microbatch"):
     assert option in out
 
 

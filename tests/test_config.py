@@ -44,6 +44,9 @@ INVALID = [
     ("distill_pack", 1),
     ("learn_from_successes", 1),
     ("proposal_filter", "no"),
+    ("train_microbatch", -1),
+    ("train_microbatch", 2.0),
+    ("train_microbatch", True),
 ] + [(f, 0) for f in INT_FIELDS] + [(f, -5) for f in INT_FIELDS] + [
     (f, 10.0) for f in INT_FIELDS] + [(f, True) for f in INT_FIELDS]
 

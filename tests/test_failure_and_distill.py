@@ -313,3 +313,54 @@ def test_packed_epochs_step_once_per_full_batch_of_positive_weights():
     new, _ = jax.jit(functools.partial(fit, pack=pack))(
         _proposal_state({"logits": jnp.zeros(K)}), x, w, jax.random.key(1))
     np.testing.assert_allclose(_probs(new.params), target, atol=0.03)
+
+
+def test_microbatched_steps_match_one_pass():
+  """Accumulating each step's gradient over microbatches fits the same model (a
+  -inf log-prob under weight 0 included), and a size that does not divide the
+  batch is refused."""
+  x = _X64
+  w = jnp.asarray(np.random.default_rng(1).choice([0.0, 0.5, 2.0], 64), jnp.float32)
+  # an impossible sample (-inf under a table with a -inf logit) at weight 0
+  state = _proposal_state({"logits": jnp.zeros(K).at[K - 1].set(-jnp.inf)})
+  w = jnp.where(x == K - 1, 0.0, w)  # the impossible samples, all at weight 0
+  fit = functools.partial(fit_weighted_mle, epochs=3, batch_size=32)
+  one, one_losses = jax.jit(fit)(state, x, w, jax.random.key(2))
+  micro, micro_losses = jax.jit(functools.partial(fit, microbatch_size=8))(
+      state, x, w, jax.random.key(2))
+  assert np.all(np.isfinite(micro_losses))
+  np.testing.assert_allclose(micro_losses, one_losses, rtol=1e-5)
+  np.testing.assert_allclose(micro.params["logits"][:-1], one.params["logits"][:-1],
+                             rtol=1e-5, atol=1e-6)
+  assert int(micro.step) == int(one.step) == 6
+  for bad in (5, 0, True):
+    with pytest.raises(ValueError, match="microbatch_size"):
+      fit_weighted_mle(state, x, w, jax.random.key(0), epochs=1, batch_size=32,
+                       microbatch_size=bad)
+
+
+def test_microbatch_size_for():
+  from banel_jax.mle import microbatch_size_for
+  assert microbatch_size_for(256, 32) == 32
+  assert microbatch_size_for(100, 32) == 25
+  assert microbatch_size_for(97, 32) == 1  # a prime batch: one sample at a time
+  assert microbatch_size_for(100, 0) is None
+  assert microbatch_size_for(32, 32) is None
+
+
+def test_config_microbatch_fits_the_same_failure_model(round_batch):
+  """BanelConfig.train_microbatch reaches the failure fitter: same fit, and the
+  fitter's program holds one more loop (the microbatches')."""
+  x, _, _, failure_mask = round_batch
+  key = jax.random.key(5)
+  one = make_failure_fitter(MODEL, BanelConfig(samples_per_round=M, failure_epochs=3,
+                                               failure_batch_size=M))
+  micro = make_failure_fitter(MODEL, BanelConfig(
+      samples_per_round=M, failure_epochs=3, failure_batch_size=M, train_microbatch=30))
+  args = (PRIOR, jnp.asarray(x), jnp.asarray(failure_mask), key)
+  (s1, _), (s2, _) = one(*args), micro(*args)
+  np.testing.assert_allclose(s2.params["logits"], s1.params["logits"], rtol=1e-5,
+                             atol=1e-6)
+  # 100 samples, microbatches of at most 30: 25 each, 4 iterations of a loop
+  loops = lambda fit: jax.jit(fit).lower(*args).as_text().count("stablehlo.while")
+  assert loops(micro) == loops(one) + 1

@@ -47,6 +47,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from banel_jax.types import Array, GenerativeModel, Params, PRNGKey
 
@@ -55,6 +56,13 @@ PLUS_ID = 10
 EQUALS_ID = 11
 
 _NEG_INF = -jnp.inf
+
+# Sequences per scoring pass of ``log_prob`` on a CPU (``score_chunk="auto"``).
+# Measured at the attacker's shape (2 cores, batch 1024): one pass over all
+# 24,576 positions runs its wide products at about half the speed they reach on
+# a few thousand rows that stay in cache; chunks of 64-128 sequences score about
+# 2.5x faster. GPUs and TPUs score the whole batch in one pass.
+CPU_SCORE_CHUNK = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,15 +332,63 @@ def _check_tokens(x: Array, max_t: int, what: str):
     raise ValueError(f"{what} has length {x.shape[1]} > {max_t}")
 
 
-def make_transformer(config: TransformerConfig = TransformerConfig()) -> Transformer:
+def decode_segment_ends(num_steps: int) -> tuple[int, ...]:
+  """Ends of the decoding segments of ``num_steps`` steps (see ``generate``).
+
+  Four segments of (nearly) equal length: ``24 -> (6, 12, 18, 24)``. Step ``t``
+  of a segment ending at ``e`` attends over a cache of ``e`` slots instead of
+  ``max_len + 1``. Measured at the attacker's shape (batch 1024, 2 CPU cores),
+  sampling ran about 15% faster than with one full-length cache (step 6: 123k
+  tokens/s against 106k; doubling ends 8, 16, 24: 115k).
+  """
+  return tuple(sorted({-(-num_steps * k // 4) for k in range(1, 5)}))
+
+
+def resolve_score_chunk(score_chunk: int | str | None, batch: int) -> int | None:
+  """Sequences per scoring pass for a batch of ``batch``; ``None`` for one pass.
+
+  Args:
+    score_chunk: ``"auto"`` (:data:`CPU_SCORE_CHUNK` when JAX's default backend
+      is a CPU, one pass on accelerators), a positive int, or ``None`` (one pass).
+    batch: number of sequences to score.
+
+  Returns:
+    The chunk size, or ``None`` when the batch is scored in one pass (it is no
+    larger than one chunk).
+  """
+  if score_chunk == "auto":
+    score_chunk = CPU_SCORE_CHUNK if jax.default_backend() == "cpu" else None
+  if score_chunk is None or batch <= score_chunk:
+    return None
+  return score_chunk
+
+
+def _check_score_chunk(score_chunk):
+  if score_chunk in ("auto", None):
+    return
+  if isinstance(score_chunk, bool) or not isinstance(score_chunk, int) or score_chunk < 1:
+    raise ValueError(f"score_chunk must be 'auto', None or a positive int, got "
+                     f"{score_chunk!r}")
+
+
+def make_transformer(config: TransformerConfig = TransformerConfig(), *,
+                     score_chunk: int | str | None = "auto") -> Transformer:
   """Builds the Transformer and all its pure functions (see :class:`Transformer`).
 
   Args:
     config: model hyperparameters.
+    score_chunk: sequences per forward pass of ``log_prob`` and
+      ``token_log_prob`` (a speed setting: the results are the same up to float
+      rounding). A larger batch is scored chunk by chunk in a loop, each chunk's
+      pass rematerialised under differentiation so that gradients keep no more
+      activations than one pass; a batch that is not a multiple is padded.
+      ``"auto"`` (default): :data:`CPU_SCORE_CHUNK` on a CPU, one pass on
+      GPUs and TPUs (:func:`resolve_score_chunk`); ``None``: always one pass.
 
   Returns:
     A :class:`Transformer`; its ``.model`` is the :class:`GenerativeModel`.
   """
+  _check_score_chunk(score_chunk)
   cfg = config
   module = TransformerLM(cfg)
   L, V = cfg.max_len, cfg.vocab_size  # pylint: disable=invalid-name
@@ -359,10 +415,15 @@ def make_transformer(config: TransformerConfig = TransformerConfig()) -> Transfo
     _check_tokens(x, L, "x")
     return mask_logits(module.apply({"params": params}, with_bos(x))[:, -1])
 
-  def init_cache(batch: int) -> KVCache:
-    shape = (batch, cfg.num_heads, cfg.num_positions, cfg.head_dim)
+  def init_cache(batch: int, length: int = cfg.num_positions) -> KVCache:
+    shape = (batch, cfg.num_heads, length, cfg.head_dim)
     return tuple(LayerCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
                  for _ in range(cfg.num_layers))
+
+  def grow_cache(cache: KVCache, length: int) -> KVCache:
+    def grow(a):
+      return jnp.pad(a, ((0, 0), (0, 0), (0, length - a.shape[2]), (0, 0)))
+    return jax.tree.map(grow, cache)
 
   def raw_decode(params, cache, token, pos):
     return module.apply({"params": params}, token, pos, cache,
@@ -422,10 +483,21 @@ def make_transformer(config: TransformerConfig = TransformerConfig()) -> Transfo
       done = done | (tok == cfg.eos_id)
       return (cache, tok, done), tok
 
-    carry = (init_cache(batch), jnp.full((batch,), cfg.bos_id, jnp.int32),
-             jnp.zeros((batch,), bool))
-    _, tokens = jax.lax.scan(step, carry, xs)
-    return tokens.T  # [B, num_steps]
+    # The steps run in segments, each a lax.scan against a cache only as long as
+    # its last position needs: early steps read fewer cache slots (the masked
+    # slots after `pos` carry weight exactly 0, so the result is the same).
+    ends = decode_segment_ends(num_steps)
+    cache = init_cache(batch, ends[0])
+    tok_in = jnp.full((batch,), cfg.bos_id, jnp.int32)
+    done = jnp.zeros((batch,), bool)
+    pieces, start = [], 0
+    for end in ends:
+      cache = grow_cache(cache, end)
+      (cache, tok_in, done), toks = jax.lax.scan(
+          step, (cache, tok_in, done), jax.tree.map(lambda a: a[start:end], xs))
+      pieces.append(toks)
+      start = end
+    return jnp.concatenate(pieces, axis=0).T  # [B, num_steps]
 
   def sample(params, key, n):
     """``n`` i.i.d. sequences ``int32[n, L]`` at temperature 1 (``n`` static)."""
@@ -492,11 +564,26 @@ def make_transformer(config: TransformerConfig = TransformerConfig()) -> Transfo
     Content positions (up to and including the first EOS) hold the token's
     log-probability; PAD after the first EOS holds 0 (probability 1); an
     impossible token holds ``-inf``. ``log_prob`` is the sum over positions.
+    Scored in chunks of ``score_chunk`` sequences (see :func:`make_transformer`).
     """
     chex.assert_rank(x, 2, custom_message="x must be int[batch, max_len]")
     chex.assert_axis_dimension(x, 1, L, custom_message=f"x must have length {L}")
     chex.assert_type(x, int, custom_message="x must hold integer token ids")
     x = x.astype(jnp.int32)
+    batch = x.shape[0]
+    chunk = resolve_score_chunk(score_chunk, batch)
+    if chunk is None:
+      return one_pass_token_log_prob(params, x)
+    pad = -batch % chunk
+    if pad:  # filler rows: EOS then PAD, a valid sequence (finite log-prob)
+      filler = jnp.full((pad, L), cfg.pad_id, jnp.int32).at[:, 0].set(cfg.eos_id)
+      x = jnp.concatenate([x, filler], axis=0)
+    scored = optax.microbatch(
+        jax.checkpoint(one_pass_token_log_prob), argnums=1, microbatch_size=chunk,
+        accumulator=optax.microbatching.AccumulationType.CONCAT)(params, x)
+    return scored[:batch]
+
+  def one_pass_token_log_prob(params, x):
     in_range = (x >= 0) & (x < V)
     x_safe = jnp.clip(x, 0, V - 1)  # out-of-range ids would embed as NaN
     logp = jax.nn.log_softmax(logits_fn(params, x_safe), axis=-1)  # [B, L, V]
