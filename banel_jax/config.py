@@ -119,9 +119,9 @@ class BanelConfig:
       this many samples (the largest divisor of the batch size up to it,
       :func:`~banel_jax.mle.microbatch_size_for`): the same step up to float
       rounding, faster on a CPU, where a transformer's activations for a
-      microbatch stay in cache; for a transformer, keep it no larger than
+      microbatch stay in cache. For a transformer, keep it no larger than
       :data:`~banel_jax.models.transformer.CPU_SCORE_CHUNK` (32), so that
-      ``log_prob`` scores each microbatch in one pass). ``0`` (default): one
+      ``log_prob`` scores each microbatch in one pass. ``0`` (default): one
       pass per step.
     max_regions: capacity of the region bank (static); ``0`` derives it from
       ``ceil(nre_budget / samples_per_round)``.

@@ -25,9 +25,10 @@ on a CPU a large batch is scored in chunks of :data:`CPU_SCORE_CHUNK`
 sequences, see :func:`make_transformer`) and a one-token decode step against an
 explicit key/value cache (used by ``sample``, ``greedy_decode`` and
 ``greedy_decode_ragged`` inside ``lax.scan``; the steps run in four segments,
-each against a cache only as long as it needs, :func:`decode_segment_ends`). The cache is a plain pytree, a tuple with one
-:class:`LayerCache` per layer, each of ``[batch, max_len + 1, num_heads,
-head_dim]`` keys and values; the decode position is passed in as an argument.
+each against a cache only as long as it needs, :func:`decode_segment_ends`).
+The cache is a plain pytree, a tuple with one :class:`LayerCache` per layer,
+each of ``[batch, max_len + 1, num_heads, head_dim]`` keys and values; the
+decode position is passed in as an argument.
 
 Example:
   >>> import jax
