@@ -140,6 +140,11 @@ def region_log_ratios(model: GenerativeModel, bank: RegionBank, x: Samples) -> j
       model, bank.proposal_params, bank.failure_params, x, bank.log_norm)
 
 
+# ``rejection_mask(strategy="loop")`` scores a slot's remaining samples in this
+# many blocks at most.
+LOOP_BLOCKS = 16
+
+
 def rejection_mask(model: GenerativeModel, bank: RegionBank, x: Samples,
                    strategy: str = "vmap") -> jax.Array:
   """``bool[batch]``: true where ``x`` lies in the union of the bank's regions.
@@ -152,7 +157,10 @@ def rejection_mask(model: GenerativeModel, bank: RegionBank, x: Samples,
       call (fastest for small models; memory grows with ``capacity * batch``);
       ``"loop"`` visits only the filled slots, one at a time, in a
       ``lax.fori_loop`` (memory of one region; compute grows with the regions
-      actually stored — use it for large models). Both give the same mask.
+      actually stored — use it for large models). Each slot scores only the
+      samples that no earlier slot has put inside: they are sorted first, and
+      the slot scores blocks of ``ceil(batch / 16)`` of them until none is left
+      (a ``lax.while_loop``; shapes stay static). Both give the same mask.
   """
   chex.assert_rank(x, 1 + len(model.event_shape))
   if strategy == "vmap":
@@ -162,13 +170,32 @@ def rejection_mask(model: GenerativeModel, bank: RegionBank, x: Samples,
   if strategy != "loop":
     raise ValueError(f"strategy must be 'vmap' or 'loop', got {strategy!r}")
 
+  n = x.shape[0]
+  block = -(-n // LOOP_BLOCKS)
+  n_pad = block * LOOP_BLOCKS
+
   def body(i, inside):
     slot = lambda stack: jax.lax.dynamic_index_in_dim(stack, i, 0, keepdims=False)
-    lr = log_ratio(model, jax.tree.map(slot, bank.proposal_params),
-                   jax.tree.map(slot, bank.failure_params), x, slot(bank.log_norm))
-    return inside | (slot(bank.valid) & (lr < slot(bank.log_tau)))
+    proposal_params = jax.tree.map(slot, bank.proposal_params)
+    failure_params = jax.tree.map(slot, bank.failure_params)
+    order = jnp.argsort(inside, stable=True)  # the samples still outside first
+    left = jnp.sum(~inside)
+    xs = x[order]
+    xs = jnp.concatenate([xs, jnp.broadcast_to(xs[:1], (n_pad - n,) + xs.shape[1:])])
 
-  return jax.lax.fori_loop(0, bank.size, body, jnp.zeros((x.shape[0],), bool))
+    def score(carry):
+      j, lr = carry
+      xb = jax.lax.dynamic_slice_in_dim(xs, j * block, block)
+      lb = log_ratio(model, proposal_params, failure_params, xb, slot(bank.log_norm))
+      return j + 1, jax.lax.dynamic_update_slice_in_dim(lr, lb, j * block, 0)
+
+    _, lr = jax.lax.while_loop(lambda c: c[0] * block < left, score,
+                               (jnp.zeros((), jnp.int32),
+                                jnp.full((n_pad,), jnp.inf, jnp.float32)))
+    hit = slot(bank.valid) & (lr[:n] < slot(bank.log_tau))  # unscored: +inf, no hit
+    return inside | jnp.zeros((n,), bool).at[order].set(hit)
+
+  return jax.lax.fori_loop(0, bank.size, body, jnp.zeros((n,), bool))
 
 
 class PosteriorSampleInfo(NamedTuple):

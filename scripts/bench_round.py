@@ -11,13 +11,16 @@ and ``vmap``-ed over ``--seeds`` seeds side by side, as ``attack.py`` runs them:
 * ``calibration``: ``calibration_samples`` fresh samples and their log-ratio
   (two log-prob passes), the calibrated threshold's input;
 * ``distill_sample``: the ``distill_samples`` distillation samples;
-* ``region_test``: one region's rejection test of those (two log-prob passes);
-  a round with ``k`` regions pays it ``k`` times;
+* ``region_test``: one region's rejection test of all of those (two log-prob
+  passes). The first region of a round pays it in full; each further one
+  scores only the samples no earlier region has rejected
+  (:func:`banel_jax.posterior.rejection_mask`), so it pays a share;
 * ``distill_fit``: distillation's ``distill_epochs`` epochs.
 
 ``failure_fit`` and ``distill_fit`` are timed at each ``--train-microbatch``
 value (``BanelConfig.train_microbatch``). The JSON also gives the estimated round
-time with 1 region and with as many regions as the budget's last round has.
+time with 1 region and an upper bound with as many regions as the budget's last
+round has (every region paying ``region_test`` in full).
 The parameters are freshly initialised: the cost of every part depends on the
 shapes only (static), not on what the models have learned.
 
