@@ -157,8 +157,9 @@ def rejection_mask(model: GenerativeModel, bank: RegionBank, x: Samples,
       call (fastest for small models; memory grows with ``capacity * batch``);
       ``"loop"`` visits only the filled slots, one at a time, in a
       ``lax.fori_loop`` (memory of one region; compute grows with the regions
-      actually stored — use it for large models). Each slot scores only the
-      samples that no earlier slot has put inside: they are sorted first, and
+      actually stored — use it for large models). The newest slot goes first,
+      and each slot scores only the samples that no slot before it has put
+      inside: they are sorted first, and
       the slot scores blocks of ``ceil(batch / 16)`` of them until none is left
       (a ``lax.while_loop``; shapes stay static). Both give the same mask.
   """
@@ -174,7 +175,10 @@ def rejection_mask(model: GenerativeModel, bank: RegionBank, x: Samples,
   block = -(-n // LOOP_BLOCKS)
   n_pad = block * LOOP_BLOCKS
 
-  def body(i, inside):
+  def body(j, inside):
+    # newest slot first: its threshold was calibrated on the latest proposal,
+    # so it rejects the most of samples like these and leaves the fewest to score
+    i = bank.size - 1 - j
     slot = lambda stack: jax.lax.dynamic_index_in_dim(stack, i, 0, keepdims=False)
     proposal_params = jax.tree.map(slot, bank.proposal_params)
     failure_params = jax.tree.map(slot, bank.failure_params)

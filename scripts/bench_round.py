@@ -17,6 +17,13 @@ and ``vmap``-ed over ``--seeds`` seeds side by side, as ``attack.py`` runs them:
   (:func:`banel_jax.posterior.rejection_mask`), so it pays a share;
 * ``distill_fit``: distillation's ``distill_epochs`` epochs.
 
+``region_bank`` times the whole rejection test (``rejection_mask``, the loop
+strategy of the attack) on a synthetic bank of ``--region-bank`` regions of
+random transformers, each with its threshold at the median log-ratio of the
+samples (it rejects about half of them), against the same loop made to score
+every sample at every region (one block, ``posterior.LOOP_BLOCKS = 1``); both
+masks must agree.
+
 ``failure_fit`` and ``distill_fit`` are timed at each ``--train-microbatch``
 value (``BanelConfig.train_microbatch``). The JSON also gives the estimated round
 time with 1 region and an upper bound with as many regions as the budget's last
@@ -56,6 +63,9 @@ def parse_args(argv=None):
   p.add_argument("--train-microbatch", type=int, nargs="+", default=[0, 32],
                  help="BanelConfig.train_microbatch values to time the two fits "
                  "at (default 0 32; 0 is one pass per step).")
+  p.add_argument("--region-bank", type=int, default=8, metavar="K",
+                 help="regions in the synthetic bank of the rejection-test timing "
+                 "(default 8; 0 skips it).")
   p.add_argument("--repeats", type=int, default=3,
                  help="timed calls per part after one warm-up; the median is "
                  "reported (default 3).")
@@ -130,6 +140,47 @@ def bench_round(exp, n_seeds: int, microbatches, repeats: int) -> dict:
   return out
 
 
+def bench_region_bank(exp, n_seeds: int, n_regions: int, repeats: int) -> dict:
+  """Seconds of ``rejection_mask`` (loop) on a synthetic bank (module doc)."""
+  import jax
+  import jax.numpy as jnp
+
+  from banel_jax import posterior
+  from banel_jax.models import transformer as tfm
+
+  c = exp.banel
+  model = tfm.make_transformer(exp.task.attacker).model
+
+  def bank_of(key):
+    keys = jax.random.split(key, 2 * n_regions + 1)
+    p0 = model.init(keys[-1])
+    x = model.sample(p0, keys[-1], c.distill_samples)
+    bank = posterior.empty_region_bank(p0, capacity=max(n_regions, 1))
+    for i in range(n_regions):
+      pp, fp = model.init(keys[2 * i]), model.init(keys[2 * i + 1])
+      lr = posterior.log_ratio(model, pp, fp, x)
+      bank = posterior.add_region(bank, pp, fp, jnp.median(lr))
+    return bank, x
+
+  banks, xs = jax.jit(jax.vmap(bank_of))(jax.random.split(jax.random.key(2), n_seeds))
+  mask = lambda b, x: posterior.rejection_mask(model, b, x, "loop")  # noqa: E731
+  remaining = jax.jit(jax.vmap(mask))
+  inside = remaining(banks, xs)
+  old_blocks = posterior.LOOP_BLOCKS
+  posterior.LOOP_BLOCKS = 1  # traced now: one block, every sample at every region
+  try:
+    every = jax.jit(jax.vmap(mask))
+    if not bool(jnp.all(every(banks, xs) == inside)):
+      raise RuntimeError("the two rejection tests disagree")
+  finally:
+    posterior.LOOP_BLOCKS = old_blocks
+  return {"regions": n_regions, "share_inside": float(jnp.mean(inside)),
+          "remaining_only": _median_time(
+              lambda: remaining(banks, xs).block_until_ready(), repeats),
+          "every_sample": _median_time(
+              lambda: every(banks, xs).block_until_ready(), repeats)}
+
+
 def round_estimates(parts: dict, n_regions: int) -> dict:
   """Estimated round seconds per microbatch, with 1 and ``n_regions`` regions."""
   fixed = (parts["sample_paid"] + parts["oracle"] + parts["calibration"]
@@ -148,12 +199,16 @@ def main(argv=None):
 
   from scripts.configs import attack as attack_configs
 
-  if args.seeds < 1 or args.repeats < 1 or any(m < 0 for m in args.train_microbatch):
-    raise SystemExit("--seeds and --repeats must be >= 1, --train-microbatch >= 0")
+  if (args.seeds < 1 or args.repeats < 1 or args.region_bank < 0
+      or any(m < 0 for m in args.train_microbatch)):
+    raise SystemExit("--seeds and --repeats must be >= 1, --train-microbatch and "
+                     "--region-bank >= 0")
   exp = attack_configs.CONFIGS[args.config]()
   exp = exp.replace(banel=exp.banel.replace(failure_epochs=args.failure_epochs))
   print(f"[{args.config}] {args.seeds} seeds ...", flush=True)
   parts = bench_round(exp, args.seeds, args.train_microbatch, args.repeats)
+  region_bank = (bench_region_bank(exp, args.seeds, args.region_bank, args.repeats)
+                 if args.region_bank else None)
   report = {"device": str(jax.devices()[0]), "platform": platform.platform(),
             "jax_version": jax.__version__, "config": args.config,
             "seeds": args.seeds, "repeats": args.repeats,
@@ -161,13 +216,14 @@ def main(argv=None):
                 "samples_per_round", "calibration_samples", "failure_epochs",
                 "failure_batch_size", "distill_samples", "distill_epochs",
                 "distill_batch_size")},
-            "seconds": parts,
+            "seconds": parts, "region_bank": region_bank,
             "round_seconds": round_estimates(parts, exp.banel.num_rounds)}
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(report, f, indent=1)
   print(json.dumps(report["seconds"], indent=1))
   print(json.dumps(report["round_seconds"], indent=1))
+  print(json.dumps(region_bank, indent=1))
   print(f"wrote {args.out}")
 
 
