@@ -43,11 +43,11 @@ import functools
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from scripts.bench_transformer import _median_time  # noqa: E402  (median after a warm-up)
 
 
 def parse_args(argv=None):
@@ -71,16 +71,6 @@ def parse_args(argv=None):
                  "reported (default 3).")
   p.add_argument("--out", default="results/bench_round.json", help="JSON output path.")
   return p.parse_args(argv)
-
-
-def _median_time(fn, repeats):
-  fn()  # warm-up (compiles)
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def bench_round(exp, n_seeds: int, microbatches, repeats: int) -> dict:
