@@ -215,6 +215,9 @@ def bench_jax(cfg, batch_sizes, repeats, train_batches, train_microbatch=0):
   return {"config": {k: str(v) for k, v in cfg.__dict__.items()},
           "score_chunk": tfm.resolve_score_chunk("auto", max(batch_sizes)),
           "decode_segment_ends": list(tfm.decode_segment_ends(cfg.max_len)),
+          "input_tables_by_batch": {  # first block's inputs looked up (sampling)
+              str(b): tfm.resolve_input_tables("auto", cfg, b * cfg.max_len)
+              for b in sorted(set(batch_sizes) | set(train_batches))},
           "train_microbatch_by_batch": {
               str(b): microbatch(b) for b in sorted(set(batch_sizes) | set(train_batches))},
           "by_batch": {str(k): v for k, v in out.items()},

@@ -253,3 +253,52 @@ def test_segmented_decoding_matches_one_full_cache(monkeypatch):
   np.testing.assert_array_equal(segmented[0], full[0])
   np.testing.assert_array_equal(segmented[1], full[1])
   assert len(set(map(tuple, np.asarray(full[0]).tolist()))) > 10  # varied samples
+
+
+def test_input_tables_give_the_same_results():
+  """Every entry point with the first block's inputs looked up equals computing them."""
+  plain = tfm.make_transformer(TINY, input_tables=False)
+  table = tfm.make_transformer(TINY, input_tables=True)
+  params = jax.jit(plain.model.init)(jax.random.key(11))
+  x = plain.model.sample(params, jax.random.key(12), 9)
+  np.testing.assert_array_equal(jax.jit(table.model.sample, static_argnums=2)(
+      params, jax.random.key(12), 9), x)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  close(table.logits(params, x), plain.logits(params, x))
+  close(table.model.log_prob(params, x), plain.model.log_prob(params, x))
+  close(table.next_token_logits_cached(params, x[:, :2]),
+        plain.next_token_logits_full(params, x[:, :2]))
+  close(table.next_token_logits_full(params, x[:, :3]),
+        plain.next_token_logits_full(params, x[:, :3]))
+  cache = plain.init_cache(9)
+  tok = jnp.full((9,), TINY.bos_id, jnp.int32)
+  close(table.decode_step(params, cache, tok, 0)[0],
+        plain.decode_step(params, cache, tok, 0)[0])
+  np.testing.assert_array_equal(table.greedy_decode(params, x[:, :1], 3),
+                                plain.greedy_decode(params, x[:, :1], 3))
+  lengths = jnp.arange(9, dtype=jnp.int32) % 3
+  np.testing.assert_array_equal(
+      table.greedy_decode_ragged(params, x[:, :2], lengths, 2),
+      plain.greedy_decode_ragged(params, x[:, :2], lengths, 2))
+  # Gradients flow through the tables to the embedding and the first block.
+  loss = lambda tr: jax.grad(lambda p: -jnp.mean(tr.model.log_prob(p, x)))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               loss(table), loss(plain))
+  # An id outside the vocabulary gives NaN logits on both paths (not another row).
+  bad = x.at[0, 1].set(TINY.vocab_size + 1)
+  got, want = table.logits(params, bad), plain.logits(params, bad)
+  assert np.isnan(got[0, 2]).any()
+  np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+  np.testing.assert_array_equal(table.model.log_prob(params, bad),
+                                plain.model.log_prob(params, bad))
+
+
+def test_input_tables_setting():
+  rows = TINY.num_positions * TINY.vocab_size  # 30
+  assert tfm.resolve_input_tables("auto", TINY, rows)
+  assert not tfm.resolve_input_tables("auto", TINY, rows - 1)
+  assert tfm.resolve_input_tables(True, TINY, 1)
+  assert not tfm.resolve_input_tables(False, TINY, 10**6)
+  for bad in (0, 1, None, "yes"):
+    with pytest.raises(ValueError, match="input_tables"):
+      tfm.make_transformer(TINY, input_tables=bad)
