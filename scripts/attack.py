@@ -271,6 +271,9 @@ def self_imitation_configs(args, exp):
   if given:
     raise SystemExit(f"--method self-imitation has no failure model or regions: "
                      f"drop {', '.join(given)}")
+  if args.learn_from_successes:
+    raise SystemExit("--method self-imitation always fits its successes (set "
+                     "how many with --success-bank K): drop --learn-from-successes")
   b = exp.banel
   try:
     si = SelfImitationConfig(
@@ -513,7 +516,8 @@ def main(argv=None):
       if s == 0:
         wins = x_post[s][r > 0.5]
         summary["examples_final_proposal_seed0"] = addition.decode_batch(wins[:30])
-    summary["patterns_banel_per_seed"] = per_seed
+    # patterns_banel_per_seed or patterns_self_imitation_per_seed
+    summary[f"patterns_{args.method.replace('-', '_')}_per_seed"] = per_seed
     rng = np.random.default_rng(int(jax.random.randint(rule_seed, (), 0, 2**31 - 1)))
     rules = {}
     for rule in patterns.RULES:

@@ -86,6 +86,10 @@ def test_attack_script_runs_the_self_imitation_baseline(tmp_path):
                            capture_output=True, text=True)
   assert refused.returncode != 0
   assert "drop --tau-mode, --reset" in refused.stderr
+  redundant = subprocess.run(script + ["--learn-from-successes"], cwd=ROOT,
+                             capture_output=True, text=True)
+  assert redundant.returncode != 0
+  assert "drop --learn-from-successes" in redundant.stderr
   empty = subprocess.run(script + ["--success-bank", "0"], cwd=ROOT,
                          capture_output=True, text=True)
   assert empty.returncode != 0 and "bank_size=0 must be an integer >= 1" in empty.stderr
@@ -100,7 +104,8 @@ def test_attack_script_runs_the_self_imitation_baseline(tmp_path):
           mc["epochs"], mc["batch_size"]) == (8, 100.0, 256, 1, 128)
   assert summary["run_config"]["nre_budget"] == 128
   assert summary["nre_spent"] == [128, 128]
-  assert len(summary["patterns_banel_per_seed"]) == 2
+  assert len(summary["patterns_self_imitation_per_seed"]) == 2
+  assert "patterns_banel_per_seed" not in summary
   record = json.load(open(run_dir / "config.json"))
   assert record["method"] == "self_imitation"
   assert record["method_config"]["bank_size"] == 8
