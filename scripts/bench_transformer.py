@@ -9,7 +9,10 @@ microbatches of ``--train-microbatch`` sequences).
 It counts XLA compilations across repeated calls to show that nothing re-traces per
 step or per round. With ``--peer`` it measures, in the same process and on the same
 threads, a randomly initialised Hugging Face GPT-2 of the same shape on PyTorch
-(``pip install -e ".[bench]"``) and writes the ratios.
+(``pip install -e ".[bench]"``) and writes the ratios. The ratios come from a
+side-by-side pass (``"side_by_side"`` in the JSON): the JAX call and the peer's
+call of each comparison timed in turns, ``--side-by-side-rounds`` times, so that
+the machine's slow spells fall on both alike.
 
 It also writes a roofline (``"roofline"`` in the JSON): the machine's measured
 fp32 matrix-multiply peak (the best of square ``jnp.dot`` and, for a CPU
@@ -69,6 +72,10 @@ def parse_args(argv=None):
   p.add_argument("--peer-device", default="cpu",
                  help="PyTorch device of the peer: 'cpu' (default, the CPU reference) "
                  "or 'cuda' to compare on the same GPU that JAX uses.")
+  p.add_argument("--side-by-side-rounds", type=int, default=9,
+                 help="with --peer: the ratios come from this many rounds in which "
+                 "the JAX call and the peer's call of each comparison are timed in "
+                 "turns (medians; default 9), after the separate measurements.")
   p.add_argument("--target", action="store_true",
                  help="also measure the addition target's shape.")
   p.add_argument("--out", default="results/bench_transformer.json",
@@ -84,6 +91,24 @@ def _median_time(fn, repeats):
     fn()
     times.append(time.perf_counter() - t0)
   return statistics.median(times)
+
+
+def interleaved_times(fns: dict, repeats: int) -> dict:
+  """Median seconds per call of each zero-arg callable, timed in turns.
+
+  Each callable is called once to warm up, then ``repeats`` rounds call every
+  one of them once, in turn, so that a slow spell of the machine falls on all
+  of them alike: the ratio of two medians is then a side-by-side comparison.
+  """
+  for fn in fns.values():
+    fn()
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+  return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def forward_flops(cfg, positions: int) -> float:
@@ -153,6 +178,11 @@ def roofline(cfg, peak: dict, ours: dict, peer: dict, targets: dict,
 
 
 def bench_jax(cfg, batch_sizes, repeats, train_batches, train_microbatch=0):
+  """``(report, calls)``: the JAX measurements by batch, and their callables.
+
+  ``calls[(metric, batch)]`` is ``(zero-arg call, units per call)``, for the
+  side-by-side comparison with the peer.
+  """
   import functools
 
   import jax
@@ -182,26 +212,33 @@ def bench_jax(cfg, batch_sizes, repeats, train_batches, train_microbatch=0):
             state, x, jnp.ones((b,), jnp.float32), jax.random.key(0))
     return state, losses[0, 0]
 
-  out = {}
+  out, calls = {}, {}
   for b in sorted(set(batch_sizes) | set(train_batches)):
     row = {}
-    keys = iter(jax.random.split(jax.random.key(1), 10_000))
+    keys = iter(jax.random.split(jax.random.key(1), 100_000))
     x = sample(params, next(keys), b)
     if b in batch_sizes:
-      t = _median_time(lambda: sample(params, next(keys), b).block_until_ready(),
-                       repeats)
+      def draw(b=b, keys=keys):
+        sample(params, next(keys), b).block_until_ready()
+      t = _median_time(draw, repeats)
       row["sample_tokens_per_s"] = b * cfg.max_len / t
-      t = _median_time(lambda: log_prob(params, x).block_until_ready(), repeats)
+      calls["sample_tokens_per_s", b] = (draw, b * cfg.max_len)
+
+      def score(x=x):
+        log_prob(params, x).block_until_ready()
+      t = _median_time(score, repeats)
       row["log_prob_sequences_per_s"] = b / t
+      calls["log_prob_sequences_per_s", b] = (score, b)
     state = train_state.TrainState.create(apply_fn=model.log_prob, params=params,
                                           tx=tx)
     holder = [state]
 
-    def step():
+    def step(holder=holder, x=x):
       holder[0], loss = train_step(holder[0], x)
       loss.block_until_ready()
     t = _median_time(step, repeats)
     row["train_steps_per_s"] = 1.0 / t
+    calls["train_steps_per_s", b] = (step, 1)
     out[b] = row
   # Re-tracing check: after warm-up, more calls at known shapes compile nothing.
   from banel_jax.compilation import count_compilations
@@ -221,11 +258,12 @@ def bench_jax(cfg, batch_sizes, repeats, train_batches, train_microbatch=0):
           "train_microbatch_by_batch": {
               str(b): microbatch(b) for b in sorted(set(batch_sizes) | set(train_batches))},
           "by_batch": {str(k): v for k, v in out.items()},
-          "compilations_on_repeat_calls": compiles_after_warmup}
+          "compilations_on_repeat_calls": compiles_after_warmup}, calls
 
 
 def bench_peer(cfg, threads, repeats, sample_batch, score_batch, train_batch,
                device="cpu"):
+  """``(report, calls)`` of the peer; ``calls[metric] = (call, units per call)``."""
   import torch
   from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -257,6 +295,7 @@ def bench_peer(cfg, threads, repeats, sample_batch, score_batch, train_batch,
       model.generate(bos, do_sample=True, temperature=1.0, top_k=0,
                      max_new_tokens=cfg.max_len, min_new_tokens=cfg.max_len,
                      use_cache=True, pad_token_id=cfg.pad_id)
+  calls = {"sample_tokens_per_s": (synced(gen), sample_batch * cfg.max_len)}
   res["sample_batch"] = sample_batch
   res["sample_tokens_per_s"] = (sample_batch * cfg.max_len
                                 / _median_time(synced(gen), repeats))
@@ -269,6 +308,7 @@ def bench_peer(cfg, threads, repeats, sample_batch, score_batch, train_batch,
       logits = model(x[:, :-1]).logits
       logp = torch.log_softmax(logits, -1).gather(-1, x[:, 1:, None])[..., 0].sum(1)
     return logp
+  calls["log_prob_sequences_per_s"] = (synced(score), score_batch)
   res["score_batch"] = score_batch
   res["log_prob_sequences_per_s"] = (score_batch
                                      / _median_time(synced(score), repeats))
@@ -285,13 +325,17 @@ def bench_peer(cfg, threads, repeats, sample_batch, score_batch, train_batch,
                                              xt[:, 1:].reshape(-1))
     loss.backward()
     opt.step()
+  calls["train_steps_per_s"] = (synced(train), 1)
   res["train_batch"] = train_batch
   res["train_steps_per_s"] = 1.0 / _median_time(synced(train), repeats)
-  return res
+  return res, calls
 
 
 def main(argv=None):
   args = parse_args(argv)
+  if args.side_by_side_rounds < 1:
+    raise SystemExit(f"--side-by-side-rounds must be >= 1, got "
+                     f"{args.side_by_side_rounds}")
   import jax
 
   from banel_jax.models import transformer as tfm
@@ -303,43 +347,50 @@ def main(argv=None):
   report = {"device": str(jax.devices()[0]), "platform": platform.platform(),
             "jax_version": jax.__version__, "threads": args.threads,
             "repeats": args.repeats, "results": {}}
+  jax_calls = {}
   for name, cfg in shapes.items():
     train_batches = [args.peer_train_batch] if (args.peer and name == "attacker") else []
     print(f"[{name}] JAX ...", flush=True)
-    report["results"][name] = {"jax": bench_jax(cfg, args.batch_sizes, args.repeats,
-                                                train_batches, args.train_microbatch)}
+    result, jax_calls[name] = bench_jax(cfg, args.batch_sizes, args.repeats,
+                                        train_batches, args.train_microbatch)
+    report["results"][name] = {"jax": result}
   if args.peer:
     cfg = shapes["attacker"]
     print("[attacker] PyTorch / transformers GPT-2 ...", flush=True)
-    peer = bench_peer(cfg, args.threads, args.repeats, args.peer_sample_batch,
-                      args.peer_score_batch, args.peer_train_batch,
-                      args.peer_device)
-    ours = report["results"]["attacker"]["jax"]["by_batch"]
-    ratios = {
-        "sample_tokens_per_s": ours[str(args.peer_sample_batch)]["sample_tokens_per_s"]
-        / peer["sample_tokens_per_s"],
-        "log_prob_sequences_per_s":
-            ours[str(args.peer_score_batch)]["log_prob_sequences_per_s"]
-            / peer["log_prob_sequences_per_s"],
-        "train_steps_per_s": ours[str(args.peer_train_batch)]["train_steps_per_s"]
-        / peer["train_steps_per_s"],
-    }
+    peer, peer_calls = bench_peer(cfg, args.threads, args.repeats,
+                                  args.peer_sample_batch, args.peer_score_batch,
+                                  args.peer_train_batch, args.peer_device)
+    batches = {"sample_tokens_per_s": args.peer_sample_batch,
+               "log_prob_sequences_per_s": args.peer_score_batch,
+               "train_steps_per_s": args.peer_train_batch}
+    # The ratios: each JAX call and the peer's call timed in turns, so that a
+    # slow spell of the machine slows both sides alike.
+    print(f"[attacker] side by side, {args.side_by_side_rounds} rounds in turns ...",
+          flush=True)
+    side = {"rounds": args.side_by_side_rounds}
+    for k, b in batches.items():
+      (ours_call, ours_units), (peer_call, peer_units) = (
+          jax_calls["attacker"][k, b], peer_calls[k])
+      t = interleaved_times({"jax": ours_call, "peer": peer_call},
+                            args.side_by_side_rounds)
+      side[k] = {"jax": ours_units / t["jax"], "peer": peer_units / t["peer"]}
+    ours = {k: side[k]["jax"] for k in batches}
+    peer_side = {k: side[k]["peer"] for k in batches}
+    ratios = {k: ours[k] / peer_side[k] for k in batches}
     targets = {"sample_tokens_per_s": 3.0, "log_prob_sequences_per_s": 5.0,
                "train_steps_per_s": 2.0}
     report["results"]["attacker"]["peer_hf_gpt2_torch"] = peer
+    report["results"]["attacker"]["side_by_side"] = side
     report["results"]["attacker"]["ratio_jax_over_peer"] = ratios
     report["results"]["attacker"]["target_ratio"] = targets
     report["results"]["attacker"]["meets_targets"] = {
         k: bool(ratios[k] >= targets[k]) for k in targets}
     print("[machine] fp32 matmul peak ...", flush=True)
-    batches = {"sample_tokens_per_s": args.peer_sample_batch,
-               "log_prob_sequences_per_s": args.peer_score_batch,
-               "train_steps_per_s": args.peer_train_batch}
     report["results"]["attacker"]["roofline"] = roofline(
         cfg, measure_matmul_peak(
             args.repeats,
-            torch_threads=args.threads if args.peer_device == "cpu" else None), {
-            k: ours[str(b)][k] for k, b in batches.items()}, peer, targets, batches)
+            torch_threads=args.threads if args.peer_device == "cpu" else None),
+        ours, peer_side, targets, batches)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(report, f, indent=1)

@@ -1,5 +1,7 @@
 """``scripts/bench_transformer.py``'s roofline: the FLOP count and the arithmetic."""
 
+import time
+
 import jax
 import pytest
 
@@ -48,3 +50,17 @@ def test_roofline_needs_and_fractions():
       step * 2 * 0.5 / 1e9)
   # needs here: 241, 96 and 30 GFLOP/s against a peak of 100
   assert [r[k]["target_within_peak"] for k in targets] == [False, True, True]
+
+
+def test_interleaved_times_alternate_and_take_medians():
+  order = []
+
+  def slow():
+    order.append("slow")
+    time.sleep(0.02)
+
+  def fast():
+    order.append("fast")
+  t = bench.interleaved_times({"slow": slow, "fast": fast}, repeats=3)
+  assert order == ["slow", "fast"] * 4  # one warm-up round, then 3 in turns
+  assert t["slow"] >= 0.02 > t["fast"]
