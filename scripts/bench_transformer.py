@@ -72,10 +72,11 @@ def parse_args(argv=None):
   p.add_argument("--peer-device", default="cpu",
                  help="PyTorch device of the peer: 'cpu' (default, the CPU reference) "
                  "or 'cuda' to compare on the same GPU that JAX uses.")
-  p.add_argument("--side-by-side-rounds", type=int, default=9,
+  p.add_argument("--side-by-side-rounds", type=int, default=3,
                  help="with --peer: the ratios come from this many rounds in which "
-                 "the JAX call and the peer's call of each comparison are timed in "
-                 "turns (medians; default 9), after the separate measurements.")
+                 "the JAX call and the peer's call of each comparison take turns, "
+                 "each turn one untimed call and 3 timed ones (medians; default "
+                 "3), after the separate measurements.")
   p.add_argument("--target", action="store_true",
                  help="also measure the addition target's shape.")
   p.add_argument("--out", default="results/bench_transformer.json",
@@ -93,21 +94,24 @@ def _median_time(fn, repeats):
   return statistics.median(times)
 
 
-def interleaved_times(fns: dict, repeats: int) -> dict:
+def interleaved_times(fns: dict, rounds: int, calls_per_turn: int = 3) -> dict:
   """Median seconds per call of each zero-arg callable, timed in turns.
 
-  Each callable is called once to warm up, then ``repeats`` rounds call every
-  one of them once, in turn, so that a slow spell of the machine falls on all
-  of them alike: the ratio of two medians is then a side-by-side comparison.
+  Each of ``rounds`` rounds gives every callable a turn: one untimed call, then
+  ``calls_per_turn`` timed ones. A slow spell of the machine then falls on all
+  of them alike, so the ratio of two medians is a side-by-side comparison. The
+  untimed call of each turn absorbs what the previous turn leaves behind (two
+  libraries in one process: timed call by call in strict alternation, the
+  PyTorch sampler ran 30% slower after each JAX call than on its own).
   """
-  for fn in fns.values():
-    fn()
   times = {name: [] for name in fns}
-  for _ in range(repeats):
+  for _ in range(rounds):
     for name, fn in fns.items():
-      t0 = time.perf_counter()
       fn()
-      times[name].append(time.perf_counter() - t0)
+      for _ in range(calls_per_turn):
+        t0 = time.perf_counter()
+        fn()
+        times[name].append(time.perf_counter() - t0)
   return {name: statistics.median(ts) for name, ts in times.items()}
 
 

@@ -61,6 +61,8 @@ def test_interleaved_times_alternate_and_take_medians():
 
   def fast():
     order.append("fast")
-  t = bench.interleaved_times({"slow": slow, "fast": fast}, repeats=3)
-  assert order == ["slow", "fast"] * 4  # one warm-up round, then 3 in turns
+  t = bench.interleaved_times({"slow": slow, "fast": fast}, rounds=2,
+                              calls_per_turn=3)
+  # each turn: one untimed call, then 3 timed ones
+  assert order == ["slow"] * 4 + ["fast"] * 4 + ["slow"] * 4 + ["fast"] * 4
   assert t["slow"] >= 0.02 > t["fast"]
