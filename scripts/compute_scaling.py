@@ -14,6 +14,11 @@ Writes to ``--out`` (default ``results/compute_scaling``):
 * ``scaling.png``: improvement (final and best-so-far; mean over seeds, with each
   seed's point) against epochs, log-x.
 
+``--pool DIR [DIR ...]`` runs nothing: it joins the ``scaling.json`` of studies
+made on other seeds (e.g. seeds 0-2, then seeds 3-4 with ``-- --seed-offset 3``)
+into one table over all their seeds, for the epoch values they share, and
+writes it with its plot to ``--out``.
+
 Finished epoch values (an ``attack.json`` made with the same attack arguments) are
 reused, so a killed study resumes at the value it was on; ``--run-dir`` also
 makes each attack run itself resumable.
@@ -24,6 +29,8 @@ Example:
       --nre-budget 7500                                     # the paper's grid
   python scripts/compute_scaling.py --epochs 1 2 --seeds 1 --nre-budget 500 \\
       --n-eval 1000 --out scaling_smoke                     # a few minutes
+  python scripts/compute_scaling.py --pool runs/grid_s02 runs/grid_s34 \\
+      --out results/compute_scaling_5seeds                  # 3 + 2 seeds
 Arguments after ``--`` go to ``scripts/attack.py`` unchanged.
 """
 
@@ -57,6 +64,10 @@ def parse_args(argv=None):
   p.add_argument("--out", default="results/compute_scaling", help="output folder.")
   p.add_argument("--run-dir", default=None,
                  help="parent of resumable run directories, one per epoch value.")
+  p.add_argument("--pool", nargs="+", default=None, metavar="DIR",
+                 help="run nothing: join the scaling.json of these studies (made on "
+                 "different seeds, with the same budget and leading-zero rule) into "
+                 "one table over all their seeds, written to --out.")
   p.add_argument("attack_args", nargs="*",
                  help="extra arguments for scripts/attack.py (after '--').")
   return p.parse_args(argv)
@@ -128,8 +139,61 @@ def plot(rows: list[dict], path: str, title: str):
   plt.close(fig)
 
 
+def pool_studies(dirs: list[str]) -> dict:
+  """One ``scaling.json`` over the seeds of several studies (see ``--pool``)."""
+  studies = []
+  for d in dirs:
+    path = os.path.join(d, "scaling.json")
+    if not os.path.exists(path):
+      raise SystemExit(f"--pool: {path} does not exist")
+    with open(path) as f:
+      studies.append(json.load(f))
+  for key in ("nre_budget", "leading_zeros_allowed"):
+    values = {s[key] for s in studies}
+    if len(values) > 1:
+      raise SystemExit(f"--pool: the studies differ in {key}: {sorted(values)}")
+  by_epochs = [{r["failure_epochs"]: r for r in s["rows"]} for s in studies]
+  shared = sorted(set.intersection(*(set(b) for b in by_epochs)))
+  if not shared:
+    raise SystemExit("--pool: the studies share no epoch value")
+  rows = []
+  for e in shared:
+    parts = [b[e] for b in by_epochs]
+    rows.append({
+        "failure_epochs": e,
+        "improvement_final": summarize(
+            [v for r in parts for v in r["improvement_final"]["per_seed"]]),
+        "improvement_best": summarize(
+            [v for r in parts for v in r["improvement_best"]["per_seed"]]),
+        "final_success_rate": [v for r in parts for v in r["final_success_rate"]],
+        "pretrained_rate": parts[0]["pretrained_rate"],
+        "wall_time_s_per_study": [r["wall_time_s"] for r in parts]})
+  return {"pooled_from": [{"dir": d, "command": s["command"], "seeds": s["seeds"]}
+                          for d, s in zip(dirs, studies)],
+          "seeds": sum(s["seeds"] for s in studies),
+          "nre_budget": studies[0]["nre_budget"],
+          "leading_zeros_allowed": studies[0]["leading_zeros_allowed"],
+          "rows": rows}
+
+
 def main(argv=None):
   args = parse_args(argv)
+  if args.pool:
+    pooled = pool_studies(args.pool)
+    pooled["command"] = command_line("compute_scaling.py", argv)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "scaling.json"), "w") as f:
+      json.dump(pooled, f, indent=1)
+    lz = "allowed" if pooled["leading_zeros_allowed"] else "malformed"
+    plot(pooled["rows"], os.path.join(args.out, "scaling.png"),
+         f"compute scaling ({pooled['seeds']} seeds pooled, NRE "
+         f"{pooled['nre_budget']}, leading zeros {lz})")
+    for r in pooled["rows"]:
+      print(f"epochs {r['failure_epochs']}: improvement final mean "
+            f"{r['improvement_final']['mean']:.2f}x over "
+            f"{len(r['improvement_final']['per_seed'])} seeds")
+    print(f"wrote {args.out}/")
+    return
   if args.seeds < 1 or args.nre_budget < 1 or not args.epochs:
     raise SystemExit("--seeds and --nre-budget must be >= 1, --epochs non-empty")
   if any(e < 1 for e in args.epochs):

@@ -84,3 +84,36 @@ def test_reruns_a_value_made_with_other_arguments(tmp_path, monkeypatch):
     compute_scaling.main(["--epochs", "3", "--out", str(out)])
   assert len(calls) == 1 and "--failure-epochs" in calls[0]
   assert not (out / "epochs_3" / "attack.json").exists()  # the stale one is gone
+
+
+def test_pool_joins_studies_on_other_seeds(tmp_path):
+  """``--pool``: per-seed values of the shared epoch values, concatenated."""
+  def study(name, seeds, rows, nre=2500):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "scaling.json").write_text(json.dumps({
+        "command": f"python scripts/compute_scaling.py --seeds {seeds}",
+        "seeds": seeds, "nre_budget": nre, "leading_zeros_allowed": False,
+        "rows": [{"failure_epochs": e,
+                  "improvement_final": {"per_seed": fin},
+                  "improvement_best": {"per_seed": [2 * v for v in fin]},
+                  "final_success_rate": [v * 1e-4 for v in fin],
+                  "pretrained_rate": 1e-4, "wall_time_s": 5.0}
+                 for e, fin in rows.items()]}))
+    return str(d)
+  a = study("a", 3, {1: [0.0, 3.0, 0.0], 10: [1.0, 2.0, 3.0]})
+  b = study("b", 2, {1: [6.0, 1.0], 10: [5.0, 4.0], 100: [9.0, 9.0]})
+  out = tmp_path / "pooled"
+  compute_scaling.main(["--pool", a, b, "--out", str(out)])
+  pooled = json.loads((out / "scaling.json").read_text())
+  assert pooled["seeds"] == 5 and [r["failure_epochs"] for r in pooled["rows"]] == [1, 10]
+  row = pooled["rows"][1]
+  assert row["improvement_final"]["per_seed"] == [1.0, 2.0, 3.0, 5.0, 4.0]
+  assert row["improvement_final"]["mean"] == pytest.approx(3.0)
+  assert row["improvement_best"]["per_seed"] == [2.0, 4.0, 6.0, 10.0, 8.0]
+  assert row["final_success_rate"] == pytest.approx([1e-4, 2e-4, 3e-4, 5e-4, 4e-4])
+  assert [p["seeds"] for p in pooled["pooled_from"]] == [3, 2]
+  assert (out / "scaling.png").exists()
+  other = study("c", 2, {1: [1.0, 1.0]}, nre=7500)
+  with pytest.raises(SystemExit, match="nre_budget"):
+    compute_scaling.main(["--pool", a, other, "--out", str(out)])
