@@ -30,8 +30,8 @@ Both may look up the first block's input vectors and its queries, keys and
 values in :class:`InputTables`, one row per (position, token) pair, instead of
 computing them per token (``make_transformer``'s ``input_tables``).
 The cache is a plain pytree, a tuple with one :class:`LayerCache` per layer,
-each of ``[batch, max_len + 1, num_heads, head_dim]`` keys and values; the
-decode position is passed in as an argument.
+each of ``[batch, num_heads, slots, head_dim]`` keys and values (``max_len + 1``
+slots at most); the decode position is passed in as an argument.
 
 Example:
   >>> import jax
