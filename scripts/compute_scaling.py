@@ -132,7 +132,7 @@ def plot(rows: list[dict], path: str, title: str):
   ax.set_xscale("log")
   ax.set_xlabel("failure-model epochs per round")
   ax.set_ylabel("improvement over pretrained attacker")
-  ax.set_title(title)
+  ax.set_title(title, fontsize=9)
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
