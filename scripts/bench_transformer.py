@@ -289,12 +289,16 @@ def bench_peer(cfg, threads, repeats, sample_batch, score_batch, train_batch,
   hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_len + 1,
                       n_embd=cfg.width, n_layer=cfg.num_layers, n_head=cfg.num_heads,
                       n_inner=cfg.mlp_ratio * cfg.width, bos_token_id=cfg.bos_id,
-                      eos_token_id=cfg.eos_id, pad_token_id=cfg.pad_id)
+                      eos_token_id=cfg.eos_id, pad_token_id=cfg.pad_id,
+                      # ours has no dropout: the same math on both sides
+                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
   model = GPT2LMHeadModel(hf_cfg).to(device).eval()
   res = {"torch_version": torch.__version__, "device": device}
   bos = torch.full((sample_batch, 1), cfg.bos_id, dtype=torch.long, device=device)
 
+  # Each call sets the mode it needs: the side-by-side pass calls them in turns.
   def gen():
+    model.eval()
     with torch.no_grad():
       model.generate(bos, do_sample=True, temperature=1.0, top_k=0,
                      max_new_tokens=cfg.max_len, min_new_tokens=cfg.max_len,
@@ -308,6 +312,7 @@ def bench_peer(cfg, threads, repeats, sample_batch, score_batch, train_batch,
   x[:, 0] = cfg.bos_id
 
   def score():
+    model.eval()
     with torch.no_grad():
       logits = model(x[:, :-1]).logits
       logp = torch.log_softmax(logits, -1).gather(-1, x[:, 1:, None])[..., 0].sum(1)
@@ -317,12 +322,12 @@ def bench_peer(cfg, threads, repeats, sample_batch, score_batch, train_batch,
   res["log_prob_sequences_per_s"] = (score_batch
                                      / _median_time(synced(score), repeats))
 
-  model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
   xt = torch.randint(0, 10, (train_batch, cfg.max_len + 1), device=device)
   xt[:, 0] = cfg.bos_id
 
   def train():
+    model.train()
     opt.zero_grad()
     logits = model(xt[:, :-1]).logits
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size),
