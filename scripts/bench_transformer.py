@@ -9,7 +9,8 @@ microbatches of ``--train-microbatch`` sequences).
 It counts XLA compilations across repeated calls to show that nothing re-traces per
 step or per round. With ``--peer`` it measures, in the same process and on the same
 threads, a randomly initialised Hugging Face GPT-2 of the same shape on PyTorch
-(``pip install -e ".[bench]"``) and writes the ratios. The ratios come from a
+(``pip install -e ".[bench]"``; dropout 0 like ours, eval mode for sampling and
+scoring) and writes the ratios. The ratios come from a
 side-by-side pass (``"side_by_side"`` in the JSON): the JAX call and the peer's
 call of each comparison timed in turns, ``--side-by-side-rounds`` times, so that
 the machine's slow spells fall on both alike.
