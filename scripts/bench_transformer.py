@@ -102,8 +102,8 @@ def interleaved_times(fns: dict, rounds: int, calls_per_turn: int = 3) -> dict:
   ``calls_per_turn`` timed ones. A slow spell of the machine then falls on all
   of them alike, so the ratio of two medians is a side-by-side comparison. The
   untimed call of each turn absorbs what the previous turn leaves behind (two
-  libraries in one process: timed call by call in strict alternation, the
-  PyTorch sampler ran 30% slower after each JAX call than on its own).
+  libraries in one process; on 2 cores, a call right after the other library's
+  ran 2-7% slower than in a row of its own).
   """
   times = {name: [] for name in fns}
   for _ in range(rounds):
