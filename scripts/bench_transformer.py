@@ -346,6 +346,12 @@ def main(argv=None):
   if args.side_by_side_rounds < 1:
     raise SystemExit(f"--side-by-side-rounds must be >= 1, got "
                      f"{args.side_by_side_rounds}")
+  if args.peer:
+    for flag, b in (("--peer-sample-batch", args.peer_sample_batch),
+                    ("--peer-score-batch", args.peer_score_batch)):
+      if b not in args.batch_sizes:
+        raise SystemExit(f"{flag} {b} must be one of --batch-sizes "
+                         f"{args.batch_sizes}: the comparison reuses that measurement")
   import jax
 
   from banel_jax.models import transformer as tfm

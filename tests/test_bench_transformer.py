@@ -66,3 +66,10 @@ def test_interleaved_times_alternate_and_take_medians():
   # each turn: one untimed call, then 3 timed ones
   assert order == ["slow"] * 4 + ["fast"] * 4 + ["slow"] * 4 + ["fast"] * 4
   assert t["slow"] >= 0.02 > t["fast"]
+
+
+def test_rejects_a_peer_batch_it_does_not_measure():
+  with pytest.raises(SystemExit, match="--peer-sample-batch 512 must be one of"):
+    bench.main(["--peer", "--batch-sizes", "256", "1024", "--peer-sample-batch", "512"])
+  with pytest.raises(SystemExit, match="--side-by-side-rounds"):
+    bench.main(["--side-by-side-rounds", "0"])
