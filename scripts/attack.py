@@ -150,7 +150,10 @@ def parse_args(argv=None):
                  "(the same step up to float rounding; faster on a CPU). Default: "
                  "the config's, 32 in every attack config since session 26 (5 seeds "
                  "at NRE 4,000: 508 s against 650 s before session 26); 0 is one "
-                 "pass per step, as the runs before session 26.")
+                 "pass per step, as the runs before session 26. With --method "
+                 "self-imitation it sets the fit's microbatches the same way "
+                 "(before session 27 self-imitation always fitted in one pass: "
+                 "give 0 to resume such a run).")
   p.add_argument("--proposal-filter", action="store_true",
                  help="draw every paid, calibration and evaluation sample from the "
                  "proposal restricted to outside the regions (and the grammar with "
@@ -254,8 +257,7 @@ _BANEL_ONLY = {"mode": "--mode", "tau_mode": "--tau-mode",
                "distill_target": "--distill-target",
                "reject_seen_failures": "--reject-seen-failures",
                "proposal_filter": "--proposal-filter",
-               "restart_after_rounds": "--restart-after-rounds",
-               "train_microbatch": "--train-microbatch"}
+               "restart_after_rounds": "--restart-after-rounds"}
 SELF_IMITATION_BANK, SELF_IMITATION_WEIGHT = 256, 100.0
 
 
@@ -263,7 +265,8 @@ def self_imitation_configs(args, exp):
   """``(SelfImitationConfig, RunConfig)`` of ``--method self-imitation``.
 
   The fit takes BaNEL's distillation settings of ``exp`` (samples, epochs, batch
-  size, learning rate, packing); the run takes its budget and evaluation.
+  size, learning rate, packing) and its ``train_microbatch``; the run takes its
+  budget and evaluation.
   """
   from banel_jax.baselines import RunConfig, SelfImitationConfig
   given = [flag for dest, flag in _BANEL_ONLY.items()
@@ -283,7 +286,8 @@ def self_imitation_configs(args, exp):
                         else args.success_weight),
         bank_distinct=args.distinct_bank, anchor_samples=b.distill_samples,
         epochs=b.distill_epochs, batch_size=b.distill_batch_size,
-        learning_rate=b.distill_learning_rate, pack=b.distill_pack)
+        learning_rate=b.distill_learning_rate, pack=b.distill_pack,
+        train_microbatch=b.train_microbatch)
   except ValueError as e:  # names the field; --success-bank K is bank_size
     raise SystemExit(f"--method self-imitation: {e}") from None
   run = RunConfig(nre_budget=b.nre_budget, samples_per_round=b.samples_per_round,

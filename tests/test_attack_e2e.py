@@ -102,6 +102,7 @@ def test_attack_script_runs_the_self_imitation_baseline(tmp_path):
   mc = summary["method_config"]
   assert (mc["bank_size"], mc["success_weight"], mc["anchor_samples"],
           mc["epochs"], mc["batch_size"]) == (8, 100.0, 256, 1, 128)
+  assert mc["train_microbatch"] == 32  # the attack configs' speed setting
   assert summary["run_config"]["nre_budget"] == 128
   assert summary["nre_spent"] == [128, 128]
   assert len(summary["patterns_self_imitation_per_seed"]) == 2

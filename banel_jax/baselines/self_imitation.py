@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +58,7 @@ from banel_jax import success_bank
 from banel_jax.banel import RoundBatch, round_masks
 from banel_jax.baselines.common import (Baseline, all_accepted_info, all_finite,
                                         count_distinct)
-from banel_jax.mle import fit_weighted_mle
+from banel_jax.mle import fit_weighted_mle, microbatch_size_for
 from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
 
 
@@ -79,6 +79,10 @@ class SelfImitationConfig:
     learning_rate: Adam learning rate.
     pack: put positive-weight samples first in every epoch
       (:func:`~banel_jax.mle.fit_weighted_mle`).
+    train_microbatch: a speed setting, as ``BanelConfig.train_microbatch``: if
+      ``> 0``, each step's gradient is accumulated over microbatches of the
+      largest divisor of ``batch_size`` up to this many samples (the same
+      gradient up to float rounding); 0: one pass.
   """
 
   bank_size: int = 256
@@ -89,11 +93,15 @@ class SelfImitationConfig:
   batch_size: int = 256
   learning_rate: float = 1e-3
   pack: bool = False
+  train_microbatch: int = 0
+
+  # Added after run directories were written: left out of records while default.
+  OMIT_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("train_microbatch",)
 
   def __post_init__(self):
     problems = []
     for name, low in (("bank_size", 1), ("anchor_samples", 0), ("epochs", 1),
-                      ("batch_size", 1)):
+                      ("batch_size", 1), ("train_microbatch", 0)):
       v = getattr(self, name)
       if not isinstance(v, int) or isinstance(v, bool) or v < low:
         problems.append(f"{name}={v!r} must be an integer >= {low}")
@@ -179,8 +187,10 @@ def make_self_imitation(model: GenerativeModel,
     else:
       x, weights, anchor_w = bank.x, bank_w, jnp.zeros((0,), jnp.float32)
     policy = state.policy.replace(opt_state=state.policy.tx.init(state.policy.params))
-    policy, losses = fit_weighted_mle(policy, x, weights, fit_key, epochs=c.epochs,
-                                      batch_size=c.batch_size, pack=c.pack)
+    policy, losses = fit_weighted_mle(
+        policy, x, weights, fit_key, epochs=c.epochs, batch_size=c.batch_size,
+        pack=c.pack,
+        microbatch_size=microbatch_size_for(c.batch_size, c.train_microbatch))
     n_eval = jnp.sum(evaluated.astype(jnp.int32))
     metrics = {
         "fit_loss": losses[-1].mean(),
