@@ -220,7 +220,7 @@ def bench_jax(cfg, batch_sizes, repeats, train_batches, train_microbatch=0):
   out, calls = {}, {}
   for b in sorted(set(batch_sizes) | set(train_batches)):
     row = {}
-    keys = iter(jax.random.split(jax.random.key(1), 100_000))
+    keys = iter(jax.random.split(jax.random.key(1), 10_000))
     x = sample(params, next(keys), b)
     if b in batch_sizes:
       def draw(b=b, keys=keys):
