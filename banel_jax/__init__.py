@@ -22,6 +22,6 @@ from banel_jax.posterior import (AcceptanceRateError, PosteriorSampleInfo, Regio
                                  sample_posterior_by_rejection)
 from banel_jax.run_dir import (CheckpointWarning, RunDirError, RunDirectory,
                                read_checkpoint)
-from banel_jax.types import GenerativeModel
+from banel_jax.types import GenerativeModel, SplitLogProb
 
 __version__ = "0.1.0"

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from banel_jax.types import PRNGKey, Samples
+from banel_jax.types import PRNGKey, Samples, SplitLogProb
 
 
 def weighted_nll(log_prob_fn, params, x: Samples, weights: jax.Array) -> jax.Array:
@@ -46,15 +46,45 @@ def weighted_nll_and_grad(log_prob_fn, params, x: Samples, weights: jax.Array, *
   ``optax.microbatch``, and their gradients summed: the same gradient up to
   float rounding, with each microbatch's activations small enough to stay in a
   CPU's cache. ``None``: one pass.
+
+  A :class:`~banel_jax.types.SplitLogProb` (the Transformer's ``log_prob``)
+  runs its ``prepare`` once for the whole batch, not once per microbatch, and
+  back-propagates through it once (same gradient up to float rounding).
   """
   if microbatch_size is None:
     return jax.value_and_grad(
         lambda p: weighted_nll(log_prob_fn, p, x, weights))(params)
   total = _safe_total(jnp.sum(weights))
-  loss_sum, grads = optax.microbatch(
-      jax.value_and_grad(lambda p, xb, wb: weighted_nll_sum(log_prob_fn, p, xb, wb)),
-      argnums=(1, 2), microbatch_size=microbatch_size)(params, x, weights)
+  if (isinstance(log_prob_fn, SplitLogProb)
+      and log_prob_fn.prepare(params, x) is not None):
+    loss_sum, grads = _split_microbatched(log_prob_fn, params, x, weights,
+                                          microbatch_size)
+  else:
+    loss_sum, grads = optax.microbatch(
+        jax.value_and_grad(lambda p, xb, wb: weighted_nll_sum(log_prob_fn, p, xb, wb)),
+        argnums=(1, 2), microbatch_size=microbatch_size)(params, x, weights)
   return loss_sum / total, jax.tree.map(lambda g: g / total, grads)
+
+
+def _split_microbatched(log_prob_fn: SplitLogProb, params, x, weights,
+                        microbatch_size):
+  """``(sum(w * nll), its gradient)`` with ``prepare`` run once for all microbatches.
+
+  ``L = sum_m L_m(params, prepared(params))``, so the gradient is the sum over
+  microbatches of ``dL_m/dparams`` with ``prepared`` held fixed, plus
+  ``prepare``'s vector-Jacobian product applied once to the summed
+  ``dL_m/dprepared``.
+  """
+  prepared, prepare_vjp = jax.vjp(lambda p: log_prob_fn.prepare(p, x), params)
+
+  def microbatch_loss(p, prep, xb, wb):
+    return weighted_nll_sum(lambda q, xs: log_prob_fn.apply(q, prep, xs), p, xb, wb)
+
+  loss_sum, (grads, prepared_grads) = optax.microbatch(
+      jax.value_and_grad(microbatch_loss, argnums=(0, 1)), argnums=(2, 3),
+      microbatch_size=microbatch_size)(params, prepared, x, weights)
+  (through_prepared,) = prepare_vjp(prepared_grads)
+  return loss_sum, jax.tree.map(jnp.add, grads, through_prepared)
 
 
 def microbatch_size_for(batch_size: int, max_microbatch: int) -> int | None:

@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from banel_jax.types import Array, GenerativeModel, Params, PRNGKey
+from banel_jax.types import Array, GenerativeModel, Params, PRNGKey, SplitLogProb
 
 # Default token ids for the addition task: digits 0-9, then the symbols.
 PLUS_ID = 10
@@ -671,13 +671,24 @@ def make_transformer(config: TransformerConfig = TransformerConfig(), *,
     impossible token holds ``-inf``. ``log_prob`` is the sum over positions.
     Scored in chunks of ``score_chunk`` sequences (see :func:`make_transformer`).
     """
+    return token_log_prob_prepared(params, prepare_scoring(params, x), x)
+
+  def check_scored(x):
     chex.assert_rank(x, 2, custom_message="x must be int[batch, max_len]")
     chex.assert_axis_dimension(x, 1, L, custom_message=f"x must have length {L}")
     chex.assert_type(x, int, custom_message="x must hold integer token ids")
+
+  def prepare_scoring(params, x):
+    """The input tables for scoring a batch shaped like ``x`` (or None)."""
+    check_scored(x)
+    return tables_for(params, x.size)
+
+  def token_log_prob_prepared(params, tables, x):
+    """:func:`token_log_prob` with the input tables given (None: none used)."""
+    check_scored(x)
     x = x.astype(jnp.int32)
     batch = x.shape[0]
     chunk = resolve_score_chunk(score_chunk, batch)
-    tables = tables_for(params, x.size)  # once for all chunks
     if chunk is None:
       return one_pass_token_log_prob(params, x, tables)
     pad = -batch % chunk
@@ -704,10 +715,13 @@ def make_transformer(config: TransformerConfig = TransformerConfig(), *,
                         tok_logp)
     return per_pos
 
-  def log_prob(params, x):
+  def log_prob_prepared(params, tables, x):
     """Exact ``log p(x)`` ``f32[B]`` of ``x`` ``int32[B, L]`` (see module doc)."""
-    return jnp.sum(token_log_prob(params, x), axis=1)
+    return jnp.sum(token_log_prob_prepared(params, tables, x), axis=1)
 
+  # The input tables depend on the parameters alone: microbatched training
+  # computes them once per step (see SplitLogProb).
+  log_prob = SplitLogProb(prepare=prepare_scoring, apply=log_prob_prepared)
   model = GenerativeModel(init=init, log_prob=log_prob, sample=sample,
                           event_shape=(L,), dtype=jnp.int32)
   return Transformer(model=model, config=cfg, module=module, logits=logits_fn,
