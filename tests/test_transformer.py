@@ -293,6 +293,29 @@ def test_input_tables_give_the_same_results():
                                 plain.model.log_prob(params, bad))
 
 
+def test_decode_step_takes_precomputed_tables():
+  """A decode loop may compute the tables once and pass them to every step:
+  the same logits and cache as computing them (or not using them); tables of
+  another shape are refused."""
+  plain = tfm.make_transformer(TINY, input_tables=False)
+  params = jax.jit(plain.model.init)(jax.random.key(13))
+  x = plain.model.sample(params, jax.random.key(14), 5)
+  tables = plain.compute_input_tables(params)
+  rows = TINY.num_positions * TINY.vocab_size
+  assert tables.residual.shape == (rows, TINY.width)
+  cache_a = cache_b = plain.init_cache(5)
+  tok = jnp.full((5,), TINY.bos_id, jnp.int32)
+  for t in range(3):
+    got, cache_a = plain.decode_step(params, cache_a, tok, t, tables)
+    want, cache_b = plain.decode_step(params, cache_b, tok, t)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cache_a[0].k, cache_b[0].k, rtol=1e-5, atol=1e-6)
+    tok = x[:, t]
+  short = tfm.InputTables(tables.residual[:-1], tables.qkv[:-1])
+  with pytest.raises(AssertionError, match="compute_input_tables"):
+    plain.decode_step(params, cache_a, tok, 3, short)
+
+
 def test_input_tables_setting():
   rows = TINY.num_positions * TINY.vocab_size  # 30
   assert tfm.resolve_input_tables("auto", TINY, rows)

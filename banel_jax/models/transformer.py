@@ -358,10 +358,16 @@ class Transformer(NamedTuple):
     next_token_logits_cached: same result, computed by feeding ``[BOS, x]``
       through ``decode_step`` one token at a time in a ``lax.scan``.
     init_cache: ``init_cache(batch, length=max_len + 1) -> KVCache`` of zeros.
-    decode_step: ``decode_step(params, cache, token, pos) -> (f32[B, V],
-      cache)``: feeds ``token`` ``int32[B]`` at position ``pos`` (int scalar,
-      ``0`` for BOS, ``t + 1`` for ``x[:, t]``) and returns the logits of the
-      following token.
+    decode_step: ``decode_step(params, cache, token, pos, tables=None) ->
+      (f32[B, V], cache)``: feeds ``token`` ``int32[B]`` at position ``pos``
+      (int scalar, ``0`` for BOS, ``t + 1`` for ``x[:, t]``) and returns the
+      logits of the following token. ``tables``: the
+      :class:`InputTables` of ``compute_input_tables(params)``, for a loop
+      that calls ``decode_step`` many times under the same parameters (the
+      same result; without them a step at or above the tables' break-even
+      batch, ``num_positions * vocab_size`` tokens, computes them itself).
+    compute_input_tables: ``compute_input_tables(params) -> InputTables``, the
+      first block's inputs and projections for every (position, token) pair.
     greedy_decode: ``greedy_decode(params, prefix, num_steps) -> int32[B,
       num_steps]``: argmax continuation of the prefixes ``int32[B, P]``.
     greedy_decode_ragged: ``greedy_decode_ragged(params, tokens, lengths,
@@ -379,10 +385,11 @@ class Transformer(NamedTuple):
   next_token_logits_full: Callable[[Params, Array], Array]
   next_token_logits_cached: Callable[[Params, Array], Array]
   init_cache: Callable[..., KVCache]
-  decode_step: Callable[[Params, KVCache, Array, Array], tuple[Array, KVCache]]
+  decode_step: Callable[..., tuple[Array, KVCache]]
   greedy_decode: Callable[[Params, Array, int], Array]
   greedy_decode_ragged: Callable[[Params, Array, Array, int], Array]
   token_log_prob: Callable[[Params, Array], Array]
+  compute_input_tables: Callable[[Params], InputTables]
 
 
 def _check_tokens(x: Array, max_t: int, what: str):
@@ -493,11 +500,14 @@ def make_transformer(config: TransformerConfig = TransformerConfig(), *,
     tokens = jnp.zeros((1, cfg.num_positions), jnp.int32)
     return module.init(key, tokens)["params"]
 
+  def compute_input_tables(params) -> InputTables:
+    return module.apply({"params": params}, method=TransformerLM.input_tables)
+
   def tables_for(params, num_tokens: int) -> InputTables | None:
     """The input tables for a call that feeds ``num_tokens`` tokens, or None."""
     if not resolve_input_tables(input_tables, cfg, num_tokens):
       return None
-    return module.apply({"params": params}, method=TransformerLM.input_tables)
+    return compute_input_tables(params)
 
   def with_bos(x):
     bos = jnp.full((x.shape[0], 1), cfg.bos_id, jnp.int32)
@@ -530,15 +540,21 @@ def make_transformer(config: TransformerConfig = TransformerConfig(), *,
     return module.apply({"params": params}, token, pos, cache, tables,
                         method=TransformerLM.decode)
 
-  def decode_step(params, cache, token, pos):
+  def decode_step(params, cache, token, pos, tables=None):
     chex.assert_rank(token, 1, custom_message="token must be int[batch]")
     chex.assert_type(token, int, custom_message="token must be an integer id")
     chex.assert_shape(cache[0].k, (token.shape[0], cfg.num_heads,
                                    cfg.num_positions, cfg.head_dim),
                       custom_message="cache does not match token batch / config")
+    if tables is None:
+      tables = tables_for(params, token.shape[0])
+    else:
+      rows = cfg.num_positions * cfg.vocab_size
+      chex.assert_shape(tables.qkv, (rows, 3, cfg.num_heads, cfg.head_dim),
+                        custom_message="tables do not match the config "
+                        "(use compute_input_tables(params))")
     logits, cache = raw_decode(params, cache, token.astype(jnp.int32),
-                               jnp.asarray(pos, jnp.int32),
-                               tables_for(params, token.shape[0]))
+                               jnp.asarray(pos, jnp.int32), tables)
     return mask_logits(logits), cache
 
   def next_token_logits_cached(params, x):
@@ -730,7 +746,8 @@ def make_transformer(config: TransformerConfig = TransformerConfig(), *,
                      init_cache=init_cache, decode_step=decode_step,
                      greedy_decode=greedy_decode,
                      greedy_decode_ragged=greedy_decode_ragged,
-                     token_log_prob=token_log_prob)
+                     token_log_prob=token_log_prob,
+                     compute_input_tables=compute_input_tables)
 
 
 def make_transformer_model(config: TransformerConfig = TransformerConfig()
