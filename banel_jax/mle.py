@@ -28,9 +28,12 @@ def weighted_nll(log_prob_fn, params, x: Samples, weights: jax.Array) -> jax.Arr
 def weighted_nll_sum(log_prob_fn, params, x: Samples, weights: jax.Array
                      ) -> jax.Array:
   """``sum(w * -log p(x))``, the numerator of :func:`weighted_nll`."""
-  nll = -log_prob_fn(params, x)
+  return _weighted_nll_terms(log_prob_fn(params, x), weights)
+
+
+def _weighted_nll_terms(log_prob: jax.Array, weights: jax.Array) -> jax.Array:
   # `where` keeps a -inf log-prob under weight 0 from turning the sum into NaN.
-  return jnp.sum(jnp.where(weights > 0, weights * nll, 0.0))
+  return jnp.sum(jnp.where(weights > 0, weights * -log_prob, 0.0))
 
 
 def _safe_total(total):
@@ -55,36 +58,51 @@ def weighted_nll_and_grad(log_prob_fn, params, x: Samples, weights: jax.Array, *
     return jax.value_and_grad(
         lambda p: weighted_nll(log_prob_fn, p, x, weights))(params)
   total = _safe_total(jnp.sum(weights))
-  if (isinstance(log_prob_fn, SplitLogProb)
-      and log_prob_fn.prepare(params, x) is not None):
-    loss_sum, grads = _split_microbatched(log_prob_fn, params, x, weights,
-                                          microbatch_size)
-  else:
-    loss_sum, grads = optax.microbatch(
-        jax.value_and_grad(lambda p, xb, wb: weighted_nll_sum(log_prob_fn, p, xb, wb)),
-        argnums=(1, 2), microbatch_size=microbatch_size)(params, x, weights)
+  (loss_sum, _), grads = microbatched_sums_and_grad(
+      log_prob_fn, params, x, (weights,),
+      lambda logp, w: (_weighted_nll_terms(logp, w), ()), microbatch_size)
   return loss_sum / total, jax.tree.map(lambda g: g / total, grads)
 
 
-def _split_microbatched(log_prob_fn: SplitLogProb, params, x, weights,
-                        microbatch_size):
-  """``(sum(w * nll), its gradient)`` with ``prepare`` run once for all microbatches.
+def microbatched_sums_and_grad(log_prob_fn, params, x: Samples, per_sample: tuple,
+                               sums_fn, microbatch_size: int):
+  """``((value, aux), d value / d params)``, summed over microbatches.
 
-  ``L = sum_m L_m(params, prepared(params))``, so the gradient is the sum over
+  ``sums_fn(log_prob, *per_sample) -> (value, aux)`` must be a sum over the
+  samples it is given (``value`` a scalar, ``aux`` a pytree of sums), so that
+  the sums over microbatches of ``microbatch_size`` samples (it must divide
+  the batch) are the batch's. ``log_prob`` is ``log_prob_fn(params, xb)`` of a
+  microbatch ``xb`` of ``x``; ``per_sample`` holds arrays ``[batch, ...]``
+  split alongside it. The microbatches run one after the other
+  (``optax.microbatch``), so each one's activations stay small.
+
+  A :class:`~banel_jax.types.SplitLogProb` runs its ``prepare`` once for the
+  whole batch and back-propagates through it once: ``L = sum_m
+  L_m(params, prepared(params))``, so the gradient is the sum over
   microbatches of ``dL_m/dparams`` with ``prepared`` held fixed, plus
-  ``prepare``'s vector-Jacobian product applied once to the summed
-  ``dL_m/dprepared``.
+  ``prepare``'s vector-Jacobian product of the summed ``dL_m/dprepared``.
   """
-  prepared, prepare_vjp = jax.vjp(lambda p: log_prob_fn.prepare(p, x), params)
+  n_args = 1 + len(per_sample)
+  if (isinstance(log_prob_fn, SplitLogProb)
+      and log_prob_fn.prepare(params, x) is not None):
+    prepared, prepare_vjp = jax.vjp(lambda p: log_prob_fn.prepare(p, x), params)
 
-  def microbatch_loss(p, prep, xb, wb):
-    return weighted_nll_sum(lambda q, xs: log_prob_fn.apply(q, prep, xs), p, xb, wb)
+    def split_sums(p, prep, xb, *rest):
+      return sums_fn(log_prob_fn.apply(p, prep, xb), *rest)
 
-  loss_sum, (grads, prepared_grads) = optax.microbatch(
-      jax.value_and_grad(microbatch_loss, argnums=(0, 1)), argnums=(2, 3),
-      microbatch_size=microbatch_size)(params, prepared, x, weights)
-  (through_prepared,) = prepare_vjp(prepared_grads)
-  return loss_sum, jax.tree.map(jnp.add, grads, through_prepared)
+    sums, (grads, prepared_grads) = optax.microbatch(
+        jax.value_and_grad(split_sums, argnums=(0, 1), has_aux=True),
+        argnums=tuple(range(2, 2 + n_args)),
+        microbatch_size=microbatch_size)(params, prepared, x, *per_sample)
+    (through_prepared,) = prepare_vjp(prepared_grads)
+    return sums, jax.tree.map(jnp.add, grads, through_prepared)
+
+  def plain_sums(p, xb, *rest):
+    return sums_fn(log_prob_fn(p, xb), *rest)
+
+  return optax.microbatch(
+      jax.value_and_grad(plain_sums, has_aux=True), argnums=tuple(range(1, 1 + n_args)),
+      microbatch_size=microbatch_size)(params, x, *per_sample)
 
 
 def microbatch_size_for(batch_size: int, max_microbatch: int) -> int | None:

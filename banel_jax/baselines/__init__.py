@@ -39,6 +39,7 @@ from banel_jax.baselines.policy_gradient import (NoveltyBonus, PolicyGradientCon
                                                  leave_one_out_advantages,
                                                  make_policy_gradient, make_policy_tx,
                                                  make_reinforce, ppo_clip_loss,
+                                                 ppo_clip_sums,
                                                  zero_bonus)
 from banel_jax.baselines.pseudo_counts import (ExactCountState, PseudoCountConfig,
                                                PseudoCountState,
@@ -68,7 +69,7 @@ __all__ = [
     "empty_failure_set", "insert", "make_exact_rejection",
     "NoveltyBonus", "PolicyGradientConfig", "PolicyGradientState",
     "leave_one_out_advantages", "make_policy_gradient", "make_policy_tx",
-    "make_reinforce", "ppo_clip_loss", "zero_bonus",
+    "make_reinforce", "ppo_clip_loss", "ppo_clip_sums", "zero_bonus",
     "ExactCountState", "PseudoCountConfig", "PseudoCountState", "count_bonus",
     "count_bonus_from_prediction_gain", "empirical_frequency", "make_exact_count",
     "make_exact_count_bonus", "make_pseudo_count", "make_pseudo_count_bonus",
