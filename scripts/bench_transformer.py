@@ -73,11 +73,12 @@ def parse_args(argv=None):
   p.add_argument("--peer-device", default="cpu",
                  help="PyTorch device of the peer: 'cpu' (default, the CPU reference) "
                  "or 'cuda' to compare on the same GPU that JAX uses.")
-  p.add_argument("--side-by-side-rounds", type=int, default=3,
+  p.add_argument("--side-by-side-rounds", type=int, default=5,
                  help="with --peer: the ratios come from this many rounds in which "
                  "the JAX call and the peer's call of each comparison take turns, "
-                 "each turn one untimed call and 3 timed ones (medians; default "
-                 "3), after the separate measurements.")
+                 "each turn one untimed call and 3 timed ones (medians over all "
+                 "timed calls; the JSON also gives each round's ratio; default "
+                 "5), after the separate measurements.")
   p.add_argument("--target", action="store_true",
                  help="also measure the addition target's shape.")
   p.add_argument("--out", default="results/bench_transformer.json",
@@ -95,7 +96,8 @@ def _median_time(fn, repeats):
   return statistics.median(times)
 
 
-def interleaved_times(fns: dict, rounds: int, calls_per_turn: int = 3) -> dict:
+def interleaved_times(fns: dict, rounds: int, calls_per_turn: int = 3,
+                      by_round: bool = False) -> dict:
   """Median seconds per call of each zero-arg callable, timed in turns.
 
   Each of ``rounds`` rounds gives every callable a turn: one untimed call, then
@@ -104,16 +106,25 @@ def interleaved_times(fns: dict, rounds: int, calls_per_turn: int = 3) -> dict:
   untimed call of each turn absorbs what the previous turn leaves behind (two
   libraries in one process; on 2 cores, a call right after the other library's
   ran 2-7% slower than in a row of its own).
+
+  With ``by_round``, returns ``(medians, per_round)``: ``per_round[name]`` is
+  the median of each round's timed calls, so that a ratio can be given per
+  round as well (how much it moves between rounds).
   """
   times = {name: [] for name in fns}
+  rounds_of = {name: [] for name in fns}
   for _ in range(rounds):
     for name, fn in fns.items():
       fn()
+      turn = []
       for _ in range(calls_per_turn):
         t0 = time.perf_counter()
         fn()
-        times[name].append(time.perf_counter() - t0)
-  return {name: statistics.median(ts) for name, ts in times.items()}
+        turn.append(time.perf_counter() - t0)
+      times[name].extend(turn)
+      rounds_of[name].append(statistics.median(turn))
+  medians = {name: statistics.median(ts) for name, ts in times.items()}
+  return (medians, rounds_of) if by_round else medians
 
 
 def forward_flops(cfg, positions: int) -> float:
@@ -401,9 +412,12 @@ def main(argv=None):
     for k, b in batches.items():
       (ours_call, ours_units), (peer_call, peer_units) = (
           jax_calls["attacker"][k, b], peer_calls[k])
-      t = interleaved_times({"jax": ours_call, "peer": peer_call},
-                            args.side_by_side_rounds)
-      side[k] = {"jax": ours_units / t["jax"], "peer": peer_units / t["peer"]}
+      t, per_round = interleaved_times({"jax": ours_call, "peer": peer_call},
+                                       args.side_by_side_rounds, by_round=True)
+      side[k] = {"jax": ours_units / t["jax"], "peer": peer_units / t["peer"],
+                 # ours over the peer's, round by round: the ratio's spread
+                 "ratio_by_round": [(ours_units / a) / (peer_units / b) for a, b in
+                                    zip(per_round["jax"], per_round["peer"])]}
     ours = {k: side[k]["jax"] for k in batches}
     peer_side = {k: side[k]["peer"] for k in batches}
     ratios = {k: ours[k] / peer_side[k] for k in batches}

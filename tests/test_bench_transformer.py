@@ -66,6 +66,12 @@ def test_interleaved_times_alternate_and_take_medians():
   # each turn: one untimed call, then 3 timed ones
   assert order == ["slow"] * 4 + ["fast"] * 4 + ["slow"] * 4 + ["fast"] * 4
   assert t["slow"] >= 0.02 > t["fast"]
+  t2, per_round = bench.interleaved_times({"slow": slow, "fast": fast}, rounds=3,
+                                          calls_per_turn=1, by_round=True)
+  assert len(order) == 16 + 12
+  assert [len(per_round[k]) for k in ("slow", "fast")] == [3, 3]
+  assert min(per_round["slow"]) >= 0.02 > max(per_round["fast"])
+  assert t2["slow"] == sorted(per_round["slow"])[1]  # one call per turn: the median
 
 
 def test_rejects_a_peer_batch_it_does_not_measure():
