@@ -547,3 +547,38 @@ def test_policy_gradient_microbatches_give_the_same_update():
     with pytest.raises(ValueError, match="train_microbatch"):
       PG.replace(train_microbatch=bad)
   assert "train_microbatch" not in dict(recorded_fields(PG))
+
+
+def test_unlikelihood_microbatches_give_the_same_update():
+  """``UnlikelihoodConfig.train_microbatch``: the same losses and parameters as
+  one pass, in the sequence form with its anchor (failures of 12 and anchors of
+  8 in microbatches of 4) and in the token form."""
+  model = TASK.model()
+  x = jnp.array([4, 5, 5, 6, 2, 8, 1, 0, 3, 9, 10, 7], jnp.int32)
+  rewards = jnp.asarray(TASK.oracle(np.asarray(x)))
+  pos_model, token_log_prob = _position_model(4, 6)
+  xt = jnp.array([[0, 1, 4, 5], [2, 1, 4, 5], [3, 3, 4, 5], [1, 2, 3, 4]], jnp.int32)
+  cases = (
+      (model, TASK.prior_params(), _batch(x, rewards),
+       B.UnlikelihoodConfig(learning_rate=0.05, steps=3, anchor_weight=0.5,
+                            anchor_samples=8), {}),
+      (pos_model, {"logits": jnp.linspace(-1.0, 1.0, 24).reshape(4, 6)}, _batch(xt),
+       B.UnlikelihoodConfig(form="token", learning_rate=0.05, steps=3,
+                            anchor_weight=0.0),
+       {"token_log_prob": token_log_prob, "token_mask": B.token_id_mask(range(4))}))
+  for mdl, params, batch, cfg, kw in cases:
+    out = {}
+    for mb in (0, 4 if cfg.form == "sequence" else 2):
+      method = B.make_unlikelihood(mdl, cfg.replace(train_microbatch=mb), **kw)
+      out[mb] = jax.jit(method.update)(method.init(jax.random.key(0), params), batch,
+                                       jax.random.key(1))
+    (one, m_one), (micro, m_micro) = out.values()
+    for k in ("ul_loss", "anchor_nll", "failure_log_prob_change"):
+      np.testing.assert_allclose(m_micro[k], m_one[k], rtol=1e-5, atol=1e-7)
+    assert float(m_one["failure_log_prob_change"]) < 0
+    np.testing.assert_allclose(micro.policy.params["logits"],
+                               one.policy.params["logits"], rtol=1e-5, atol=1e-6)
+  assert float(out[0][1]["anchor_nll"]) == 0.0  # the token case has no anchor
+  for bad in (-1, 2.0, False):
+    with pytest.raises(ValueError, match="train_microbatch"):
+      B.UnlikelihoodConfig(train_microbatch=bad)

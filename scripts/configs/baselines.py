@@ -199,8 +199,9 @@ class AdditionComparison:
   run: RunConfig = RunConfig(nre_budget=7500, samples_per_round=500, n_eval=10_000,
                              eval_every=3)
   banel: BanelConfig = BanelConfig()
-  # train_microbatch=32 (session 28; earlier runs took one pass per step: the
-  # same steps up to float rounding, a REINFORCE update 1.24x slower on 2 cores)
+  # train_microbatch=32 here and below (session 28; earlier runs took one pass
+  # per step: the same steps up to float rounding, a REINFORCE update 1.24x
+  # slower on 2 cores)
   reinforce: PolicyGradientConfig = PolicyGradientConfig(learning_rate=1e-5,
                                                          kl_weight=0.0,
                                                          train_microbatch=32)
@@ -217,7 +218,7 @@ class AdditionComparison:
   exact_count: PolicyGradientConfig = PolicyGradientConfig()  # n/a: not scalar
   unlikelihood: UnlikelihoodConfig = UnlikelihoodConfig(
       form="token", learning_rate=1e-5, steps=16, anchor_weight=1.0,
-      anchor_samples=256)
+      anchor_samples=256, train_microbatch=32)  # an update 1.24x faster
   exact_rejection: ExactRejectionConfig = ExactRejectionConfig(
       capacity=7500, batch_size=4096, max_batches=64)
   self_imitation: SelfImitationConfig = SelfImitationConfig(learning_rate=1e-4,
