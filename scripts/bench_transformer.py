@@ -13,7 +13,8 @@ threads, a randomly initialised Hugging Face GPT-2 of the same shape on PyTorch
 scoring) and writes the ratios. The ratios come from a
 side-by-side pass (``"side_by_side"`` in the JSON): the JAX call and the peer's
 call of each comparison timed in turns, ``--side-by-side-rounds`` times, so that
-the machine's slow spells fall on both alike.
+the machine's slow spells fall on both alike. The run ends with a Markdown table
+of that comparison (each ratio with its range over the rounds).
 
 It also writes a roofline (``"roofline"`` in the JSON): the machine's measured
 fp32 matrix-multiply peak (the best of square ``jnp.dot`` and, for a CPU
@@ -125,6 +126,28 @@ def interleaved_times(fns: dict, rounds: int, calls_per_turn: int = 3,
       rounds_of[name].append(statistics.median(turn))
   medians = {name: statistics.median(ts) for name, ts in times.items()}
   return (medians, rounds_of) if by_round else medians
+
+
+_METRIC_NAMES = {"sample_tokens_per_s": "sampling, tokens/s",
+                 "log_prob_sequences_per_s": "log-likelihood, sequences/s",
+                 "train_steps_per_s": "training, steps/s"}
+
+
+def comparison_table(attacker: dict) -> str:
+  """A Markdown table of the side-by-side comparison in ``attacker`` (the JSON's
+  ``results.attacker`` with a peer): each side's rate, the ratio with its range
+  over rounds, and the target."""
+  side, targets = attacker["side_by_side"], attacker["target_ratio"]
+  rows = ["| | banel_jax | peer | ratio (rounds) | target |", "|---|---|---|---|---|"]
+  for key, name in _METRIC_NAMES.items():
+    s = side[key]
+    ratio = s["jax"] / s["peer"]
+    spread = s.get("ratio_by_round") or [ratio]
+    met = "met" if ratio >= targets[key] else "not met"
+    rows.append(f"| {name} | {s['jax']:,.{2 if s['jax'] < 100 else 0}f} | "
+                f"{s['peer']:,.{2 if s['peer'] < 100 else 0}f} | {ratio:.2f}x "
+                f"({min(spread):.2f}-{max(spread):.2f}x) | {targets[key]:g}x, {met} |")
+  return "\n".join(rows)
 
 
 def forward_flops(cfg, positions: int) -> float:
@@ -439,6 +462,8 @@ def main(argv=None):
   with open(args.out, "w") as f:
     json.dump(report, f, indent=1)
   print(json.dumps(report["results"], indent=1))
+  if args.peer:
+    print(comparison_table(report["results"]["attacker"]))
   print(f"wrote {args.out}")
 
 

@@ -79,3 +79,20 @@ def test_rejects_a_peer_batch_it_does_not_measure():
     bench.main(["--peer", "--batch-sizes", "256", "1024", "--peer-sample-batch", "512"])
   with pytest.raises(SystemExit, match="--side-by-side-rounds"):
     bench.main(["--side-by-side-rounds", "0"])
+
+
+def test_comparison_table_reads_the_committed_json():
+  import json
+  import os
+  path = os.path.join(os.path.dirname(__file__), "..", "results",
+                      "bench_transformer.json")
+  with open(path) as f:
+    attacker = json.load(f)["results"]["attacker"]
+  table = bench.comparison_table(attacker).splitlines()
+  assert len(table) == 5 and table[0].startswith("| | banel_jax | peer |")
+  side = attacker["side_by_side"]["train_steps_per_s"]
+  ratio = side["jax"] / side["peer"]
+  assert f"{ratio:.2f}x" in table[4] and "2x, " in table[4]
+  assert ("not met" in table[4]) == (ratio < 2)
+  spread = side["ratio_by_round"]
+  assert f"({min(spread):.2f}-{max(spread):.2f}x)" in table[4]
