@@ -98,7 +98,7 @@ def _median_time(fn, repeats):
 
 
 def interleaved_times(fns: dict, rounds: int, calls_per_turn: int = 3,
-                      by_round: bool = False) -> dict:
+                      by_round: bool = False) -> dict | tuple[dict, dict]:
   """Median seconds per call of each zero-arg callable, timed in turns.
 
   Each of ``rounds`` rounds gives every callable a turn: one untimed call, then
