@@ -105,6 +105,14 @@ def microbatched_sums_and_grad(log_prob_fn, params, x: Samples, per_sample: tupl
       microbatch_size=microbatch_size)(params, x, *per_sample)
 
 
+def check_train_microbatch(owner: str, value) -> None:
+  """Raises ``ValueError`` unless ``value`` is an int >= 0 (a config's
+  ``train_microbatch``; ``owner`` names the config in the message)."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    raise ValueError(f"{owner}.train_microbatch={value!r} must be an int >= 0 "
+                     f"(0: one pass per step)")
+
+
 def microbatch_size_for(batch_size: int, max_microbatch: int) -> int | None:
   """The largest divisor of ``batch_size`` up to ``max_microbatch``.
 

@@ -48,7 +48,8 @@ from flax.training import train_state
 from banel_jax.banel import RoundBatch, round_masks
 from banel_jax.baselines.common import (Baseline, all_accepted_info, all_finite,
                                         count_distinct, masked_mean)
-from banel_jax.mle import microbatch_size_for, microbatched_sums_and_grad
+from banel_jax.mle import (check_train_microbatch, microbatch_size_for,
+                           microbatched_sums_and_grad)
 from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
 
 
@@ -88,10 +89,7 @@ class PolicyGradientConfig:
   train_microbatch: int = 0
 
   def __post_init__(self):
-    v = self.train_microbatch
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-      raise ValueError(f"PolicyGradientConfig.train_microbatch={v!r} must be an "
-                       f"int >= 0 (0: one pass per step)")
+    check_train_microbatch("PolicyGradientConfig", self.train_microbatch)
     for name in ("epochs", "num_minibatches"):
       v = getattr(self, name)
       if not isinstance(v, int) or v < 1:

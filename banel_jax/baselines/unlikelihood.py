@@ -39,7 +39,8 @@ from flax.training import train_state
 from banel_jax.banel import RoundBatch, round_masks
 from banel_jax.baselines.common import (Baseline, all_accepted_info, all_finite,
                                         count_distinct, masked_mean)
-from banel_jax.mle import microbatch_size_for, microbatched_sums_and_grad
+from banel_jax.mle import (check_train_microbatch, microbatch_size_for,
+                           microbatched_sums_and_grad)
 from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
 
 # token_log_prob(params, x[n, L]) -> f32[n, L]; token_mask(x[n, L]) -> bool[n, L]
@@ -118,10 +119,7 @@ class UnlikelihoodConfig:
   train_microbatch: int = 0
 
   def __post_init__(self):
-    v = self.train_microbatch
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-      raise ValueError(f"UnlikelihoodConfig.train_microbatch={v!r} must be an "
-                       f"int >= 0 (0: one pass per step)")
+    check_train_microbatch("UnlikelihoodConfig", self.train_microbatch)
 
   def replace(self, **changes) -> "UnlikelihoodConfig":
     return dataclasses.replace(self, **changes)
@@ -207,17 +205,19 @@ def make_unlikelihood(model: GenerativeModel,
       # microbatches, then divided as loss_fn's means divide.
       n_fail = jnp.maximum(jnp.sum(failure.astype(jnp.float32)), 1.0)
       m = batch.x.shape[0]
-      if c.form == "token":
-        (ul_sum, _), grads = microbatched_sums_and_grad(
-            token_log_prob, params, batch.x, (token_mask(batch.x), failure),
-            lambda lp, tm, f: (jnp.sum(jnp.where(f, token_unlikelihood(lp, tm), 0.0)),
-                               ()),
-            microbatch_size_for(m, c.train_microbatch) or m)
+      if c.form == "token":  # per-token log-probs, and the positions to unlearn
+        scored, per_sample = token_log_prob, (token_mask(batch.x), failure)
       else:
-        (ul_sum, _), grads = microbatched_sums_and_grad(
-            model.log_prob, params, batch.x, (failure,),
-            lambda lp, f: (jnp.sum(jnp.where(f, sequence_unlikelihood(lp), 0.0)), ()),
-            microbatch_size_for(m, c.train_microbatch) or m)
+        scored, per_sample = model.log_prob, (failure,)
+
+      def ul_sums(out, *rest):  # rest: (token mask,) failure
+        values = (token_unlikelihood(out, rest[0]) if c.form == "token"
+                  else sequence_unlikelihood(out))
+        return jnp.sum(jnp.where(rest[-1], values, 0.0)), ()
+
+      (ul_sum, _), grads = microbatched_sums_and_grad(
+          scored, params, batch.x, per_sample, ul_sums,
+          microbatch_size_for(m, c.train_microbatch) or m)
       ul = ul_sum / n_fail
       grads = jax.tree.map(lambda g: g / n_fail, grads)
       nll = jnp.zeros((), jnp.float32)
