@@ -41,7 +41,8 @@ def _safe_total(total):
 
 
 def weighted_nll_and_grad(log_prob_fn, params, x: Samples, weights: jax.Array, *,
-                          microbatch_size: int | None = None):
+                          microbatch_size: int | None = None,
+                          axis_name: str | None = None):
   """``(weighted_nll, its gradient)``, optionally accumulated over microbatches.
 
   With ``microbatch_size`` the batch is split into microbatches of that many
@@ -53,14 +54,28 @@ def weighted_nll_and_grad(log_prob_fn, params, x: Samples, weights: jax.Array, *
   A :class:`~banel_jax.types.SplitLogProb` (the Transformer's ``log_prob``)
   runs its ``prepare`` once for the whole batch, not once per microbatch, and
   back-propagates through it once (same gradient up to float rounding).
+
+  With ``axis_name`` (inside ``shard_map`` or ``pmap`` over that axis; see
+  :mod:`banel_jax.data_parallel`) each device holds its own share of the
+  batch, and the weighted sums and their gradients are summed over the axis
+  (``lax.psum``) before the division: every device returns the loss and
+  gradient of the whole batch.
   """
-  if microbatch_size is None:
+  if microbatch_size is None and axis_name is None:
     return jax.value_and_grad(
         lambda p: weighted_nll(log_prob_fn, p, x, weights))(params)
-  total = _safe_total(jnp.sum(weights))
-  (loss_sum, _), grads = microbatched_sums_and_grad(
-      log_prob_fn, params, x, (weights,),
-      lambda logp, w: (_weighted_nll_terms(logp, w), ()), microbatch_size)
+  if microbatch_size is None:
+    (loss_sum, total), grads = jax.value_and_grad(
+        lambda p: (weighted_nll_sum(log_prob_fn, p, x, weights), jnp.sum(weights)),
+        has_aux=True)(params)
+  else:
+    total = jnp.sum(weights)
+    (loss_sum, _), grads = microbatched_sums_and_grad(
+        log_prob_fn, params, x, (weights,),
+        lambda logp, w: (_weighted_nll_terms(logp, w), ()), microbatch_size)
+  if axis_name is not None:
+    loss_sum, total, grads = jax.lax.psum((loss_sum, total, grads), axis_name)
+  total = _safe_total(total)
   return loss_sum / total, jax.tree.map(lambda g: g / total, grads)
 
 
@@ -126,7 +141,8 @@ def microbatch_size_for(batch_size: int, max_microbatch: int) -> int | None:
 
 def fit_weighted_mle(state: train_state.TrainState, x: Samples, weights: jax.Array,
                      key: PRNGKey, *, epochs: int, batch_size: int,
-                     pack: bool = False, microbatch_size: int | None = None
+                     pack: bool = False, microbatch_size: int | None = None,
+                     axis_name: str | None = None
                      ) -> tuple[train_state.TrainState, jax.Array]:
   """Fits ``state.params`` by weighted maximum likelihood with minibatch Adam/SGD.
 
@@ -152,6 +168,13 @@ def fit_weighted_mle(state: train_state.TrainState, x: Samples, weights: jax.Arr
     microbatch_size: accumulate each step's gradient over microbatches of this
       many samples (static; must divide ``batch_size``); see
       :func:`weighted_nll_and_grad`. ``None`` (default): one pass per step.
+    axis_name: data parallelism (static). Inside ``shard_map`` or ``pmap`` over
+      this axis, each device passes its own share of the samples, shuffles and
+      minibatches it locally (``batch_size`` is per device), and every step
+      uses the gradient summed over all devices' minibatches, so the replicated
+      ``state`` stays the same on every device. A step is skipped only when
+      every device's minibatch has weight 0.
+      :func:`banel_jax.data_parallel.fit_weighted_mle` wraps this.
 
   Returns:
     ``(state, losses)`` with ``losses`` of shape ``[epochs, N // batch_size]``.
@@ -174,9 +197,13 @@ def fit_weighted_mle(state: train_state.TrainState, x: Samples, weights: jax.Arr
 
   def step(state, batch):
     xb, wb = batch
-    has_data = jnp.sum(wb) > 0
+    weight = jnp.sum(wb)
+    if axis_name is not None:
+      weight = jax.lax.psum(weight, axis_name)
+    has_data = weight > 0
     loss, grads = weighted_nll_and_grad(state.apply_fn, state.params, xb, wb,
-                                        microbatch_size=microbatch_size)
+                                        microbatch_size=microbatch_size,
+                                        axis_name=axis_name)
     new_state = state.apply_gradients(grads=grads)
     new_state = jax.tree.map(lambda a, b: jnp.where(has_data, a, b), new_state, state)
     return new_state, loss

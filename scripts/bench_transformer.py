@@ -54,10 +54,19 @@ def parse_args(argv=None):
   p.add_argument("--threads", type=int, default=2,
                  help="CPU threads for PyTorch (default 2, this machine's cores; XLA "
                  "uses every core of the machine).")
+  p.add_argument("--host-devices", type=int, default=os.cpu_count() or 1,
+                 help="on a CPU, JAX splits each batch over this many CPU devices "
+                 "(jax_num_cpu_devices; banel_jax.data_parallel, one device per "
+                 "core), each sampling, scoring and training on its own rows; "
+                 "the ratios use this, and with more than 1 the run also times "
+                 "JAX on one device with every core behind it ('jax_one_device' "
+                 "in the JSON, and in the side-by-side turns). Default: this "
+                 "machine's cores (%(default)s). Ignored on a GPU or TPU, where "
+                 "JAX uses one device.")
   p.add_argument("--train-microbatch", type=int, default=32,
                  help="the JAX training step (banel_jax.mle.fit_weighted_mle, one "
                  "step over the batch) accumulates its gradient over microbatches of "
-                 "at most this many sequences; 0 computes it in one pass (default "
+                 "at most this many sequences of each device's share; 0 computes it in one pass (default "
                  "32: no larger than the CPU's scoring chunk, so log_prob runs in "
                  "one pass inside each microbatch; at batch 512 on 2 cores 4.0 "
                  "steps/s against 3.1 at 64, where each microbatch is scored in two "
@@ -136,17 +145,31 @@ _METRIC_NAMES = {"sample_tokens_per_s": "sampling, tokens/s",
 def comparison_table(attacker: dict) -> str:
   """A Markdown table of the side-by-side comparison in ``attacker`` (the JSON's
   ``results.attacker`` with a peer): each side's rate, the ratio with its range
-  over rounds, and the target."""
+  over rounds, and the target. A run that split the batch over several devices
+  also gives JAX on one device, and the split's gain over it."""
   side, targets = attacker["side_by_side"], attacker["target_ratio"]
-  rows = ["| | banel_jax | peer | ratio (rounds) | target |", "|---|---|---|---|---|"]
+  split = "jax_one_device" in side["sample_tokens_per_s"]
+
+  def rate(v):
+    return f"{v:,.{2 if v < 100 else 0}f}"
+
+  head = "| | banel_jax | peer | ratio (rounds) | target |"
+  if split:
+    head += " banel_jax, one device | split over one device (rounds) |"
+  rows = [head, "|" + "---|" * (head.count("|") - 1)]
   for key, name in _METRIC_NAMES.items():
     s = side[key]
     ratio = s["jax"] / s["peer"]
     spread = s.get("ratio_by_round") or [ratio]
     met = "met" if ratio >= targets[key] else "not met"
-    rows.append(f"| {name} | {s['jax']:,.{2 if s['jax'] < 100 else 0}f} | "
-                f"{s['peer']:,.{2 if s['peer'] < 100 else 0}f} | {ratio:.2f}x "
-                f"({min(spread):.2f}-{max(spread):.2f}x) | {targets[key]:g}x, {met} |")
+    row = (f"| {name} | {rate(s['jax'])} | {rate(s['peer'])} | {ratio:.2f}x "
+           f"({min(spread):.2f}-{max(spread):.2f}x) | {targets[key]:g}x, {met} |")
+    if split:
+      gain = s["jax"] / s["jax_one_device"]
+      g = s["devices_over_one_device_by_round"]
+      row += (f" {rate(s['jax_one_device'])} | {gain:.2f}x "
+              f"({min(g):.2f}-{max(g):.2f}x) |")
+    rows.append(row)
   return "\n".join(rows)
 
 
@@ -216,11 +239,15 @@ def roofline(cfg, peak: dict, ours: dict, peer: dict, targets: dict,
   return out
 
 
-def bench_jax(cfg, batch_sizes, repeats, train_batches, train_microbatch=0):
+def bench_jax(cfg, batch_sizes, repeats, train_batches, train_microbatch=0,
+              mesh=None):
   """``(report, calls)``: the JAX measurements by batch, and their callables.
 
   ``calls[(metric, batch)]`` is ``(zero-arg call, units per call)``, for the
-  side-by-side comparison with the peer.
+  side-by-side comparison with the peer. With a ``mesh`` of several devices
+  (``banel_jax.data_parallel.data_mesh``) every batch is split over them:
+  each device samples, scores and trains on its own rows, and a training step
+  sums the gradient over the devices.
   """
   import functools
 
@@ -229,26 +256,39 @@ def bench_jax(cfg, batch_sizes, repeats, train_batches, train_microbatch=0):
   import optax
   from flax.training import train_state
 
+  from banel_jax import data_parallel
   from banel_jax.mle import fit_weighted_mle, microbatch_size_for
   from banel_jax.models import transformer as tfm
 
   tr = tfm.make_transformer(cfg)
   model = tr.model
   params = model.init(jax.random.key(0))
-  sample = jax.jit(model.sample, static_argnums=2)
-  log_prob = jax.jit(model.log_prob)
+  devices = 1 if mesh is None else mesh.devices.size
+  if devices > 1:
+    params = jax.device_put(params, jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()))
+    sample = jax.jit(data_parallel.sampler(model.sample, mesh), static_argnums=2)
+    log_prob = jax.jit(data_parallel.log_prob(model.log_prob, mesh))
+  else:
+    sample = jax.jit(model.sample, static_argnums=2)
+    log_prob = jax.jit(model.log_prob)
   tx = optax.adamw(1e-4)
 
   def microbatch(b):
-    return microbatch_size_for(b, train_microbatch)
+    # within one device's share of the batch
+    return microbatch_size_for(b // devices, train_microbatch)
 
   @jax.jit
   def train_step(state, x):
     # one maximum-likelihood step of the library's trainer over the whole batch
     b = x.shape[0]
-    state, losses = functools.partial(
-        fit_weighted_mle, epochs=1, batch_size=b, microbatch_size=microbatch(b))(
-            state, x, jnp.ones((b,), jnp.float32), jax.random.key(0))
+    if devices > 1:
+      fit = data_parallel.fit_weighted_mle(mesh, epochs=1, batch_size=b,
+                                           microbatch_size=microbatch(b))
+    else:
+      fit = functools.partial(fit_weighted_mle, epochs=1, batch_size=b,
+                              microbatch_size=microbatch(b))
+    state, losses = fit(state, x, jnp.ones((b,), jnp.float32), jax.random.key(0))
     return state, losses[0, 0]
 
   out, calls = {}, {}
@@ -289,10 +329,11 @@ def bench_jax(cfg, batch_sizes, repeats, train_batches, train_microbatch=0):
       holder[0], _ = train_step(holder[0], x)
   compiles_after_warmup = compiles.count
   return {"config": {k: str(v) for k, v in cfg.__dict__.items()},
-          "score_chunk": tfm.resolve_score_chunk("auto", max(batch_sizes)),
+          "devices": devices,
+          "score_chunk": tfm.resolve_score_chunk("auto", max(batch_sizes) // devices),
           "decode_segment_ends": list(tfm.decode_segment_ends(cfg.max_len)),
           "input_tables_by_batch": {  # first block's inputs looked up (sampling)
-              str(b): tfm.resolve_input_tables("auto", cfg, b * cfg.max_len)
+              str(b): tfm.resolve_input_tables("auto", cfg, b // devices * cfg.max_len)
               for b in sorted(set(batch_sizes) | set(train_batches))},
           "train_microbatch_by_batch": {
               str(b): microbatch(b) for b in sorted(set(batch_sizes) | set(train_batches))},
@@ -400,9 +441,18 @@ def main(argv=None):
       if b not in args.batch_sizes:
         raise SystemExit(f"{flag} {b} must be one of --batch-sizes "
                          f"{args.batch_sizes}: the comparison reuses that measurement")
+  if args.host_devices < 1:
+    raise SystemExit(f"--host-devices must be >= 1, got {args.host_devices}")
   import jax
+  # before anything touches a device: the CPU backend is made with this many
+  jax.config.update("jax_num_cpu_devices", args.host_devices)
 
+  from banel_jax import data_parallel
   from banel_jax.models import transformer as tfm
+
+  mesh = None
+  if jax.default_backend() == "cpu" and args.host_devices > 1:
+    mesh = data_parallel.data_mesh(jax.devices()[:args.host_devices])
 
   shapes = {"attacker": tfm.TransformerConfig()}
   if args.target:
@@ -410,14 +460,22 @@ def main(argv=None):
     shapes["target"] = addition.AdditionTaskConfig().target
   report = {"device": str(jax.devices()[0]), "platform": platform.platform(),
             "jax_version": jax.__version__, "threads": args.threads,
+            "jax_devices": 1 if mesh is None else mesh.devices.size,
             "repeats": args.repeats, "results": {}}
-  jax_calls = {}
+  jax_calls, one_device_calls = {}, {}
   for name, cfg in shapes.items():
     train_batches = [args.peer_train_batch] if (args.peer and name == "attacker") else []
-    print(f"[{name}] JAX ...", flush=True)
+    report["results"][name] = {}
+    if mesh is not None:
+      print(f"[{name}] JAX, one device ...", flush=True)
+      result, one_device_calls[name] = bench_jax(
+          cfg, args.batch_sizes, args.repeats, train_batches, args.train_microbatch)
+      report["results"][name]["jax_one_device"] = result
+    print(f"[{name}] JAX{'' if mesh is None else f', {mesh.devices.size} devices'} ...",
+          flush=True)
     result, jax_calls[name] = bench_jax(cfg, args.batch_sizes, args.repeats,
-                                        train_batches, args.train_microbatch)
-    report["results"][name] = {"jax": result}
+                                        train_batches, args.train_microbatch, mesh)
+    report["results"][name]["jax"] = result
   if args.peer:
     cfg = shapes["attacker"]
     print("[attacker] PyTorch / transformers GPT-2 ...", flush=True)
@@ -435,12 +493,18 @@ def main(argv=None):
     for k, b in batches.items():
       (ours_call, ours_units), (peer_call, peer_units) = (
           jax_calls["attacker"][k, b], peer_calls[k])
-      t, per_round = interleaved_times({"jax": ours_call, "peer": peer_call},
-                                       args.side_by_side_rounds, by_round=True)
+      turns = {"jax": ours_call, "peer": peer_call}
+      if one_device_calls:  # the split over devices against one device, too
+        turns["jax_one_device"] = one_device_calls["attacker"][k, b][0]
+      t, per_round = interleaved_times(turns, args.side_by_side_rounds, by_round=True)
       side[k] = {"jax": ours_units / t["jax"], "peer": peer_units / t["peer"],
                  # ours over the peer's, round by round: the ratio's spread
                  "ratio_by_round": [(ours_units / a) / (peer_units / b) for a, b in
                                     zip(per_round["jax"], per_round["peer"])]}
+      if one_device_calls:
+        side[k]["jax_one_device"] = ours_units / t["jax_one_device"]
+        side[k]["devices_over_one_device_by_round"] = [
+            a / b for a, b in zip(per_round["jax_one_device"], per_round["jax"])]
     ours = {k: side[k]["jax"] for k in batches}
     peer_side = {k: side[k]["peer"] for k in batches}
     ratios = {k: ours[k] / peer_side[k] for k in batches}

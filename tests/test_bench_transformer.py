@@ -96,3 +96,52 @@ def test_comparison_table_reads_the_committed_json():
   assert ("not met" in table[4]) == (ratio < 2)
   spread = side["ratio_by_round"]
   assert f"({min(spread):.2f}-{max(spread):.2f}x)" in table[4]
+
+
+def test_comparison_table_gives_the_split_over_one_device():
+  side = {k: {"jax": 4.0, "peer": 2.0, "ratio_by_round": [1.9, 2.1],
+              "jax_one_device": 3.2, "devices_over_one_device_by_round": [1.2, 1.3]}
+          for k in ("sample_tokens_per_s", "log_prob_sequences_per_s",
+                    "train_steps_per_s")}
+  targets = {"sample_tokens_per_s": 3.0, "log_prob_sequences_per_s": 5.0,
+             "train_steps_per_s": 2.0}
+  table = bench.comparison_table({"side_by_side": side, "target_ratio": targets})
+  rows = table.splitlines()
+  assert rows[0].endswith("| banel_jax, one device | split over one device (rounds) |")
+  assert rows[1].count("---") == 7
+  assert rows[4].endswith("| 2x, met | 3.20 | 1.25x (1.20-1.30x) |")
+  assert "| 3x, not met | 3.20 | 1.25x" in rows[2]
+  # without the one-device numbers (a one-device run): five columns
+  for s in side.values():
+    del s["jax_one_device"], s["devices_over_one_device_by_round"]
+  assert bench.comparison_table({"side_by_side": side, "target_ratio": targets}
+                                ).splitlines()[1].count("---") == 5
+
+
+def test_host_devices_split_the_batches(tmp_path):
+  # A child process (the CPU device count is fixed when JAX starts): two CPU
+  # devices, each batch split over them, one-device numbers beside them, and
+  # nothing recompiled on repeat calls.
+  import json
+  import os
+  import subprocess
+  import sys
+  out = tmp_path / "bench.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "..",
+                                               "scripts", "bench_transformer.py"),
+                  "--host-devices", "2", "--batch-sizes", "16", "--repeats", "1",
+                  "--out", str(out)], env=env, check=True, capture_output=True)
+  r = json.loads(out.read_text())
+  assert r["jax_devices"] == 2
+  att = r["results"]["attacker"]
+  assert att["jax"]["devices"] == 2 and att["jax_one_device"]["devices"] == 1
+  for result in (att["jax"], att["jax_one_device"]):
+    row = result["by_batch"]["16"]
+    assert set(row) == {"sample_tokens_per_s", "log_prob_sequences_per_s",
+                        "train_steps_per_s"}
+    assert all(v > 0 for v in row.values())
+    assert result["compilations_on_repeat_calls"] == 0
+  with pytest.raises(SystemExit, match="--host-devices must be >= 1"):
+    bench.main(["--host-devices", "0"])
