@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from banel_jax import batching
 from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
 
 
@@ -134,9 +135,10 @@ def log_ratio(model: GenerativeModel, proposal_params: Params, failure_params: P
 def region_log_ratios(model: GenerativeModel, bank: RegionBank, x: Samples) -> jax.Array:
   """Log-ratios of ``x`` under every slot of ``bank``: ``f32[capacity, batch]``.
 
-  One ``vmap`` over the stacked params: all regions cost one fused call.
+  One ``vmap`` over the stacked params: all regions cost one fused call (a
+  bank of one slot runs unbatched, see :mod:`banel_jax.batching`).
   """
-  return jax.vmap(log_ratio, in_axes=(None, 0, 0, None, 0))(
+  return batching.vmap(log_ratio, in_axes=(None, 0, 0, None, 0))(
       model, bank.proposal_params, bank.failure_params, x, bank.log_norm)
 
 
