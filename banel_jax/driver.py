@@ -100,10 +100,10 @@ class RunResult:
 
 
 # jit(vmap(...)) of a method's functions, shared by every runner of that method
-# bundle (keyed weakly by its ``update`` function), so that several runners of
-# one bundle (e.g. a run resumed in the same process) compile once.
+# bundle (keyed weakly by its ``update`` function; then by mesh, None for one
+# device), so that several runners of one bundle (e.g. a run resumed in the same
+# process) compile once.
 _COMPILED: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
-# (one dict of functions per mesh, None for one device)
 _ROUND_KEYS = jax.jit(batching.vmap(round_keys))
 
 

@@ -190,20 +190,29 @@ def parse_args(argv=None):
   p.add_argument("--no-analysis", action="store_true",
                  help="skip the pattern analysis and the rule-based attacks.")
   p.add_argument("--no-progress", action="store_true", help="hide progress bars.")
-  p.add_argument("--host-devices", type=int, default=os.cpu_count() or 1,
-                 help="on a CPU, make this many JAX CPU devices (one per core) so "
-                 "that the runner splits the seeds over them "
-                 "(banel_jax.sharding: as many devices as divide the seeds "
-                 "evenly, each running its own seeds); 1 keeps every seed on "
-                 "one device with all cores behind each operation. Default: "
-                 "this machine's cores (%(default)s). The README's 2-seed quick "
-                 "run took 103 s on 2 devices against 126 s on one (session "
-                 "29). A run directory records the number of devices its seeds "
-                 "ran on when more than 1, and resumes only on as many. Ignored "
-                 "on a GPU or TPU.")
+  p.add_argument("--host-devices", default="auto",
+                 help="on a CPU, make this many JAX CPU devices so that the "
+                 "runner splits the seeds over them (banel_jax.sharding: as many "
+                 "devices as divide the seeds evenly, each running its own seeds "
+                 "as one program; the cores are shared among them); 1 keeps every "
+                 "seed on one device, in one program batched over the seeds, "
+                 "with all cores behind each operation. Default 'auto': one "
+                 "device per seed. On 2 cores (session 29, one run each): the "
+                 "README's 2-seed quick run took 103 s on 2 devices against 126 "
+                 "s on one; 5 seeds of the full config took 139 s on 5 devices "
+                 "against 181 s on one at NRE 1,000, 243 s against 278 s at "
+                 "NRE 2,000. A run directory records "
+                 "the number of devices its seeds ran on when more than 1, and "
+                 "resumes only on as many. Ignored on a GPU or TPU.")
   args = p.parse_args(argv)
-  if args.host_devices < 1:
-    p.error(f"--host-devices must be >= 1, got {args.host_devices}")
+  if args.host_devices != "auto":
+    given = args.host_devices
+    try:
+      args.host_devices = int(given)
+    except ValueError:
+      args.host_devices = 0
+    if args.host_devices < 1:
+      p.error(f"--host-devices must be 'auto' or an integer >= 1, got {given!r}")
   return args
 
 
@@ -425,8 +434,6 @@ def main(argv=None):
   import matplotlib
   matplotlib.use("Agg")
   import jax
-  # before anything touches a device: the CPU backend is made with this many
-  jax.config.update("jax_num_cpu_devices", args.host_devices)
 
   from banel_jax import BanelRunner, plotting
   from banel_jax.metrics import clopper_pearson, summarize_over_seeds
@@ -434,6 +441,9 @@ def main(argv=None):
   from banel_jax.tasks import addition_patterns as patterns
 
   exp = build_experiment(args)
+  # before anything touches a device: the CPU backend is made with this many
+  jax.config.update("jax_num_cpu_devices", len(exp.seeds) if args.host_devices
+                    == "auto" else args.host_devices)
   # the baseline's config first: a refused option fails before any work
   si_config, run_config = (self_imitation_configs(args, exp)
                            if args.method == "self-imitation" else (None, exp.banel))
