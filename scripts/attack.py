@@ -492,20 +492,27 @@ def main(argv=None):
   seed_devices = 1 if mesh is None else mesh.devices.size
   print(f"seeds {list(exp.seeds)} on {seed_devices} device(s) of "
         f"{jax.device_count()} ({jax.default_backend()})", flush=True)
-  runner = BanelRunner(model, attacker_params, oracle, run_config, exp.seeds,
-                       metrics_path=metrics_path, progress=not args.no_progress,
-                       run_dir=args.run_dir, method=method,
-                       on_round=paid_sample_diagnostics(task, len(exp.seeds)),
-                       extra_config={"task": config_to_dict(task),
-                                     "target_dir": exp.target_dir,
-                                     "attacker_dir": exp.attacker_dir,
-                                     # only when on: older run directories resume
-                                     **({"support_filter": True}
-                                        if exp.support_filter else {}),
-                                     # the seeds' programs differ in float
-                                     # rounding with the split: resume alike
-                                     **({"seed_devices": seed_devices}
-                                        if seed_devices > 1 else {})})
+  from banel_jax import RunDirError
+  try:
+    runner = BanelRunner(
+        model, attacker_params, oracle, run_config, exp.seeds,
+        metrics_path=metrics_path, progress=not args.no_progress,
+        run_dir=args.run_dir, method=method,
+        on_round=paid_sample_diagnostics(task, len(exp.seeds)),
+        extra_config={"task": config_to_dict(task),
+                      "target_dir": exp.target_dir,
+                      "attacker_dir": exp.attacker_dir,
+                      # only when on: older run directories resume
+                      **({"support_filter": True} if exp.support_filter else {}),
+                      # the seeds' programs differ in float rounding with the
+                      # split: resume alike
+                      **({"seed_devices": seed_devices} if seed_devices > 1 else {})})
+  except RunDirError as e:
+    if "seed_devices" not in str(e):
+      raise
+    raise SystemExit(f"attack.py: {e}\nThat run's seeds ran on another number of "
+                     "CPU devices: pass --host-devices with the number it "
+                     "recorded in extra.seed_devices (1 where it has none).") from e
   result = runner.run()
   final = np.array(result.final_success_rates())
   best = np.array(result.best_success_rates())

@@ -155,6 +155,7 @@ def test_attack_run_dir_then_proposal_drift(tmp_path):
        "--no-progress", "--support-filter", "--seed-offset", "3",
        "--host-devices", "1"], cwd=ROOT, capture_output=True, text=True)
   assert moved.returncode != 0 and "seed_devices" in moved.stderr
+  assert "pass --host-devices with the number it recorded" in moved.stderr
   assert again["nre_spent"] == summary["nre_spent"]
   assert again["final_success_rate"] == summary["final_success_rate"]
   assert summary["wall_time_s"] > 1.0
