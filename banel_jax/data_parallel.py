@@ -40,6 +40,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, PartitionSpec
 
 from banel_jax import mle
+from banel_jax.sharding import shard_map
 from banel_jax.types import Params, PRNGKey, Samples
 
 DATA_AXIS = "data"
@@ -64,13 +65,6 @@ def _check_divides(n: int, mesh: Mesh, what: str) -> int:
   return n // size
 
 
-def _shard_map(fn, mesh, in_specs, out_specs):
-  # check_vma=False: the models' lax.scan carries mix replicated params with
-  # per-device rows, which the replication checker cannot type.
-  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                       check_vma=False)
-
-
 def sampler(sample_fn: Callable[[Params, PRNGKey, int], Samples], mesh: Mesh
             ) -> Callable[[Params, PRNGKey, int], Samples]:
   """``sample(params, key, n)`` with the ``n`` draws split over ``mesh``.
@@ -88,7 +82,7 @@ def sampler(sample_fn: Callable[[Params, PRNGKey, int], Samples], mesh: Mesh
       return sample_fn(p, jax.random.fold_in(k, jax.lax.axis_index(DATA_AXIS)),
                        local)
 
-    return _shard_map(draw, mesh, (_REPLICATED, _REPLICATED), _SPLIT)(params, key)
+    return shard_map(draw, mesh, (_REPLICATED, _REPLICATED), _SPLIT)(params, key)
 
   return sample
 
@@ -108,7 +102,7 @@ def log_prob(log_prob_fn: Callable[[Params, Samples], jax.Array], mesh: Mesh
     pad = -n % size
     if pad:
       x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)], axis=0)
-    out = _shard_map(log_prob_fn, mesh, (_REPLICATED, _SPLIT), _SPLIT)(params, x)
+    out = shard_map(log_prob_fn, mesh, (_REPLICATED, _SPLIT), _SPLIT)(params, x)
     return out[:n]
 
   return score
@@ -140,7 +134,7 @@ def fit_weighted_mle(mesh: Mesh, *, epochs: int, batch_size: int, pack: bool = F
   def fit(state: train_state.TrainState, x: Samples, weights: jax.Array,
           key: PRNGKey) -> tuple[train_state.TrainState, jax.Array]:
     _check_divides(jnp.shape(weights)[0], mesh, "the number of samples")
-    return _shard_map(local_fit, mesh,
+    return shard_map(local_fit, mesh,
                       (_REPLICATED, _SPLIT, _SPLIT, _REPLICATED),
                       (_REPLICATED, _REPLICATED))(state, x, weights, key)
 

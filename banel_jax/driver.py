@@ -131,10 +131,8 @@ def _seed_jit(fn, in_axes, mesh, static_argnums=()):
       return local(*full)
 
     specs = tuple(split if in_axes[i] == 0 else PartitionSpec() for i in dynamic)
-    # check_vma=False: the methods' lax.scan carries mix per-seed values with
-    # replicated ones (the prior), which the replication checker cannot type
-    return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=split,
-                         check_vma=False)(*(args[i] for i in dynamic))
+    return seed_sharding.shard_map(per_device, mesh, specs, split)(
+        *(args[i] for i in dynamic))
 
   return jax.jit(call, static_argnums=static_argnums)
 

@@ -83,3 +83,16 @@ def replicate(tree, mesh: Mesh | None):
   if mesh is None:
     return tree
   return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def shard_map(fn, mesh: Mesh, in_specs, out_specs):
+  """``jax.shard_map`` without the replication check (``check_vma=False``).
+
+  The library's programs (samplers, fits, rounds) carry replicated values
+  (params, the prior) beside per-device ones through ``lax.scan``, which the
+  checker cannot type. Used by the runner's seed programs and by
+  :mod:`banel_jax.data_parallel`.
+  """
+  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                       check_vma=False)
+
