@@ -7,6 +7,7 @@ budget of reward evaluations. See the README for a tour.
 from banel_jax.banel import (Banel, BanelState, RestartClock, RoundBatch, make_banel,
                              round_keys)
 from banel_jax.budget import BudgetKeeper, OracleError, OraclePolicy, validate_rewards
+from banel_jax.checkpoint import CheckpointError, load_metadata, load_params, save_params
 from banel_jax.config import BanelConfig, ConfigError
 from banel_jax.distill import make_distiller
 from banel_jax.driver import BanelRunner, NonFiniteError, RunResult, run_banel
