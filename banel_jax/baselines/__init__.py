@@ -1,7 +1,7 @@
 """Baselines with BaNEL's round signature (SPEC section 6, ``BASELINES.md``).
 
 Every baseline is a :class:`Baseline` bundle ``(init, propose, update, name)``
-that :class:`~banel_jax.driver.BanelRunner` runs with ``method=``: same oracle
+that :class:`~banel_jax.runtime.driver.BanelRunner` runs with ``method=``: same oracle
 boundary, same NRE budget, same evaluation as BaNEL. Only self-imitation learns
 from the oracle's rewards; for the others ``r_learn = 0``: successes are recorded
 by the driver and reported, never used for learning.

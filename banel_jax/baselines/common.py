@@ -1,7 +1,7 @@
 """What every baseline shares: the run config, the bundle type and small helpers.
 
 A baseline is a bundle of pure functions with BaNEL's round signature
-(:class:`~banel_jax.banel.Banel`), so :class:`~banel_jax.driver.BanelRunner`
+(:class:`~banel_jax.core.banel.Banel`), so :class:`~banel_jax.runtime.driver.BanelRunner`
 runs it with ``method=``: the same oracle boundary, the same NRE budget keeper
 and the same evaluation as BaNEL.
 
@@ -18,14 +18,14 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from banel_jax import posterior
-from banel_jax.banel import RoundBatch, all_finite  # noqa: F401 (re-exported)
-from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
+from banel_jax.core import posterior
+from banel_jax.core.protocol import RoundBatch, all_finite  # noqa: F401 (re-exported)
+from banel_jax.core.types import GenerativeModel, Params, PRNGKey, Samples
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-  """The run fields :class:`~banel_jax.driver.BanelRunner` reads for a baseline.
+  """The run fields :class:`~banel_jax.runtime.driver.BanelRunner` reads for a baseline.
 
   Attributes:
     nre_budget: reward evaluations spent on learning, per seed.
@@ -55,9 +55,9 @@ class Baseline(NamedTuple):
   Attributes:
     init: ``init(key, prior_params) -> state``; the state is a flax
       ``struct.PyTreeNode`` with ``round`` (``int32[]``), ``nre`` (``int32[]``)
-      and ``key`` (the root PRNG key) like :class:`~banel_jax.banel.BanelState`.
+      and ``key`` (the root PRNG key) like :class:`~banel_jax.core.banel.BanelState`.
     propose: ``propose(state, key, n) -> (x[n, *event_shape], info)`` with a
-      :class:`~banel_jax.posterior.PosteriorSampleInfo` (``n`` static).
+      :class:`~banel_jax.core.posterior.PosteriorSampleInfo` (``n`` static).
     update: ``update(state, RoundBatch, key) -> (state, metrics)``, metrics a
       dict of arrays.
     name: the method's name in tables and progress bars.

@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from banel_jax import posterior
-from banel_jax.banel import RoundBatch, round_masks
+from banel_jax.core import posterior
+from banel_jax.core.protocol import RoundBatch, round_masks
 from banel_jax.baselines.common import Baseline, count_distinct, hash_samples
-from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
+from banel_jax.core.types import GenerativeModel, Params, PRNGKey, Samples
 
 _EMPTY = jnp.uint32(0xFFFFFFFF)  # hash of an empty slot (sorts last)
 

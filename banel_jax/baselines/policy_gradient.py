@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
@@ -45,12 +45,12 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from banel_jax.banel import RoundBatch, round_masks
+from banel_jax.core.protocol import RoundBatch, round_masks
 from banel_jax.baselines.common import (Baseline, all_accepted_info, all_finite,
                                         count_distinct, masked_mean)
-from banel_jax.mle import (check_train_microbatch, microbatch_size_for,
+from banel_jax.core.mle import (check_train_microbatch, microbatch_size_for,
                            microbatched_sums_and_grad)
-from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
+from banel_jax.core.types import GenerativeModel, Params, PRNGKey, Samples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +70,12 @@ class PolicyGradientConfig:
     max_grad_norm: global gradient-norm clip before Adam.
     train_microbatch: accumulate each Adam step's gradient over microbatches of
       the largest divisor of the minibatch up to this many samples, one after
-      the other (``banel_jax.mle.microbatched_sums_and_grad``): the same step
+      the other (``banel_jax.core.mle.microbatched_sums_and_grad``): the same step
       up to float rounding, faster on a CPU for a transformer. 0 (default):
       one pass per step.
   """
 
-  # added after records of this config were written (see banel_jax.checkpoint)
-  OMIT_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("train_microbatch",)
+  # added after records of this config were written (see banel_jax.runtime.checkpoint)
 
   learning_rate: float = 0.03
   kl_weight: float = 0.01
@@ -86,7 +85,7 @@ class PolicyGradientConfig:
   clip_eps: float = 0.2
   advantage_clip: float = 5.0
   max_grad_norm: float = 1.0
-  train_microbatch: int = 0
+  train_microbatch: int | str = 0
 
   def __post_init__(self):
     check_train_microbatch("PolicyGradientConfig", self.train_microbatch)

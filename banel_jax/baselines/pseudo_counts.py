@@ -49,8 +49,8 @@ from flax.training import train_state
 from banel_jax.baselines.common import Baseline, masked_mean
 from banel_jax.baselines.policy_gradient import (NoveltyBonus, PolicyGradientConfig,
                                                  make_policy_gradient)
-from banel_jax.mle import weighted_nll
-from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
+from banel_jax.core.mle import weighted_nll
+from banel_jax.core.types import GenerativeModel, Params, PRNGKey, Samples
 
 
 def pseudo_count(rho: jax.Array, rho_prime: jax.Array) -> jax.Array:

@@ -36,7 +36,7 @@ from flax.training import train_state
 from banel_jax.baselines.common import Baseline, masked_mean
 from banel_jax.baselines.policy_gradient import (PolicyGradientConfig,
                                                  make_policy_gradient)
-from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
+from banel_jax.core.types import GenerativeModel, Params, PRNGKey, Samples
 
 Featurizer = Callable[[Samples], jax.Array]  # x[n, *event] -> f32[n, d]
 

@@ -7,11 +7,11 @@ what BaNEL's success replay reduces to when no rejection region rejects anything
 used. Each round:
 
 1. the round's successes join a bank of the latest ``bank_size``
-   (:mod:`banel_jax.success_bank`);
+   (:mod:`banel_jax.core.success_bank`);
 2. ``anchor_samples`` fresh samples of the current generator (free: no NRE),
    weight 1 each, keep it near itself; with ``support``, those outside it get
    weight 0 (the same free validity check BaNEL's distiller applies);
-3. weighted maximum likelihood (:func:`~banel_jax.mle.fit_weighted_mle`, Adam
+3. weighted maximum likelihood (:func:`~banel_jax.core.mle.fit_weighted_mle`, Adam
    restarted each round) on the anchors and the bank, each success weighing
    ``success_weight``.
 
@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, ClassVar
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -54,12 +54,12 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from banel_jax import success_bank
-from banel_jax.banel import RoundBatch, round_masks
+from banel_jax.core import success_bank
+from banel_jax.core.protocol import RoundBatch, round_masks
 from banel_jax.baselines.common import (Baseline, all_accepted_info, all_finite,
                                         count_distinct)
-from banel_jax.mle import fit_weighted_mle, microbatch_size_for
-from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
+from banel_jax.core.mle import fit_weighted_mle, microbatch_size_for
+from banel_jax.core.types import GenerativeModel, Params, PRNGKey, Samples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,7 @@ class SelfImitationConfig:
     batch_size: minibatch size of the fit.
     learning_rate: Adam learning rate.
     pack: put positive-weight samples first in every epoch
-      (:func:`~banel_jax.mle.fit_weighted_mle`).
+      (:func:`~banel_jax.core.mle.fit_weighted_mle`).
     train_microbatch: a speed setting, as ``BanelConfig.train_microbatch``: if
       ``> 0``, each step's gradient is accumulated over microbatches of the
       largest divisor of ``batch_size`` up to this many samples (the same
@@ -93,18 +93,21 @@ class SelfImitationConfig:
   batch_size: int = 256
   learning_rate: float = 1e-3
   pack: bool = False
-  train_microbatch: int = 0
+  train_microbatch: int | str = 0
 
-  # Added after run directories were written: left out of records while default.
-  OMIT_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("train_microbatch",)
 
   def __post_init__(self):
     problems = []
     for name, low in (("bank_size", 1), ("anchor_samples", 0), ("epochs", 1),
-                      ("batch_size", 1), ("train_microbatch", 0)):
+                      ("batch_size", 1)):
       v = getattr(self, name)
       if not isinstance(v, int) or isinstance(v, bool) or v < low:
         problems.append(f"{name}={v!r} must be an integer >= {low}")
+    if not (self.train_microbatch == "auto" or (
+        isinstance(self.train_microbatch, int)
+        and not isinstance(self.train_microbatch, bool) and self.train_microbatch >= 0)):
+      problems.append(f"train_microbatch={self.train_microbatch!r} must be 'auto' or "
+                      "an integer >= 0")
     for name in ("success_weight", "learning_rate"):
       v = getattr(self, name)
       if (not isinstance(v, (int, float)) or isinstance(v, bool)

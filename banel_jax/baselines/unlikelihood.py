@@ -27,7 +27,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, ClassVar, Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import chex
 import jax
@@ -36,12 +36,12 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from banel_jax.banel import RoundBatch, round_masks
+from banel_jax.core.protocol import RoundBatch, round_masks
 from banel_jax.baselines.common import (Baseline, all_accepted_info, all_finite,
                                         count_distinct, masked_mean)
-from banel_jax.mle import (check_train_microbatch, microbatch_size_for,
-                           microbatched_sums_and_grad)
-from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
+from banel_jax.core.mle import (check_train_microbatch, microbatch_size_for,
+                                microbatched_sums_and_grad, resolve_train_microbatch)
+from banel_jax.core.types import GenerativeModel, Params, PRNGKey, Samples
 
 # token_log_prob(params, x[n, L]) -> f32[n, L]; token_mask(x[n, L]) -> bool[n, L]
 TokenLogProb = Callable[[Params, Samples], jax.Array]
@@ -102,13 +102,12 @@ class UnlikelihoodConfig:
     train_microbatch: accumulate each step's gradient over microbatches of the
       largest divisor of the failures' batch (and of the anchor batch) up to
       this many samples, one after the other
-      (``banel_jax.mle.microbatched_sums_and_grad``): the same step up to
+      (``banel_jax.core.mle.microbatched_sums_and_grad``): the same step up to
       float rounding, faster on a CPU for a transformer. 0 (default): one
       pass per step.
   """
 
-  # added after records of this config were written (see banel_jax.checkpoint)
-  OMIT_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("train_microbatch",)
+  # added after records of this config were written (see banel_jax.runtime.checkpoint)
 
   form: Literal["sequence", "token"] = "sequence"
   learning_rate: float = 0.03
@@ -116,7 +115,7 @@ class UnlikelihoodConfig:
   anchor_weight: float = 0.1
   anchor_samples: int = 256
   max_grad_norm: float = 1.0
-  train_microbatch: int = 0
+  train_microbatch: int | str = 0
 
   def __post_init__(self):
     check_train_microbatch("UnlikelihoodConfig", self.train_microbatch)
@@ -232,7 +231,7 @@ def make_unlikelihood(model: GenerativeModel,
       return (ul + c.anchor_weight * nll, (ul, nll)), grads
 
     def step(policy, _):
-      if c.train_microbatch:
+      if resolve_train_microbatch(c.train_microbatch):
         (loss, aux), grads = microbatched_loss_and_grad(policy.params)
       else:
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(policy.params)

@@ -1,1 +1,1 @@
-"""Generative models that satisfy :class:`banel_jax.types.GenerativeModel`."""
+"""Generative models that satisfy :class:`banel_jax.core.types.GenerativeModel`."""

@@ -1,4 +1,4 @@
-"""Turn a user's own Flax module into a :class:`~banel_jax.types.GenerativeModel`.
+"""Turn a user's own Flax module into a :class:`~banel_jax.core.types.GenerativeModel`.
 
 BaNEL needs two things of a model: exact ``log p(x)`` and ancestral sampling. Any
 autoregressive network that maps a token prefix to next-token logits gives both;
@@ -37,7 +37,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from banel_jax.types import GenerativeModel, Params, PRNGKey
+from banel_jax.core.types import GenerativeModel, Params, PRNGKey
 
 
 def autoregressive_model(init: Callable[[PRNGKey], Params],

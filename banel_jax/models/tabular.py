@@ -11,7 +11,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from banel_jax.types import GenerativeModel
+from banel_jax.core.types import GenerativeModel
 
 
 def make_tabular_model(num_categories: int, init_logits: jax.Array | None = None,

@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from banel_jax.types import Array, GenerativeModel, Params, PRNGKey, SplitLogProb
+from banel_jax.core.types import Array, GenerativeModel, Params, PRNGKey, SplitLogProb
 
 # Default token ids for the addition task: digits 0-9, then the symbols.
 PLUS_ID = 10

@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, ClassVar, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import chex
 import jax
@@ -75,10 +75,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from banel_jax import checkpoint
+from banel_jax.runtime import checkpoint
 from banel_jax.models.transformer import (Transformer, TransformerConfig,
                                           make_transformer)
-from banel_jax.types import Array, Params, PRNGKey
+from banel_jax.core.types import Array, Params, PRNGKey
 
 PLUS_ID = 10
 EQUALS_ID = 11
@@ -196,8 +196,6 @@ class AdditionTaskConfig:
   target_format: str = "aligned"
   answer_order: str = "lsb"
 
-  # Added in sessions 11 and 17: records written before them still match.
-  OMIT_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("target_format", "answer_order")
 
   def __post_init__(self):
     if self.target_format not in TARGET_FORMATS:
@@ -242,7 +240,7 @@ class AdditionTaskConfig:
 
   @classmethod
   def from_dict(cls, d: dict) -> "AdditionTaskConfig":
-    """Inverse of :func:`banel_jax.checkpoint.config_to_dict`."""
+    """Inverse of :func:`banel_jax.runtime.checkpoint.config_to_dict`."""
     d = dict(d)
     if isinstance(d.get("target"), dict):
       d["target"] = transformer_config_from_dict(d["target"])
@@ -250,7 +248,7 @@ class AdditionTaskConfig:
 
 
 def transformer_config_from_dict(d: dict) -> TransformerConfig:
-  """Inverse of :func:`banel_jax.checkpoint.config_to_dict` for a Transformer."""
+  """Inverse of :func:`banel_jax.runtime.checkpoint.config_to_dict` for a Transformer."""
   d = dict(d)
   if isinstance(d.get("dtype"), str):
     d["dtype"] = getattr(jnp, d["dtype"])
@@ -927,7 +925,7 @@ def load_target_for(directory, task: AdditionTaskConfig
   """``(params, task with the target's shape and format)`` of a saved target.
 
   :func:`load_target` then :func:`with_target_of`; a checkpoint made for
-  another grammar raises :class:`~banel_jax.checkpoint.CheckpointError` naming
+  another grammar raises :class:`~banel_jax.runtime.checkpoint.CheckpointError` naming
   ``directory``.
   """
   params, target_task, _ = load_target(directory)

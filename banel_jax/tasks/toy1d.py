@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from banel_jax.models.tabular import make_tabular_model
-from banel_jax.types import GenerativeModel
+from banel_jax.core.types import GenerativeModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,14 +74,14 @@ def distributions(task: Toy1DTask, state) -> dict[str, np.ndarray]:
 
   Args:
     task: the toy task.
-    state: a :class:`~banel_jax.banel.BanelState` of one seed (no seed axis).
+    state: a :class:`~banel_jax.core.banel.BanelState` of one seed (no seed axis).
 
   Returns:
     ``{"prior", "proposal", "failure", "posterior"}``, each ``float64[K]``
     summing to 1. ``posterior`` is the exploration posterior
     ``p_0 * 1[x not in R]`` renormalised (all zeros if every bin is rejected).
   """
-  from banel_jax.posterior import log_posterior_unnormalized  # avoid a cycle
+  from banel_jax.core.posterior import log_posterior_unnormalized  # avoid a cycle
   model = task.model()
   xs = jnp.arange(task.num_bins, dtype=jnp.int32)
 

@@ -1,25 +1,15 @@
-"""The set of samples already paid for and failed: exact negative evidence.
+"""A fixed-capacity set of samples, by 64-bit fingerprint, under ``jit``.
 
-The likelihood-ratio regions reject a sample when the failure model explains it
-better than the proposal that drew it. A failure the proposal draws *often* is
-one they cannot reject: fitted on the round's failures, the failure model gives
-it about the share it had among them, which is about the proposal's own
-probability, so the ratio stays near 1 however many times it failed. Once
-distillation puts mass on such a query, every round pays for it again (one seed
-of the MSB attack spent 3,494 of its 7,500 evaluations on ``7+0=``,
-``results/README.md``).
-
-With a deterministic oracle, a query that failed once fails again. This module
-keeps every paid failure's fingerprint (two 32-bit FNV-1a hashes of the sample's
-bytes, a 64-bit key) in a sorted, fixed-capacity array, so that distillation can
-treat them as rejected: the exploration posterior becomes
-``p_0(x) * 1[x not in R] * 1[x not already failed]``. Membership is a binary
-search; shapes are static, so it runs under ``jit`` and ``vmap``.
+Each sample's key is two 32-bit FNV-1a hashes of its bytes; keys are kept
+sorted in a static-size array, so membership is a binary search and shapes never
+change (``jit`` and ``vmap`` run it). Used for the failures already paid for
+(:mod:`banel_jax.extensions.seen_failures`, the exact-rejection baseline) and
+for the distinct successes of a success bank.
 
 >>> import jax.numpy as jnp
->>> seen = empty_seen_set(4)
+>>> seen = empty_sample_set(4)
 >>> x = jnp.array([[1, 2], [3, 4], [1, 2]], jnp.int32)
->>> seen = add_seen(seen, x, jnp.array([True, False, True]))
+>>> seen = add_samples(seen, x, jnp.array([True, False, True]))
 >>> int(seen.size), contains(seen, x).tolist()
 (1, [True, False, True])
 """
@@ -31,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from banel_jax.types import Samples
+from banel_jax.core.types import Samples
 
 _EMPTY = np.uint32(0xFFFFFFFF)  # unused slots sort last
 # Two FNV-1a variants (different offset bases and primes): a 64-bit key.
@@ -42,13 +32,13 @@ _PRIMES = (0x01000193, 0x0100019D)
 _WINDOW = 4
 
 
-class SeenSet(struct.PyTreeNode):
-  """Fingerprints of the failures paid for so far (one seed).
+class SampleSet(struct.PyTreeNode):
+  """Fingerprints of a set of samples (one seed).
 
   Attributes:
     keys: ``uint32[capacity, 2]``, sorted by (first, second) word; slots at and
       after ``size`` hold ``0xFFFFFFFF``.
-    size: ``int32[]`` distinct failures stored.
+    size: ``int32[]`` distinct samples stored.
   """
 
   keys: jax.Array
@@ -59,11 +49,11 @@ class SeenSet(struct.PyTreeNode):
     return self.keys.shape[-2]
 
 
-def empty_seen_set(capacity: int) -> SeenSet:
-  """An empty set with room for ``capacity`` distinct failures."""
+def empty_sample_set(capacity: int) -> SampleSet:
+  """An empty set with room for ``capacity`` distinct samples."""
   if capacity < 1:
     raise ValueError(f"capacity must be >= 1, got {capacity}")
-  return SeenSet(keys=jnp.full((capacity, 2), _EMPTY, jnp.uint32),
+  return SampleSet(keys=jnp.full((capacity, 2), _EMPTY, jnp.uint32),
                  size=jnp.zeros((), jnp.int32))
 
 
@@ -89,7 +79,7 @@ def fingerprints(x: Samples) -> jax.Array:
   return jnp.stack(h, axis=-1)
 
 
-def _contains_keys(seen: SeenSet, keys: jax.Array) -> jax.Array:
+def _contains_keys(seen: SampleSet, keys: jax.Array) -> jax.Array:
   first = seen.keys[:, 0]
   start = jnp.searchsorted(first, keys[:, 0], side="left")
   found = jnp.zeros(keys.shape[:1], bool)
@@ -100,12 +90,12 @@ def _contains_keys(seen: SeenSet, keys: jax.Array) -> jax.Array:
   return found
 
 
-def contains(seen: SeenSet, x: Samples) -> jax.Array:
+def contains(seen: SampleSet, x: Samples) -> jax.Array:
   """``bool[n]``: which samples of ``x`` are in the set."""
   return _contains_keys(seen, fingerprints(x))
 
 
-def add_seen(seen: SeenSet, x: Samples, mask: jax.Array) -> SeenSet:
+def add_samples(seen: SampleSet, x: Samples, mask: jax.Array) -> SampleSet:
   """Adds the samples of ``x`` where ``mask`` (each distinct one once).
 
   Keys beyond the capacity are dropped (the largest ones); size a set at the
@@ -122,4 +112,4 @@ def add_seen(seen: SeenSet, x: Samples, mask: jax.Array) -> SeenSet:
   pool = jnp.concatenate([seen.keys, jnp.where(new[:, None], ks, _EMPTY)])
   merged = pool[jnp.lexsort((pool[:, 1], pool[:, 0]))][:seen.capacity]
   size = jnp.minimum(seen.size + jnp.sum(new.astype(jnp.int32)), seen.capacity)
-  return SeenSet(keys=merged, size=size)
+  return SampleSet(keys=merged, size=size)

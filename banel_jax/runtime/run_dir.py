@@ -8,7 +8,7 @@ A run directory holds::
     host/                the driver's host state as JSON (JsonSave): metrics
                          history, budget counters, successes, ledger position
   metrics.jsonl          one JSON record per round
-  ledger.jsonl           every oracle call (see :mod:`banel_jax.ledger`)
+  ledger.jsonl           every oracle call (see :mod:`banel_jax.runtime.ledger`)
   corrupt_checkpoints/   steps found unreadable on resume, moved aside
   .lock                  held (``lockf``) by the process running the directory
 
@@ -20,7 +20,7 @@ needs only a freshly initialised state as the template.
 
 Example:
   >>> import os, tempfile, jax, jax.numpy as jnp
-  >>> from banel_jax import run_dir
+  >>> from banel_jax.runtime import run_dir
   >>> path = os.path.join(tempfile.mkdtemp(), "run")
   >>> d = run_dir.RunDirectory(path, {"config": {"lr": 0.1}})
   >>> state = {"w": jnp.ones(2), "key": jax.random.key(0), "round": jnp.int32(1)}
@@ -51,15 +51,17 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no lock
   fcntl = None
 
-from banel_jax.checkpoint import CheckpointError, restore_target
-from banel_jax.ledger import LEDGER_FILE
+from banel_jax.runtime.checkpoint import CheckpointError, restore_target
+from banel_jax.runtime.ledger import LEDGER_FILE
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "corrupt_checkpoints"
 LOCK_FILE = ".lock"
-FORMAT = 1
+# The layout and meaning of a run directory's records and checkpoints. A
+# directory written under another schema is refused with both versions named.
+SCHEMA_VERSION = 2
 
 __all__ = ["CONFIG_FILE", "METRICS_FILE", "LEDGER_FILE", "CHECKPOINT_DIR",
            "CORRUPT_DIR", "CheckpointWarning", "RunDirError", "RunDirectory",
@@ -131,7 +133,7 @@ def unflatten_state(flat: Mapping[str, Any], like):
 def restore_placement(flat: Mapping[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
   """The orbax restore target of a flattened state: each array's shape, dtype
   and sharding; host (numpy) arrays go where
-  :func:`~banel_jax.checkpoint.restore_target` puts them."""
+  :func:`~banel_jax.runtime.checkpoint.restore_target` puts them."""
   on_host = restore_target({n: x for n, x in flat.items()
                             if not isinstance(x, jax.Array)})
   return {n: on_host[n] if n in on_host else
@@ -238,9 +240,17 @@ class RunDirectory:
     self.path = os.path.abspath(os.fspath(path))
     if os.path.exists(self.path) and not os.path.isdir(self.path):
       raise RunDirError(f"run directory {self.path} exists and is not a directory")
+    if os.path.isdir(self.path) and not os.path.exists(
+        os.path.join(self.path, CONFIG_FILE)):
+      foreign = sorted(set(os.listdir(self.path)) - {LOCK_FILE})
+      if foreign:
+        raise RunDirError(
+            f"run directory {self.path} is not empty ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}) and holds no {CONFIG_FILE}: it is "
+            "not a banel_jax run directory; pass a new or empty directory")
     os.makedirs(self.path, exist_ok=True)
     self._lock = self._acquire_lock()
-    self.record = {"format": FORMAT, **json.loads(json.dumps(dict(record)))}
+    self.record = {"schema_version": SCHEMA_VERSION, **json.loads(json.dumps(dict(record)))}
     self._ignore = set(ignore)
     self.keep = keep
     self.checkpoint_dir = os.path.join(self.path, CHECKPOINT_DIR)
@@ -260,6 +270,14 @@ class RunDirectory:
       except ValueError as e:
         raise RunDirError(f"{config_path} is not valid JSON ({e}); this is not a run "
                           "directory of banel_jax, or it was damaged") from e
+      version = saved.get("schema_version", saved.get("format")) \
+          if isinstance(saved, dict) else None
+      if version != SCHEMA_VERSION:
+        raise RunDirError(
+            f"run directory {self.path} was written under run-directory schema "
+            f"{version if version is not None else 'unknown'}, and this banel_jax "
+            f"reads schema {SCHEMA_VERSION}: resume it with the banel_jax version "
+            "that wrote it, or start a new run directory")
       self._check_record(saved, f"run directory {self.path} (config.json)")
     else:
       text = json.dumps(self.record, indent=2, sort_keys=True) + "\n"
@@ -322,7 +340,7 @@ class RunDirectory:
     """
     flat = jax.device_get(flatten_state(state))
     host = dict(host)
-    host.update(format=FORMAT, step=int(step), run=self._compared(self.record),
+    host.update(schema_version=SCHEMA_VERSION, step=int(step), run=self._compared(self.record),
                 state_leaves=_leaf_specs(flat), state_digest=_digest(flat))
     self._manager.save(int(step), args=ocp.args.Composite(
         state=ocp.args.StandardSave(flat), host=ocp.args.JsonSave(host)))

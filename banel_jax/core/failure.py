@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from banel_jax.config import BanelConfig
-from banel_jax.mle import fit_weighted_mle, microbatch_size_for, weighted_nll
-from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
+from banel_jax.core.config import BanelConfig
+from banel_jax.core.mle import fit_weighted_mle, microbatch_size_for, weighted_nll
+from banel_jax.core.types import GenerativeModel, Params, PRNGKey, Samples
 
 FailureFitter = Callable[[Params, Samples, jax.Array, PRNGKey],
                          tuple[train_state.TrainState, dict]]

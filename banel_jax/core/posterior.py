@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from banel_jax import batching
-from banel_jax.types import GenerativeModel, Params, PRNGKey, Samples
+from banel_jax.core import batching
+from banel_jax.core.types import GenerativeModel, Params, PRNGKey, Samples
 
 
 class AcceptanceRateError(RuntimeError):
@@ -136,7 +136,7 @@ def region_log_ratios(model: GenerativeModel, bank: RegionBank, x: Samples) -> j
   """Log-ratios of ``x`` under every slot of ``bank``: ``f32[capacity, batch]``.
 
   One ``vmap`` over the stacked params: all regions cost one fused call (a
-  bank of one slot runs unbatched, see :mod:`banel_jax.batching`).
+  bank of one slot runs unbatched, see :mod:`banel_jax.core.batching`).
   """
   return batching.vmap(log_ratio, in_axes=(None, 0, 0, None, 0))(
       model, bank.proposal_params, bank.failure_params, x, bank.log_norm)

@@ -8,7 +8,7 @@ is in the ledger on disk before it is used, every round ends with an orbax
 checkpoint, and rerunning with the same ``run_dir`` continues from the newest
 good checkpoint, answering the calls made since then from the ledger instead of
 the oracle (round keys are ``fold_in(root, round)``, so the resumed run asks the
-very same queries). See :mod:`banel_jax.run_dir` and :mod:`banel_jax.ledger`.
+very same queries). See :mod:`banel_jax.runtime.run_dir` and :mod:`banel_jax.runtime.ledger`.
 """
 
 from __future__ import annotations
@@ -28,16 +28,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from banel_jax import batching, posterior
-from banel_jax import sharding as seed_sharding
-from banel_jax.banel import BanelState, RoundBatch, make_banel, round_keys
-from banel_jax.budget import BudgetKeeper, OracleError, OraclePolicy
-from banel_jax.checkpoint import config_to_dict
-from banel_jax.config import BanelConfig
-from banel_jax.ledger import Ledger
-from banel_jax.metrics import clopper_pearson
-from banel_jax.run_dir import RunDirectory
-from banel_jax.types import GenerativeModel, Oracle, Params
+from banel_jax.core import batching
+
+from banel_jax.core import posterior
+from banel_jax.runtime import sharding as seed_sharding
+from banel_jax.core.banel import BanelState, make_banel
+from banel_jax.core.extension import Extension, describe
+from banel_jax.core.protocol import RoundBatch, round_keys
+from banel_jax.runtime.budget import BudgetKeeper, OracleError, OraclePolicy
+from banel_jax.runtime.checkpoint import config_to_dict
+from banel_jax.core.config import BanelConfig
+from banel_jax.runtime.ledger import Ledger
+from banel_jax.core.metrics import clopper_pearson
+from banel_jax.runtime.run_dir import RunDirectory
+from banel_jax.core.types import GenerativeModel, Oracle, Params
 
 
 class NonFiniteError(FloatingPointError):
@@ -152,17 +156,19 @@ def _compiled(method, mesh=None) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_banel(model: GenerativeModel, config: BanelConfig):
-  return make_banel(model, config)
+def _cached_banel(model: GenerativeModel, config: BanelConfig, extensions: tuple):
+  return make_banel(model, config, extensions)
 
 
-def _default_method(model: GenerativeModel, config: BanelConfig):
-  """``make_banel(model, config)``, one bundle per (model, config) pair, so that
-  runners of the same run in one session (e.g. resuming it) share compilations."""
+def _default_method(model: GenerativeModel, config: BanelConfig, extensions=()):
+  """``make_banel(model, config, extensions)``, one bundle per (model, config,
+  extensions), so that runners of the same run in one session (e.g. resuming it)
+  share compilations."""
+  extensions = tuple(extensions)
   try:
-    return _cached_banel(model, config)
-  except TypeError:  # unhashable model or config
-    return make_banel(model, config)
+    return _cached_banel(model, config, extensions)
+  except TypeError:  # unhashable model, config or extension
+    return make_banel(model, config, extensions)
 
 
 @functools.lru_cache(maxsize=16)
@@ -204,27 +210,30 @@ class BanelRunner:
       answered the round or a resumed run replayed it from the ledger (so
       diagnostics computed from them do not depend on where a run was resumed).
     method: optional bundle with the same round signature as
-      :class:`~banel_jax.banel.Banel` (``init(key, prior_params)``,
+      :class:`~banel_jax.core.banel.Banel` (``init(key, prior_params)``,
       ``propose(state, key, n)``, ``update(state, RoundBatch, key)``; e.g. a
       baseline from :mod:`banel_jax.baselines`); default ``make_banel(model,
       config)``, shared by runners of the same ``model`` and ``config``. Its
       state must carry ``round`` and ``key`` like
-      :class:`~banel_jax.banel.BanelState`. ``config`` then only needs the run
+      :class:`~banel_jax.core.banel.BanelState`. ``config`` then only needs the run
       fields ``nre_budget``, ``samples_per_round``, ``n_eval``, ``eval_every``.
       Runners given the same bundle share its compiled functions.
-    run_dir: optional run directory (see :mod:`banel_jax.run_dir`): checkpoints
+    extensions: plug-ins to BaNEL (:mod:`banel_jax.extensions`) for the default
+      method; recorded in ``config.json`` by name and config, with whether they
+      learn from successes or use task knowledge.
+    run_dir: optional run directory (see :mod:`banel_jax.runtime.run_dir`): checkpoints
       after every round, ``config.json``, ``metrics.jsonl`` and the oracle
       ledger. If it already holds a run of the same config, the runner resumes
       it: the newest good checkpoint is restored and the oracle calls made after
       it are replayed from the ledger, not asked again.
     keep_checkpoints: checkpoints kept in ``run_dir`` (the newest ones).
     oracle_policy: retries and timeout for faulty oracle calls
-      (:class:`~banel_jax.budget.OraclePolicy`; default 3 attempts, no timeout).
+      (:class:`~banel_jax.runtime.budget.OraclePolicy`; default 3 attempts, no timeout).
     extra_config: more JSON-ready settings of the run (e.g.
       ``{"task": config_to_dict(task)}``) recorded in ``config.json`` and
       checked on resume.
     shard_seeds: split the seeds over the local devices with ``jax.sharding``
-      (:mod:`banel_jax.sharding`): the state's seed axis is sharded over the
+      (:mod:`banel_jax.runtime.sharding`): the state's seed axis is sharded over the
       largest number of devices that divides the number of seeds, the
       pretrained params are replicated, and ``jit`` runs each device's seeds
       there. A no-op on one device. Results do not depend on it.
@@ -243,7 +252,7 @@ class BanelRunner:
                method: Any = None, run_dir: str | os.PathLike | None = None,
                keep_checkpoints: int = 3, oracle_policy: OraclePolicy | None = None,
                extra_config: Mapping[str, Any] | None = None,
-               shard_seeds: bool = True):
+               shard_seeds: bool = True, extensions: Sequence[Extension] = ()):
     seeds = list(seeds)
     if not seeds:
       raise ValueError("seeds must name at least one seed")
@@ -256,7 +265,11 @@ class BanelRunner:
                        f"{keep_checkpoints!r}")
     self.model, self.config = model, config
     self.seeds = [int(s) for s in seeds]
-    self.banel = _default_method(model, config) if method is None else method
+    if method is not None and extensions:
+      raise ValueError("extensions apply to BaNEL (the default method); build the "
+                       "method with them instead of passing both")
+    self.banel = (_default_method(model, config, extensions) if method is None
+                  else method)
     self.method_name = getattr(method, "name", "BaNEL")
     self.metrics_path = metrics_path
     self.on_round = on_round
@@ -334,6 +347,9 @@ class BanelRunner:
               "sample_dtype": np.dtype(self.model.dtype).name,
               "oracle_policy": as_dict(oracle_policy or OraclePolicy()),
               "keep_checkpoints": keep}
+    extensions = getattr(self.banel, "extensions", ())
+    if extensions:
+      record["extensions"] = describe(extensions)["extensions"]
     method_config = getattr(self.banel, "config", None)
     if method_config is not None and method_config is not self.config \
         and method_config != self.config:

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from banel_jax.types import PRNGKey, Samples, SplitLogProb
+from banel_jax.core.config import CPU_TRAIN_MICROBATCH
+from banel_jax.core.types import PRNGKey, Samples, SplitLogProb
 
 
 def weighted_nll(log_prob_fn, params, x: Samples, weights: jax.Array) -> jax.Array:
@@ -51,12 +52,12 @@ def weighted_nll_and_grad(log_prob_fn, params, x: Samples, weights: jax.Array, *
   float rounding, with each microbatch's activations small enough to stay in a
   CPU's cache. ``None``: one pass.
 
-  A :class:`~banel_jax.types.SplitLogProb` (the Transformer's ``log_prob``)
+  A :class:`~banel_jax.core.types.SplitLogProb` (the Transformer's ``log_prob``)
   runs its ``prepare`` once for the whole batch, not once per microbatch, and
   back-propagates through it once (same gradient up to float rounding).
 
   With ``axis_name`` (inside ``shard_map`` or ``pmap`` over that axis; see
-  :mod:`banel_jax.data_parallel`) each device holds its own share of the
+  :mod:`banel_jax.runtime.data_parallel`) each device holds its own share of the
   batch, and the weighted sums and their gradients are summed over the axis
   (``lax.psum``) before the division: every device returns the loss and
   gradient of the whole batch.
@@ -91,7 +92,7 @@ def microbatched_sums_and_grad(log_prob_fn, params, x: Samples, per_sample: tupl
   split alongside it. The microbatches run one after the other
   (``optax.microbatch``), so each one's activations stay small.
 
-  A :class:`~banel_jax.types.SplitLogProb` runs its ``prepare`` once for the
+  A :class:`~banel_jax.core.types.SplitLogProb` runs its ``prepare`` once for the
   whole batch and back-propagates through it once: ``L = sum_m
   L_m(params, prepared(params))``, so the gradient is the sum over
   microbatches of ``dL_m/dparams`` with ``prepared`` held fixed, plus
@@ -121,19 +122,33 @@ def microbatched_sums_and_grad(log_prob_fn, params, x: Samples, per_sample: tupl
 
 
 def check_train_microbatch(owner: str, value) -> None:
-  """Raises ``ValueError`` unless ``value`` is an int >= 0 (a config's
-  ``train_microbatch``; ``owner`` names the config in the message)."""
+  """Raises ``ValueError`` unless ``value`` is ``"auto"`` or an int >= 0 (a
+  config's ``train_microbatch``; ``owner`` names the config in the message)."""
+  if value == "auto":
+    return
   if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-    raise ValueError(f"{owner}.train_microbatch={value!r} must be an int >= 0 "
-                     f"(0: one pass per step)")
+    raise ValueError(f"{owner}.train_microbatch={value!r} must be 'auto' or an int "
+                     ">= 0 (0: one pass per step)")
 
 
-def microbatch_size_for(batch_size: int, max_microbatch: int) -> int | None:
+def resolve_train_microbatch(value: int | str) -> int:
+  """A ``train_microbatch`` setting as a number: ``"auto"`` is
+  :data:`~banel_jax.core.config.CPU_TRAIN_MICROBATCH` on a CPU backend and 0
+  (one pass per step) on an accelerator."""
+  if value == "auto":
+    return CPU_TRAIN_MICROBATCH if jax.default_backend() == "cpu" else 0
+  return value
+
+
+def microbatch_size_for(batch_size: int, max_microbatch: int | str) -> int | None:
   """The largest divisor of ``batch_size`` up to ``max_microbatch``.
 
   ``None`` (one pass) when ``max_microbatch`` is 0 or the batch is no larger.
   E.g. ``(256, 32) -> 32``, ``(100, 32) -> 25``, ``(100, 0) -> None``.
+  ``"auto"`` is :data:`~banel_jax.core.config.CPU_TRAIN_MICROBATCH` on a CPU
+  backend and 0 elsewhere.
   """
+  max_microbatch = resolve_train_microbatch(max_microbatch)
   if max_microbatch <= 0 or batch_size <= max_microbatch:
     return None
   return max(m for m in range(1, max_microbatch + 1) if batch_size % m == 0)
@@ -174,7 +189,7 @@ def fit_weighted_mle(state: train_state.TrainState, x: Samples, weights: jax.Arr
       uses the gradient summed over all devices' minibatches, so the replicated
       ``state`` stays the same on every device. A step is skipped only when
       every device's minibatch has weight 0.
-      :func:`banel_jax.data_parallel.fit_weighted_mle` wraps this.
+      :func:`banel_jax.runtime.data_parallel.fit_weighted_mle` wraps this.
 
   Returns:
     ``(state, losses)`` with ``losses`` of shape ``[epochs, N // batch_size]``.

@@ -1,6 +1,6 @@
 """One batch split across devices: sampling, scoring and maximum-likelihood steps.
 
-:mod:`banel_jax.sharding` spreads independent *seeds* over devices. This module
+:mod:`banel_jax.runtime.sharding` spreads independent *seeds* over devices. This module
 splits a single large batch instead (data parallelism): each device of a
 one-axis mesh samples, scores or trains on its own share of the rows, with
 ``jax.shard_map``; the parameters are replicated and a training step sums the
@@ -39,9 +39,9 @@ import numpy as np
 from flax.training import train_state
 from jax.sharding import Mesh, PartitionSpec
 
-from banel_jax import mle
-from banel_jax.sharding import shard_map
-from banel_jax.types import Params, PRNGKey, Samples
+from banel_jax.core import mle
+from banel_jax.runtime.sharding import shard_map
+from banel_jax.core.types import Params, PRNGKey, Samples
 
 DATA_AXIS = "data"
 
@@ -110,7 +110,7 @@ def log_prob(log_prob_fn: Callable[[Params, Samples], jax.Array], mesh: Mesh
 
 def fit_weighted_mle(mesh: Mesh, *, epochs: int, batch_size: int, pack: bool = False,
                      microbatch_size: int | None = None):
-  """:func:`banel_jax.mle.fit_weighted_mle` with the samples split over ``mesh``.
+  """:func:`banel_jax.core.mle.fit_weighted_mle` with the samples split over ``mesh``.
 
   Returns ``fit(state, x, weights, key) -> (state, losses)``: device ``i`` holds
   rows ``i * N/devices ..`` of ``x`` and ``weights`` (``N`` a multiple of the
@@ -123,7 +123,7 @@ def fit_weighted_mle(mesh: Mesh, *, epochs: int, batch_size: int, pack: bool = F
 
   Args:
     mesh: from :func:`data_mesh`.
-    epochs, pack, microbatch_size: as in :func:`banel_jax.mle.fit_weighted_mle`.
+    epochs, pack, microbatch_size: as in :func:`banel_jax.core.mle.fit_weighted_mle`.
     batch_size: samples per step over all devices (a multiple of the devices).
   """
   local_batch = _check_divides(batch_size, mesh, "batch_size")

@@ -60,7 +60,7 @@ class SplitLogProb:
   alone (the Transformer's :class:`~banel_jax.models.transformer.InputTables`).
   Split that way, a caller that runs many passes under one set of parameters
   (the microbatches of one training step,
-  :func:`~banel_jax.mle.weighted_nll_and_grad`) does that work once, and
+  :func:`~banel_jax.core.mle.weighted_nll_and_grad`) does that work once, and
   back-propagates through it once, instead of once per pass. Calling the
   object is the plain ``log_prob``: ``apply(params, prepare(params, x), x)``.
 

@@ -10,7 +10,7 @@ A weights checkpoint is a directory holding
 
 Example:
   >>> import tempfile, os, jax.numpy as jnp
-  >>> from banel_jax import checkpoint
+  >>> from banel_jax.runtime import checkpoint
   >>> d = os.path.join(tempfile.mkdtemp(), "ckpt")
   >>> checkpoint.save_params(d, {"w": jnp.ones(2)}, {"width": 2})
   >>> params, meta = checkpoint.load_params(d, expected_metadata={"width": 2})
@@ -29,7 +29,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from banel_jax.types import Params
+from banel_jax.core.config import config_to_dict, jsonable as _jsonable  # noqa: F401 (re-exported)
+from banel_jax.core.types import Params
 
 PARAMS_DIR = "params"
 METADATA_FILE = "metadata.json"
@@ -37,63 +38,6 @@ METADATA_FILE = "metadata.json"
 
 class CheckpointError(ValueError):
   """A checkpoint is missing, incomplete, or does not match what was expected."""
-
-
-def config_to_dict(config: Any) -> dict:
-  """JSON-ready dict of a (possibly nested) config dataclass.
-
-  Nested dataclasses become dicts; dtype-valued fields (e.g. ``jnp.float32``)
-  become their names (``"float32"``); tuples become lists.
-
-  Args:
-    config: a dataclass instance.
-
-  Returns:
-    A dict of JSON-serialisable values.
-  """
-  if not dataclasses.is_dataclass(config) or isinstance(config, type):
-    raise TypeError(f"config_to_dict expects a dataclass instance, got {config!r}")
-  return {name: _jsonable(value) for name, value in recorded_fields(config)}
-
-
-def recorded_fields(config: Any) -> list[tuple[str, Any]]:
-  """``(name, value)`` of the fields of a config dataclass that records keep.
-
-  A class may list, in a ``OMIT_WHEN_DEFAULT`` class attribute, fields added
-  after records of it were written: while such a field holds its default (the
-  behaviour from before it existed), it is left out, so checkpoint metadata and
-  run directories written before it still match.
-  """
-  return [(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)
-          if not omitted_when_default(type(config), f.name, getattr(config, f.name))]
-
-
-def omitted_when_default(cls: type, name: str, value: Any) -> bool:
-  """Whether records of config class ``cls`` leave field ``name`` out at ``value``.
-
-  True for a field listed in ``cls.OMIT_WHEN_DEFAULT`` that holds its default:
-  records written before the field existed lack it and mean the same.
-  """
-  if name not in getattr(cls, "OMIT_WHEN_DEFAULT", ()):
-    return False
-  return value == {f.name: f.default for f in dataclasses.fields(cls)}[name]
-
-
-def _jsonable(value):
-  if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    return config_to_dict(value)
-  if isinstance(value, (bool, int, float, str)) or value is None:
-    return value
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, Mapping):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, np.generic):
-    return value.item()
-  try:
-    return np.dtype(value).name  # dtype objects and scalar types (jnp.float32)
-  except TypeError:
-    raise TypeError(f"cannot store {value!r} ({type(value).__name__}) as JSON")
 
 
 def _check_directory(directory) -> str:

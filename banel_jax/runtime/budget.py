@@ -2,7 +2,7 @@
 
 The keeper is the only place the oracle is called. It retries faulty calls under
 an :class:`OraclePolicy`, spends budget only on calls that return valid rewards,
-writes every such call to an optional :class:`~banel_jax.ledger.Ledger` before
+writes every such call to an optional :class:`~banel_jax.runtime.ledger.Ledger` before
 using it, and can answer calls from an earlier ledger instead of the oracle (how
 a resumed run replays what was already paid for).
 """
@@ -18,10 +18,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from banel_jax.config import ConfigError
-from banel_jax.ledger import (Ledger, LedgerCall, ReplayMismatchError,
+from banel_jax.core.config import ConfigError
+from banel_jax.runtime.ledger import (Ledger, LedgerCall, ReplayMismatchError,
                               encode_queries)
-from banel_jax.types import Oracle
+from banel_jax.core.types import Oracle
 
 
 class OracleError(RuntimeError):
@@ -181,7 +181,7 @@ class BudgetKeeper:
     budget: NRE per seed.
     num_seeds: number of seeds sharing this oracle.
     policy: the :class:`OraclePolicy` (default ``OraclePolicy()``).
-    ledger: optional :class:`~banel_jax.ledger.Ledger` recording every call.
+    ledger: optional :class:`~banel_jax.runtime.ledger.Ledger` recording every call.
     seeds: seed values written to the ledger (default ``0..num_seeds-1``).
 
   Example:

@@ -91,7 +91,7 @@ def shard_map(fn, mesh: Mesh, in_specs, out_specs):
   The library's programs (samplers, fits, rounds) carry replicated values
   (params, the prior) beside per-device ones through ``lax.scan``, which the
   checker cannot type. Used by the runner's seed programs and by
-  :mod:`banel_jax.data_parallel`.
+  :mod:`banel_jax.runtime.data_parallel`.
   """
   return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                        check_vma=False)

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from banel_jax import seen
-from banel_jax.types import Samples
+from banel_jax.core import sample_set as seen
+from banel_jax.core.types import Samples
 
 
 class SuccessBank(struct.PyTreeNode):
@@ -80,7 +80,7 @@ def add_successes(bank: SuccessBank, x: Samples, mask: jax.Array,
     mask: ``bool[n]``, the successes among them.
     distinct: static. If ``True``, a sample equal to one in the bank, or to an
       earlier masked sample of ``x``, is skipped (equality of the 64-bit
-      fingerprints of :func:`banel_jax.seen.fingerprints`); ``count`` then
+      fingerprints of :func:`banel_jax.core.sample_set.fingerprints`); ``count`` then
       counts distinct successes added.
   """
   chex.assert_rank(mask, 1)
