@@ -116,7 +116,7 @@ def crash_then_resume(tmp_path):
   directory with an oracle that crashes on its 4th call, then resumes the
   directory with the real oracle to the end; returns the resumed ``RunResult``."""
 
-  def resume(model, prior, oracle, config, seeds):
+  def resume(model, prior, oracle, config, seeds, extensions=()):
     calls = []
 
     def dying(x):
@@ -128,10 +128,10 @@ def crash_then_resume(tmp_path):
     run_dir = tmp_path / "crashed_run"
     with pytest.raises(_Crash):
       with BanelRunner(model, prior, dying, config, seeds=seeds, progress=False,
-                       run_dir=run_dir) as runner:
+                       run_dir=run_dir, extensions=extensions) as runner:
         runner.run()
     with BanelRunner(model, prior, oracle, config, seeds=seeds, progress=False,
-                     run_dir=run_dir) as runner:
+                     run_dir=run_dir, extensions=extensions) as runner:
       return runner.run()
 
   return resume

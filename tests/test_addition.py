@@ -1,4 +1,4 @@
-"""Tests of banel_jax.tasks.addition, greedy_decode_ragged and banel_jax.checkpoint."""
+"""Tests of banel_jax.tasks.addition, greedy_decode_ragged and banel_jax.runtime.checkpoint."""
 
 import logging
 import subprocess
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from banel_jax import checkpoint
+from banel_jax.runtime import checkpoint
 from banel_jax.models import transformer as tfm
 from banel_jax.tasks import addition as add
 
@@ -419,7 +419,7 @@ def test_checkpoint_round_trip(tmp_path, tiny_target_params):
 _SAVE_ON_DEVICE_3 = """
 import sys
 import jax, jax.numpy as jnp
-from banel_jax import checkpoint
+from banel_jax.runtime import checkpoint
 w = jax.device_put(jnp.arange(6.0).reshape(2, 3), jax.devices()[3])
 checkpoint.save_params(sys.argv[1], {"w": w}, {"saved_on": str(w.devices())})
 """

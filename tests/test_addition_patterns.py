@@ -179,11 +179,7 @@ def test_carry_propagation_length_against_the_column_walk():
     patterns.carry_propagation_length(np.array([-1]), np.array([3]))
 
 
-def test_mode_census_classifies_hand_made_seeds():
-  import sys
-  import pathlib
-  sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
-  from scripts import mode_census
+def test_weak_slice_masks_classify_hand_made_rows():
   strict = TASK.replace(allow_leading_zeros=False)
   rows = [
       "50059266+50753069=",  # tops 4/5 (0059266 + 0753069: no carry into the top)
@@ -198,20 +194,3 @@ def test_mode_census_classifies_hand_made_seeds():
   assert {k: np.flatnonzero(v).tolist() for k, v in masks.items()} == {
       "tops_45": [0, 1], "propagation_3": [2], "carry_into_top": [3],
       "top_sum_13": [4]}
-  # One seed over three rounds: round 1 is not among the last two; the repeated
-  # "12+34=" of round 3 was paid in round 1; the last two rounds' successes are
-  # all tops 4/5.
-  q = addition.encode_batch(["12+34=", "79999979+7890=", "50059266+50753069=",
-                             "45000000+41234567=", "12+34=", "34070000+68864203="],
-                            TASK.max_len)
-  rewards = np.array([0, 1, 1, 1, 0, 0], np.float32)
-  rounds = np.array([1, 1, 2, 3, 3, 3])
-  row = mode_census.seed_census(q, rewards, rounds, strict, last_rounds=2,
-                                min_successes=2)
-  assert row["paid"] == 4 and row["rounds"] == [2, 3] and row["successes"] == 2
-  assert row["repeat_share"] == 0.25 and row["distinct_share"] == 1.0
-  assert row["mode"] == "tops_45" and row["share"]["tops_45"] == 0.5
-  assert row["success_rate_in"]["tops_45"] == 1.0
-  assert row["success_rate_in"]["carry_into_top"] == 0.0
-  assert row["share_of_successes"]["propagation_3"] == 0.0
-  assert mode_census.seed_census(q, rewards, rounds, strict, 2, 3)["mode"] == "none"

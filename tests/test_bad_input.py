@@ -22,10 +22,10 @@ import pytest
 import resume_worker
 from banel_jax import (BanelConfig, BanelRunner, ConfigError, NonFiniteError,
                        make_failure_fitter)
-from banel_jax import posterior
-from banel_jax.budget import BudgetKeeper, OraclePolicy
-from banel_jax.ledger import Ledger, LedgerError, ReplayMismatchError, read_ledger
-from banel_jax.run_dir import (CORRUPT_DIR, CheckpointWarning, RunDirError,
+from banel_jax.core import posterior
+from banel_jax.runtime.budget import BudgetKeeper, OraclePolicy
+from banel_jax.runtime.ledger import Ledger, LedgerError, ReplayMismatchError, read_ledger
+from banel_jax.runtime.run_dir import (CORRUPT_DIR, CheckpointWarning, RunDirError,
                                read_checkpoint)
 
 TASK = resume_worker.TASK
@@ -69,7 +69,7 @@ def _strip(history):
 
 @pytest.mark.parametrize("field,value", [
     ("samples_per_round", 0), ("nre_budget", -5), ("filter_factor", 0.5),
-    ("mode", "approximate"), ("n_eval", 2.5), ("learn_from_successes", "yes")])
+    ("mode", "approximate"), ("n_eval", 2.5), ("distill_reset", "yes")])
 def test_invalid_config_names_the_field(field, value):
   with pytest.raises(ConfigError, match=f"BanelConfig.{field}="):
     BanelConfig(**{field: value})

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from banel_jax import RoundBatch, make_banel
+from banel_jax.extensions import success_replay
 from banel_jax.tasks.toy1d import Toy1DTask
 
 K = 11
@@ -76,7 +77,7 @@ def round_input(fns):
 
 
 def test_successes_never_reach_the_learner(fns, round_input):
-  """With learn_from_successes=False the samples behind a reward of 1 carry no
+  """In the paper's algorithm (no extension) the samples behind a reward of 1 carry no
   weight anywhere: replacing them by other values (still rewarded 1) leaves the
   new state bit-for-bit the same."""
   state, x, rewards, success = round_input
@@ -112,9 +113,10 @@ def test_successes_equal_unscored_slots_for_learning(fns, round_input):
   assert int(met_u["n_successes"]) == 0
 
 
-def test_learn_from_successes_changes_only_distillation(fns, round_input):
+def test_success_replay_changes_only_distillation(fns, round_input):
   state, x, rewards, success = round_input
-  banel = make_banel(MODEL, fns.cfg.replace(learn_from_successes=True))
+  banel = make_banel(MODEL, fns.cfg, (success_replay(MODEL),))
+  state = state.replace(extensions=((),))  # the replay of a round's own successes
   update = jax.jit(banel.update)
   key = jax.random.key(4)
   evaluated = np.ones(M, bool)

@@ -33,8 +33,8 @@ import os
 import numpy as np
 
 import resume_worker
-from banel_jax.ledger import read_calls, read_ledger
-from banel_jax.run_dir import CHECKPOINT_DIR, read_checkpoint
+from banel_jax.runtime.ledger import read_calls, read_ledger
+from banel_jax.runtime.run_dir import CHECKPOINT_DIR, read_checkpoint
 
 METHODS = ("reinforce", "banel")
 BUDGET, M, N_EVAL, SEEDS = 200, 100, 100, 2

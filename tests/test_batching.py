@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from banel_jax import batching
+from banel_jax.core import batching
 
 
 def _fn(seen):

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from banel_jax import OracleError, validate_rewards
-from banel_jax.budget import BudgetKeeper
+from banel_jax.runtime.budget import BudgetKeeper
 
 
 class RecordingOracle:

@@ -1,11 +1,11 @@
-"""Tests of banel_jax.config: every invalid value raises a ConfigError naming it."""
+"""Tests of banel_jax.core.config: every invalid value raises a ConfigError naming it."""
 
 import dataclasses
 import math
 
 import pytest
 
-from banel_jax.config import BanelConfig, ConfigError
+from banel_jax.core.config import BanelConfig, ConfigError
 
 INT_FIELDS = ("nre_budget", "samples_per_round", "calibration_samples", "failure_epochs",
               "failure_batch_size", "distill_samples", "distill_epochs",
@@ -41,10 +41,10 @@ INVALID = [
     ("max_regions", -1),
     ("max_regions", 2.5),
     ("distill_reset", "yes"),
-    ("distill_pack", 1),
-    ("learn_from_successes", 1),
-    ("proposal_filter", "no"),
+    ("filter_factor", True),
+    ("distill_learning_rate", True),
     ("train_microbatch", -1),
+    ("train_microbatch", "fast"),
     ("train_microbatch", 2.0),
     ("train_microbatch", True),
 ] + [(f, 0) for f in INT_FIELDS] + [(f, -5) for f in INT_FIELDS] + [
@@ -73,9 +73,6 @@ def test_config_error_is_a_value_error():
     ({"samples_per_round": 10, "failure_batch_size": 11}, "failure_batch_size"),
     ({"distill_samples": 100, "distill_batch_size": 101}, "distill_batch_size"),
     ({"nre_budget": 1000, "samples_per_round": 100, "max_regions": 9}, "max_regions"),
-    ({"distill_target": "mixture", "distill_samples": 1, "distill_batch_size": 1},
-     "distill_samples"),
-    ({"mode": "exact", "proposal_filter": True}, "proposal_filter"),
 ])
 def test_cross_field_constraints_name_the_field(changes, field):
   with pytest.raises(ConfigError, match=f"BanelConfig.{field}="):
@@ -103,3 +100,25 @@ def test_valid_configs_and_derived_sizes():
   BanelConfig(filter_factor=1.0, min_acceptance_rate=0.0, max_regions=10,
               calibrated_reject_fraction=1e-6, failure_batch_size=100,
               samples_per_round=100, distill_batch_size=4096, distill_samples=4096)
+
+
+def test_retired_fields_are_gone():
+  """The extensions' switches left the config: they are plug-ins now."""
+  for name in ("distill_pack", "distill_target", "proposal_filter",
+               "reject_seen_failures", "learn_from_successes", "success_bank_size",
+               "success_bank_distinct", "success_weight", "restart_after_rounds"):
+    with pytest.raises(TypeError, match=name):
+      BanelConfig(**{name: 1})
+  assert len(dataclasses.fields(BanelConfig)) == 24
+
+
+def test_train_microbatch_auto_resolves_by_backend(monkeypatch):
+  from banel_jax.core import mle
+  BanelConfig(train_microbatch="auto")
+  monkeypatch.setattr(mle.jax, "default_backend", lambda: "cpu")
+  assert mle.resolve_train_microbatch("auto") == 32
+  assert mle.microbatch_size_for(256, "auto") == 32
+  monkeypatch.setattr(mle.jax, "default_backend", lambda: "gpu")
+  assert mle.resolve_train_microbatch("auto") == 0
+  assert mle.microbatch_size_for(256, "auto") is None
+  assert mle.resolve_train_microbatch(16) == 16

@@ -1,4 +1,4 @@
-"""One batch split over several devices (banel_jax.data_parallel)."""
+"""One batch split over several devices (banel_jax.runtime.data_parallel)."""
 
 import json
 import pathlib
@@ -8,7 +8,7 @@ import sys
 import jax
 import pytest
 
-from banel_jax import data_parallel as dp
+from banel_jax.runtime import data_parallel as dp
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

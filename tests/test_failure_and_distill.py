@@ -15,8 +15,7 @@ from flax.training import train_state
 
 from banel_jax import (BanelConfig, add_region, empty_region_bank, fit_weighted_mle,
                        make_distiller, make_failure_fitter, rejection_mask)
-from banel_jax.distill import (effective_sample_size, mixture_weights,
-                               posterior_weights)
+from banel_jax.core.distill import effective_sample_size
 from banel_jax.tasks.toy1d import Toy1DTask
 
 K = 11
@@ -113,9 +112,8 @@ DISTILL = dict(distill_samples=8192, distill_batch_size=1024, distill_epochs=30)
 
 
 @functools.lru_cache(maxsize=None)
-def _distiller(reset, target="proposal"):
-  return jax.jit(make_distiller(MODEL, BanelConfig(distill_reset=reset,
-                                                   distill_target=target, **DISTILL)))
+def _distiller(reset):
+  return jax.jit(make_distiller(MODEL, BanelConfig(distill_reset=reset, **DISTILL)))
 
 
 _TX = optax.adam(0.1)
@@ -164,41 +162,21 @@ def test_distill_reset_starts_from_prior():
     assert float(metrics["distill_accept_rate"]) == 0.0
 
 
-def test_posterior_target_corrects_a_drifted_proposal(central_bank):
-  """From a proposal that drifted away from p0, the "proposal" target fits the
-  drifted model outside the region while the "posterior" target (importance
-  weights p0/p_theta) and the "mixture" target (half the samples from p0, balance-
-  heuristic weights) recover p0 restricted to ~R, the exploration posterior."""
-  bank, mask = central_bank
-  prior = _probs(PRIOR)
-  drifted = {"logits": PRIOR["logits"] * 0.3 + 1.0}
-  target_post = np.where(mask, 0.0, prior) / prior[~mask].sum()
-  q = _probs(drifted)
-  target_drift = np.where(mask, 0.0, q) / q[~mask].sum()
-  assert np.abs(target_post - target_drift).max() > 0.1  # the two targets differ
-  fits = {}
-  for target in ("proposal", "posterior", "mixture"):
-    state, metrics = _distiller(False, target)(_proposal_state(drifted), PRIOR, bank,
-                                               jax.random.key(0))
-    fits[target] = _probs(state.params)
-    assert 0 < float(metrics["distill_ess"]) <= DISTILL["distill_samples"]
-  np.testing.assert_allclose(fits["posterior"], target_post, atol=0.03)
-  np.testing.assert_allclose(fits["mixture"], target_post, atol=0.03)
-  np.testing.assert_allclose(fits["proposal"], target_drift, atol=0.03)
-
-
 def test_support_keeps_distillation_off_known_zero_samples(central_bank):
-  """A free support check (here: bins 0-2 can never score) is rejection the
-  distiller applies on top of the regions: the fit is p0 restricted to
+  """A free support check (here: bins 0-2 can never score), passed as an
+  ``accept`` hook, is rejection the distiller applies on top of the regions: the fit is p0 restricted to
   ~R and the support, even from a proposal that drifted onto bins 0-2."""
   bank, mask = central_bank
   prior = _probs(PRIOR)
   outside_support = XS <= 2
   support = lambda x: x > 2  # noqa: E731
   drifted = {"logits": PRIOR["logits"].at[:3].add(3.0)}
-  cfg = BanelConfig(distill_reset=False, distill_target="proposal", **DISTILL)
-  distill = jax.jit(make_distiller(MODEL, cfg, support=support))
+  cfg = BanelConfig(distill_reset=False, **DISTILL)
+  distill = jax.jit(functools.partial(make_distiller(MODEL, cfg),
+                                      accept=(("support", support),)))
   state, metrics = distill(_proposal_state(drifted), PRIOR, bank, jax.random.key(0))
+  assert float(metrics["distill_support_reject_rate"]) == pytest.approx(
+      _probs(drifted)[:3].sum(), abs=0.03)
   keep = ~mask & ~np.asarray(outside_support)
   q = _probs(drifted)
   np.testing.assert_allclose(_probs(state.params), np.where(keep, q, 0) / q[keep].sum(),
@@ -211,42 +189,7 @@ def test_support_keeps_distillation_off_known_zero_samples(central_bank):
   assert _probs(state.params)[:3].sum() > 0.3
 
 
-def test_mixture_weights():
-  lp0 = jnp.log(jnp.asarray([0.2, 0.1, 0.3, 1e-30, 0.1]))
-  lp1 = jnp.log(jnp.asarray([0.2, 0.3, 0.1, 0.4, 0.1]))
-  accept = jnp.asarray([True, True, True, True, False])
-  w = np.asarray(mixture_weights(lp0, lp1, accept))
-  # p0 / (p0/2 + p/2), scaled to mean 1 over the 4 accepted samples
-  raw = np.array([1.0, 0.1 / 0.2, 0.3 / 0.2, 0.0, 0.0])
-  np.testing.assert_allclose(w, raw * 4 / raw.sum(), rtol=1e-5, atol=1e-12)
-  # before scaling a weight never exceeds 1 / prior_fraction, however large the ratio
-  far = np.asarray(mixture_weights(jnp.zeros(3), jnp.asarray([-50.0, 0.0, 0.0]),
-                                   jnp.ones(3, bool), prior_fraction=0.25))
-  np.testing.assert_allclose(far / far[1], [4.0, 1.0, 1.0],
-                             rtol=1e-5)
-  assert np.isfinite(np.asarray(mixture_weights(lp0.at[0].set(jnp.nan), lp1,
-                                                accept))).all()
-  np.testing.assert_array_equal(mixture_weights(lp0, lp1, jnp.zeros(5, bool)), 0.0)
-  with pytest.raises(ValueError, match="prior_fraction"):
-    mixture_weights(lp0, lp1, accept, prior_fraction=1.0)
-
-
-def test_posterior_weights():
-  lp = jnp.asarray([-1.0, -2.0, -3.0, -4.0])
-  accept = jnp.asarray([True, True, False, True])
-  # proposal == prior: every accepted sample weighs 1, rejected ones 0
-  np.testing.assert_allclose(posterior_weights(lp, lp, accept), [1, 1, 0, 1])
-  # weights follow p0/p_theta, normalised to mean 1 over the accepted samples
-  w = np.asarray(posterior_weights(lp + jnp.log(jnp.asarray([1.0, 2.0, 5.0, 1.0])),
-                                   lp, accept))
-  np.testing.assert_allclose(w, np.array([1, 2, 0, 1]) * 3 / 4, rtol=1e-6)
-  # a dominant sample is truncated at sqrt(n_accepted) times the mean
-  big = posterior_weights(lp + jnp.asarray([0.0, 20.0, 0.0, 0.0]), lp, accept)
-  np.testing.assert_allclose(big[1], np.sqrt(3.0), rtol=1e-6)
-  # non-finite log ratios and all-rejected batches give weight 0, never NaN
-  nan = posterior_weights(lp.at[0].set(jnp.nan), lp, accept)
-  assert float(nan[0]) == 0.0 and np.all(np.isfinite(nan))
-  np.testing.assert_array_equal(posterior_weights(lp, lp, jnp.zeros(4, bool)), 0.0)
+def test_effective_sample_size():
   assert float(effective_sample_size(jnp.asarray([1.0, 1.0, 0.0, 1.0]))) == 3.0
   assert float(effective_sample_size(jnp.zeros(3))) == 0.0
 
@@ -340,7 +283,7 @@ def test_microbatched_steps_match_one_pass():
 
 
 def test_microbatch_size_for():
-  from banel_jax.mle import microbatch_size_for
+  from banel_jax.core.mle import microbatch_size_for
   assert microbatch_size_for(256, 32) == 32
   assert microbatch_size_for(100, 32) == 25
   assert microbatch_size_for(97, 32) == 1  # a prime batch: one sample at a time
@@ -370,8 +313,8 @@ def test_split_log_prob_prepares_once_with_the_same_gradient():
   """A SplitLogProb's ``prepare`` runs once per microbatched step (traced outside
   the microbatch loop), and the gradient through it equals the unsplit one,
   for a parameter that reaches the loss only through ``prepare``."""
-  from banel_jax.mle import weighted_nll_and_grad
-  from banel_jax.types import SplitLogProb
+  from banel_jax.core.mle import weighted_nll_and_grad
+  from banel_jax.core.types import SplitLogProb
   calls = []
 
   def prepare(p, x):
@@ -404,9 +347,9 @@ def test_split_log_prob_prepares_once_with_the_same_gradient():
 def test_transformer_microbatches_share_the_input_tables():
   """The Transformer's log_prob is split: a microbatched gradient computes the
   input tables once and equals the one-pass gradient."""
-  from banel_jax.mle import weighted_nll_and_grad
+  from banel_jax.core.mle import weighted_nll_and_grad
   from banel_jax.models import transformer as tfm
-  from banel_jax.types import SplitLogProb
+  from banel_jax.core.types import SplitLogProb
   cfg = tfm.TransformerConfig(vocab_size=6, max_len=4, width=16, num_heads=2,
                               num_layers=1, mlp_ratio=2, bos_id=5, eos_id=4, pad_id=3)
   tr = tfm.make_transformer(cfg)  # "auto": tables of 30 rows

@@ -16,10 +16,10 @@ import pytest
 
 import resume_worker
 from banel_jax import BanelConfig, BanelRunner, OracleError
-from banel_jax import budget as budget_lib
-from banel_jax.budget import BudgetKeeper, OraclePolicy
-from banel_jax.ledger import Ledger, read_ledger
-from banel_jax.run_dir import read_checkpoint
+from banel_jax.runtime import budget as budget_lib
+from banel_jax.runtime.budget import BudgetKeeper, OraclePolicy
+from banel_jax.runtime.ledger import Ledger, read_ledger
+from banel_jax.runtime.run_dir import read_checkpoint
 
 TASK = resume_worker.TASK
 CONFIG = BanelConfig(nre_budget=10, samples_per_round=4, failure_batch_size=2,

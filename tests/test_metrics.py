@@ -1,4 +1,4 @@
-"""Tests of banel_jax.metrics: Clopper–Pearson intervals and seed summaries."""
+"""Tests of banel_jax.core.metrics: Clopper–Pearson intervals and seed summaries."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from banel_jax.metrics import RateEstimate, clopper_pearson, summarize_over_seeds
+from banel_jax.core.metrics import RateEstimate, clopper_pearson, summarize_over_seeds
 
 
 @pytest.mark.parametrize("k,n", [(1, 10), (3, 10), (5, 10), (7, 200), (40, 10_000),

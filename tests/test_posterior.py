@@ -1,4 +1,4 @@
-"""Tests of banel_jax.posterior against exact computation on tabular models.
+"""Tests of banel_jax.core.posterior against exact computation on tabular models.
 
 Every region test enumerates all ``K`` categories and compares with a float64
 numpy evaluation of ``R = U_t {x : log p_theta_t(x) - log Z_t - log p_phi_t(x) <
@@ -488,79 +488,6 @@ def test_loop_strategy_equals_vmap_strategy():
   assert 0 < int(fused.sum()) < k  # a mask with both kinds of bins
   with pytest.raises(ValueError, match="strategy"):
     rejection_mask(model, bank, xs, "bogus")
-
-
-def test_proposal_filter_samples_the_proposal_outside_the_regions(three_regions):
-  """``proposal_filter``: a distilled proposal hands out samples of
-  ``p_theta(x) * 1[x not in R]``, neither ``p_theta`` itself nor the exploration
-  posterior ``p_0 * 1[x not in R]``; its acceptance rate estimates the mass of
-  ``p_theta`` outside the regions."""
-  _, inside, bank = three_regions
-  union = inside.any(0)
-  theta = np.asarray(PRIOR["logits"]) + np.random.default_rng(7).normal(size=K)
-  n = 20_000
-  samples = {}
-  for filtered in (False, True):
-    cfg = BanelConfig(nre_budget=500, samples_per_round=100, max_regions=CAP,
-                      exact_batch_size=4096, exact_max_batches=64,
-                      proposal_filter=filtered)
-    banel = make_banel(MODEL, cfg)
-    state = banel.init(jax.random.key(0), PRIOR)
-    state = state.replace(
-        regions=bank, proposal=state.proposal.replace(
-            params={"logits": jnp.asarray(theta, jnp.float32)}))
-    x, info = jax.jit(banel.propose, static_argnums=2)(state, jax.random.key(5), n)
-    samples[filtered] = (np.asarray(x), info)
-  x, info = samples[False]
-  assert union[x].mean() > 0.05  # unfiltered, the proposal writes inside R
-  assert float(info.acceptance_rate) == 1.0
-  x, info = samples[True]
-  assert int(info.n_filled) == n
-  assert not np.any(union[x]), "a filtered sample lies inside a rejection region"
-  p_theta = np.exp(_lsm(theta))
-  z = p_theta[~union].sum()
-  target = p_theta[~union] / z
-  counts = np.bincount(x, minlength=K)[~union]
-  assert (target * n).min() > 5  # chi-square validity
-  chi = stats.chisquare(counts, target * n)
-  assert chi.pvalue > 1e-3, chi
-  prior_post = np.exp(_lsm(PRIOR["logits"]))[~union]
-  prior_post /= prior_post.sum()
-  assert stats.chisquare(counts, prior_post * n).pvalue < 1e-6  # not p_0's
-  drawn = int(info.n_drawn)
-  assert abs(float(info.acceptance_rate) - z) < 5 * np.sqrt(z * (1 - z) / drawn)
-
-
-def test_filtered_run_pays_only_outside_the_regions():
-  """A distilled run with ``proposal_filter`` spends its budget exactly, never
-  pays for a sample an earlier region rejects, and stores each round's log
-  acceptance rate as the region's log normaliser."""
-  calls = []
-
-  def oracle(x):
-    calls.append(np.array(x))
-    return TASK.oracle(x)
-
-  cfg = BanelConfig(nre_budget=300, samples_per_round=100, failure_batch_size=50,
-                    failure_epochs=20, filter_factor=1.1, distill_samples=256,
-                    distill_batch_size=64, distill_epochs=3, exact_batch_size=1024,
-                    exact_max_batches=16, n_eval=64, eval_every=100,
-                    max_regions=CAP, proposal_filter=True)
-  res = BanelRunner(MODEL, PRIOR, oracle, cfg, seeds=(0,), progress=False).run()
-  assert [len(c) for c in calls] == [64, 100, 100, 100, 64]  # eval, 3 rounds, eval
-  assert res.history[-1]["nre"] == [300]
-  regions = jax.tree.map(lambda a: np.asarray(a)[0], res.states.regions)
-  stored = _stored_regions(regions)
-  assert len(stored) == 3
-  inside, margins = _np_regions(stored)
-  for t in (1, 2):  # round t + 1 pays only outside regions 0 .. t - 1
-    earlier = inside[:t].any(0)
-    assert earlier.any()
-    assert not np.any(earlier[calls[1 + t]]), f"round {t + 1} paid inside a region"
-  rates = [h["proposal_acceptance_rate"][0] for h in res.history[1:]]
-  assert rates[0] == 1.0 and regions.log_norm[0] == 0.0  # empty bank: all accepted
-  assert all(0.0 < r < 1.0 for r in rates[1:])
-  np.testing.assert_allclose(regions.log_norm[1:3], np.log(rates[1:]), rtol=1e-5)
 
 
 def test_loop_strategy_skips_rejected_samples_and_keeps_the_mask():

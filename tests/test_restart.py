@@ -1,4 +1,4 @@
-"""``BanelConfig.restart_after_rounds``: a seed with no success restarts its search."""
+"""The ``restart`` extension: a seed with no success restarts its search."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from banel_jax import BanelConfig, BanelRunner, RoundBatch, make_banel
-from banel_jax.compilation import count_compilations
-from banel_jax.config import ConfigError
+from banel_jax.runtime.compilation import count_compilations
+from banel_jax.extensions import restart
 from banel_jax.tasks.toy1d import Toy1DTask
 
 TASK = Toy1DTask(num_bins=11)
@@ -21,7 +21,7 @@ def _config(**kw):
   base = dict(nre_budget=60, samples_per_round=10, tau_mode="calibrated",
               failure_epochs=3, failure_batch_size=10, distill_samples=128,
               distill_epochs=2, distill_batch_size=64, distill_learning_rate=0.3,
-              n_eval=20, eval_every=2, restart_after_rounds=2)
+              n_eval=20, eval_every=2)
   base.update(kw)
   return BanelConfig(**base)
 
@@ -31,10 +31,11 @@ def _batch(values):
   return RoundBatch(x, TASK.oracle(x), np.ones(len(x), bool), 0.0)
 
 
-def _rounds(config, batches, key=jax.random.key(0)):
-  """Feeds ``batches`` to one seed's ``update`` (jitted); returns every state,
-  every round's metrics, and the compilations after the first round."""
-  banel = make_banel(MODEL, config)
+def _rounds(config, batches, key=jax.random.key(0), every=2):
+  """Feeds ``batches`` to one seed's ``update`` (jitted) with ``restart(every)``;
+  returns every state, every round's metrics, and the compilations after the
+  first round."""
+  banel = make_banel(MODEL, config, (restart(every),))
   update = jax.jit(banel.update)
   state = banel.init(key, PRIOR)
   keys = [jax.random.fold_in(key, t) for t in range(len(batches))]
@@ -71,7 +72,7 @@ def test_without_a_success_it_restarts_every_r_rounds():
     assert _same(s.proposal.opt_state, fresh)
   # the failure model and the round counter are not reset
   assert [int(s.round) for s in states] == [1, 2, 3, 4, 5]
-  assert int(states[-1].restart.since) == 1
+  assert int(states[-1].extensions[0].since) == 1
 
 
 def test_after_the_first_success_it_never_restarts():
@@ -82,21 +83,21 @@ def test_after_the_first_success_it_never_restarts():
   # the success came in round 2, the round a restart would have happened
   assert [int(m["n_restarts"]) for m in metrics] == [0] * 5
   assert [int(s.regions.size) for s in states] == [1, 2, 3, 4, 5]
-  assert bool(states[-1].restart.found)
+  assert bool(states[-1].extensions[0].found)
 
 
 def test_off_by_default_and_the_state_keeps_its_structure():
-  banel = make_banel(MODEL, _config(restart_after_rounds=0))
+  banel = make_banel(MODEL, _config())
   state = banel.init(jax.random.key(0), PRIOR)
-  assert state.restart is None
+  assert state.extensions == ()
   _, m = jax.jit(banel.update)(state, _batch((MISSES * 2)[:10]), jax.random.key(1))
   assert "n_restarts" not in m
 
 
-@pytest.mark.parametrize("bad", [-1, 2.0, True, "3"])
+@pytest.mark.parametrize("bad", [-1, 0, 2.0, True, "3"])
 def test_bad_values_name_the_field(bad):
-  with pytest.raises(ConfigError, match="restart_after_rounds"):
-    _config(restart_after_rounds=bad)
+  with pytest.raises(ValueError, match=f"every={bad!r} must be an integer >= 1"):
+    restart(bad)
 
 
 def _rare_oracle(x):
@@ -106,10 +107,11 @@ def _rare_oracle(x):
 
 def test_seeds_side_by_side_restart_on_their_own_and_resume(crash_then_resume):
   # a budget of 10 rounds; seeds side by side under vmap, each with its clock
-  cfg = _config(nre_budget=100, restart_after_rounds=3)
+  cfg = _config(nre_budget=100)
+  ext = (restart(3),)
   full = BanelRunner(MODEL, PRIOR, _rare_oracle, cfg, seeds=[0, 1, 2, 3],
-                     progress=False).run()
-  clock = full.states.restart
+                     progress=False, extensions=ext).run()
+  clock = full.states.extensions[0]
   found = np.asarray(clock.found)
   count = np.asarray(clock.count)
   firsts = {}  # 0-based round of each seed's first success
@@ -122,7 +124,8 @@ def test_seeds_side_by_side_restart_on_their_own_and_resume(crash_then_resume):
     assert count[i] == firsts.get(i, 10) // 3
   assert count.sum() > 0 and count.min() < count.max()  # the clocks differ
   assert full.nre_spent == [100] * 4
-  resumed = crash_then_resume(MODEL, PRIOR, _rare_oracle, cfg, [0, 1, 2, 3])
-  assert _same(full.states.restart, resumed.states.restart)
+  resumed = crash_then_resume(MODEL, PRIOR, _rare_oracle, cfg, [0, 1, 2, 3],
+                              extensions=ext)
+  assert _same(full.states.extensions, resumed.states.extensions)
   np.testing.assert_array_equal(full.final_success_rates(),
                                 resumed.final_success_rates())

@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 
 import resume_worker
 from banel_jax import BanelConfig, BanelRunner
-from banel_jax.ledger import Ledger, read_calls, read_ledger
-from banel_jax.run_dir import CHECKPOINT_DIR, read_checkpoint
+from banel_jax.runtime.ledger import Ledger, read_calls, read_ledger
+from banel_jax.runtime.run_dir import CHECKPOINT_DIR, read_checkpoint
 
 # (where the process stops, which occurrence); what the chain has done by then is
 # traced in the comments (eN: evaluation after round N, tN: training call of N).
@@ -167,7 +167,7 @@ def test_ledger_torn_tail_is_dropped_and_rewritten(tmp_path):
 
 
 def test_ledger_damaged_before_its_end_is_an_error(tmp_path):
-  from banel_jax.ledger import LedgerError
+  from banel_jax.runtime.ledger import LedgerError
   path = str(tmp_path / "ledger.jsonl")
   with Ledger(path) as ledger:
     for _ in range(3):

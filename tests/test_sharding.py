@@ -1,4 +1,4 @@
-"""Seeds sharded over several devices (banel_jax.sharding and the runner)."""
+"""Seeds sharded over several devices (banel_jax.runtime.sharding and the runner)."""
 
 import json
 import pathlib
@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from banel_jax import sharding
+from banel_jax.runtime import sharding
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

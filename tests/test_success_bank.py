@@ -1,4 +1,5 @@
-"""The bank of successes (``banel_jax.success_bank``) and ``success_bank_size``."""
+"""The bank of successes (``banel_jax.core.success_bank``) and the
+``success_replay`` extension."""
 
 import collections
 import functools
@@ -11,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from banel_jax import BanelConfig, BanelRunner, RoundBatch, make_banel
-from banel_jax import success_bank
-from banel_jax.config import ConfigError
+from banel_jax.core import success_bank
+from banel_jax.extensions import success_replay
 from banel_jax.tasks.toy1d import Toy1DTask
 
 TASK = Toy1DTask(num_bins=11)
@@ -114,8 +115,7 @@ def _config(**kw):
   base = dict(nre_budget=40, samples_per_round=10, tau_mode="calibrated",
               failure_epochs=3, failure_batch_size=10, distill_samples=256,
               distill_epochs=3, distill_batch_size=64, distill_learning_rate=0.3,
-              n_eval=20, eval_every=2, learn_from_successes=True,
-              success_bank_size=8)
+              n_eval=20, eval_every=2)
   base.update(kw)
   return BanelConfig(**base)
 
@@ -123,7 +123,7 @@ def _config(**kw):
 BINS = [int(b) for b in TASK.target_bins]
 
 
-def _two_rounds(config):
+def _two_rounds(config, replay):
   """Round 1 pays for four successes (the target bins, twice), round 2 for none.
 
   Returns ``(state, metrics, mass)`` over 16 seeds side by side: the final
@@ -134,7 +134,7 @@ def _two_rounds(config):
   batches = [RoundBatch(x, TASK.oracle(x), np.ones(10, bool), 0.0)
              for x in (found, none)]
   assert batches[0].rewards.sum() == 4 and batches[1].rewards.sum() == 0
-  banel = make_banel(MODEL, config)
+  banel = make_banel(MODEL, config, (replay,))
 
   def run(key):
     state = banel.init(key, PRIOR)
@@ -151,15 +151,15 @@ def test_banked_successes_keep_being_fitted():
   distillation fits them again, so over 16 seeds their bins end with more mass
   than when only each round's own successes are fitted."""
   mass = {}
+  cfg = _config(distill_samples=64, distill_batch_size=32)
   for size in (8, 0):
-    state, metrics, mass[size] = _two_rounds(_config(
-        success_bank_size=size, distill_samples=64, distill_batch_size=32))
+    state, metrics, mass[size] = _two_rounds(cfg, success_replay(MODEL, size))
     if size:
       assert np.asarray(metrics["n_banked_successes"]).tolist() == [4] * 16
-      np.testing.assert_array_equal(np.asarray(state.successes.x)[:, :4],
+      np.testing.assert_array_equal(np.asarray(state.extensions[0].x)[:, :4],
                                     np.tile(BINS * 2, (16, 1)))
     else:
-      assert state.successes is None and "n_banked_successes" not in metrics
+      assert state.extensions == ((),) and "n_banked_successes" not in metrics
   assert np.mean(mass[8] > mass[0]) >= 0.75
   assert np.mean(mass[8]) > 1.2 * np.mean(mass[0])
 
@@ -170,10 +170,11 @@ def test_upweighted_successes_take_more_mass():
   among about 64 accepted ones; at weight 30 they take about two thirds of the
   fitted weight, so over 16 seeds their bins end with more mass."""
   mass = {}
+  cfg = _config(tau_mode="factor", filter_factor=1e30, distill_samples=64,
+                distill_batch_size=32)
   for weight in (1.0, 30.0):
-    _, metrics, mass[weight] = _two_rounds(_config(
-        success_weight=weight, tau_mode="factor", filter_factor=1e30,
-        distill_samples=64, distill_batch_size=32))
+    _, metrics, mass[weight] = _two_rounds(cfg, success_replay(MODEL, 8,
+                                                               weight=weight))
     # nothing is rejected by a region: the test is about the weight alone
     assert float(np.min(metrics["distill_accept_rate"])) > 0.99
   assert np.mean(mass[30.0] > mass[1.0]) >= 0.75
@@ -181,43 +182,37 @@ def test_upweighted_successes_take_more_mass():
 
 
 @pytest.mark.parametrize("kw, what", [
-    (dict(success_weight=0.0), "number > 0"),
-    (dict(success_weight=-2.0), "number > 0"),
-    (dict(success_weight=float("nan")), "number > 0"),
-    (dict(success_weight=float("inf")), "number > 0"),
-    (dict(success_weight=True), "number > 0"),
-    (dict(success_weight="3"), "number > 0"),
-    (dict(success_weight=3.0, learn_from_successes=False, success_bank_size=0),
-     "learn_from_successes=True"),
-])
-def test_bad_success_weight_names_the_field(kw, what):
-  with pytest.raises(ConfigError, match="success_weight") as err:
-    _config(**kw)
-  assert what in str(err.value)
-
-
-@pytest.mark.parametrize("kw, what", [
-    (dict(learn_from_successes=False), "learn_from_successes=True"),
-    (dict(mode="exact"), "distilled"),
-    (dict(success_bank_size=-1), "integer >= 0"),
-    (dict(success_bank_size=True), "integer >= 0"),
-    (dict(success_bank_size=0, success_bank_distinct=True), "success_bank_size > 0"),
-    (dict(success_bank_distinct=1), "True or False"),
+    (dict(weight=0.0), "weight=0.0 must be a finite number > 0"),
+    (dict(weight=-2.0), "weight=-2.0 must be a finite number > 0"),
+    (dict(weight=float("nan")), "weight=nan must be a finite number > 0"),
+    (dict(weight=float("inf")), "weight=inf must be a finite number > 0"),
+    (dict(weight=True), "weight=True must be a finite number > 0"),
+    (dict(weight="3"), "weight='3' must be a finite number > 0"),
+    (dict(bank_size=-1), "bank_size=-1 must be an integer >= 0"),
+    (dict(bank_size=True), "bank_size=True must be an integer >= 0"),
+    (dict(bank_size=0, distinct=True), "set bank_size > 0"),
+    (dict(bank_size=4, distinct=1), "distinct=1 must be True or False"),
 ])
 def test_bad_settings_name_the_field(kw, what):
-  field = "success_bank_distinct" if "success_bank_distinct" in kw else "success_bank_size"
-  with pytest.raises(ConfigError, match=field) as err:
-    _config(**kw)
+  with pytest.raises(ValueError) as err:
+    success_replay(MODEL, **kw)
   assert what in str(err.value)
+
+
+def test_exact_mode_refuses_it():
+  with pytest.raises(ValueError, match="mode='distilled' only"):
+    make_banel(MODEL, _config(mode="exact"), (success_replay(MODEL, 4),))
 
 
 @pytest.mark.parametrize("distinct", [False, True])
 def test_resume_after_a_crash_equals_the_uninterrupted_run(crash_then_resume, distinct):
-  cfg = _config(nre_budget=60, success_bank_distinct=distinct)
-  full = BanelRunner(MODEL, PRIOR, TASK.oracle, cfg, seeds=[0, 1], progress=False).run()
-  assert int(np.asarray(full.states.successes.count).max()) > 0
-  resumed = crash_then_resume(MODEL, PRIOR, TASK.oracle, cfg, [0, 1])
-  for a, b in zip(jax.tree.leaves(full.states.successes),
-                  jax.tree.leaves(resumed.states.successes)):
+  cfg = _config(nre_budget=60)
+  ext = (success_replay(MODEL, 8, distinct=distinct),)
+  full = BanelRunner(MODEL, PRIOR, TASK.oracle, cfg, seeds=[0, 1], progress=False,
+                     extensions=ext).run()
+  assert int(np.asarray(full.states.extensions[0].count).max()) > 0
+  resumed = crash_then_resume(MODEL, PRIOR, TASK.oracle, cfg, [0, 1], extensions=ext)
+  for a, b in zip(jax.tree.leaves(full.states.extensions),
+                  jax.tree.leaves(resumed.states.extensions)):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(full.final_success_rates(), resumed.final_success_rates())
