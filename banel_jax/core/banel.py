@@ -29,8 +29,8 @@ from banel_jax.core.config import BanelConfig
 from banel_jax.core.distill import make_distill_tx, make_distiller
 from banel_jax.core.extension import Extension, RoundOutcome, check_extensions
 from banel_jax.core.failure import make_failure_fitter, make_failure_tx
-from banel_jax.core.protocol import (RoundBatch, all_finite, round_keys,  # noqa: F401
-                                     round_masks)
+from banel_jax.core.protocol import (RoundBatch, all_finite, check_params,  # noqa: F401
+                                     round_keys, round_masks)
 from banel_jax.core.types import GenerativeModel, Params, PRNGKey, Samples
 
 
@@ -109,6 +109,7 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
     return lambda x: jnp.all(jnp.stack([fn(x) for fn in fns]), axis=0)
 
   def init(key: PRNGKey, prior_params: Params) -> BanelState:
+    check_params(model, prior_params)
     proposal = train_state.TrainState.create(apply_fn=model.log_prob,
                                              params=prior_params, tx=distill_tx)
     failure = train_state.TrainState.create(apply_fn=model.log_prob,

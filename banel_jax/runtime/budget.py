@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import inspect
+import json
 import math
+import os
 import threading
 import time
 from typing import Any, Sequence
@@ -133,14 +136,25 @@ class _Timeout(Exception):
   pass
 
 
-def _call_with_timeout(oracle: Oracle, x: np.ndarray, timeout_s: float | None):
+def takes_request_id(oracle) -> bool:
+  """Whether ``oracle`` accepts a ``request_id`` keyword argument."""
+  try:
+    params = inspect.signature(oracle).parameters.values()
+  except (TypeError, ValueError):  # builtins and the like
+    return False
+  return any(p.name == "request_id" or p.kind is inspect.Parameter.VAR_KEYWORD
+             for p in params)
+
+
+def _call_with_timeout(oracle: Oracle, x: np.ndarray, timeout_s: float | None,
+                       kwargs: dict):
   if timeout_s is None:
-    return oracle(x)
+    return oracle(x, **kwargs)
   box: dict[str, Any] = {}
 
   def work():
     try:
-      box["value"] = oracle(x)
+      box["value"] = oracle(x, **kwargs)
     except BaseException as e:  # handed to the caller's thread
       box["error"] = e
 
@@ -183,6 +197,15 @@ class BudgetKeeper:
     policy: the :class:`OraclePolicy` (default ``OraclePolicy()``).
     ledger: optional :class:`~banel_jax.runtime.ledger.Ledger` recording every call.
     seeds: seed values written to the ledger (default ``0..num_seeds-1``).
+    run_id: the run's identifier in request ids (default ``"run"``).
+
+  Request ids: every call has a stable id ``<run_id>:<kind>:<round>:<call>``,
+  written to the ledger. An oracle that takes a ``request_id`` keyword (or
+  ``**kwargs``) is called as ``oracle(x, request_id=...)``, the same id for every
+  retry of a call and for the call a resumed run asks again after a crash
+  between the oracle's answer and the ledger's write. A paid service that keeps
+  its answers by request id (an idempotency key) then charges each call once
+  (:class:`IdempotentOracle` shows the pattern).
 
   Example:
     >>> import numpy as np
@@ -194,7 +217,7 @@ class BudgetKeeper:
 
   def __init__(self, oracle: Oracle, budget: int, num_seeds: int = 1, *,
                policy: OraclePolicy | None = None, ledger: Ledger | None = None,
-               seeds: Sequence[int] | None = None):
+               seeds: Sequence[int] | None = None, run_id: str = "run"):
     if (isinstance(budget, bool) or not isinstance(budget, (int, np.integer))
         or budget < 0):
       raise ValueError(f"budget must be an integer >= 0, got {budget!r}")
@@ -204,6 +227,8 @@ class BudgetKeeper:
     if not callable(oracle):
       raise TypeError(f"oracle must be callable, got {type(oracle).__name__}")
     self.oracle = oracle
+    self._kwargs_by_id = takes_request_id(oracle)
+    self.run_id = str(run_id)
     self.budget = int(budget)
     self.num_seeds = int(num_seeds)
     self.policy = OraclePolicy() if policy is None else policy
@@ -271,13 +296,20 @@ class BudgetKeeper:
 
   # --- calls --------------------------------------------------------------------
 
-  def _ask(self, x: np.ndarray, kind: str, round_index: int) -> np.ndarray:
+  def request_id(self, kind: str, round_index: int) -> str:
+    """The id of the next call: ``<run_id>:<kind>:<round>:<call>``."""
+    call = self.ledger.num_calls if self.ledger is not None else self.oracle_calls
+    return f"{self.run_id}:{kind}:{int(round_index)}:{call}"
+
+  def _ask(self, x: np.ndarray, kind: str, round_index: int,
+           request_id: str) -> np.ndarray:
     """The oracle's validated rewards, under the fault policy."""
     p = self.policy
     faults = []
+    kwargs = {"request_id": request_id} if self._kwargs_by_id else {}
     for attempt in range(1, p.max_attempts + 1):
       try:
-        raw = _call_with_timeout(self.oracle, x, p.timeout_s)
+        raw = _call_with_timeout(self.oracle, x, p.timeout_s, kwargs)
         return validate_rewards(raw, x.shape[0])
       except Exception as e:  # noqa: BLE001 - any oracle fault is retried
         self.failed_attempts += 1
@@ -332,9 +364,11 @@ class BudgetKeeper:
     if self._replay:
       r = self._replayed(x, kind, round_index, seed_index)
     else:
-      r = self._ask(x, kind, round_index)
+      request_id = self.request_id(kind, round_index)
+      r = self._ask(x, kind, round_index, request_id)
       if self.ledger is not None:
-        self.ledger.append(kind, round_index, self.seeds[seed_index], x, r)
+        self.ledger.append(kind, round_index, self.seeds[seed_index], x, r,
+                           request_id=request_id)
         self.ledger_position = (self.ledger.num_calls, self.ledger.offset)
     self.oracle_calls += 1
     return r
@@ -414,3 +448,63 @@ class BudgetKeeper:
     r = self._call(x, "eval", round_index, seed_index)
     self.eval_calls += x.shape[0]
     return r
+
+
+class IdempotentOracle:
+  """A paid oracle that charges each request id once: the service side of request ids.
+
+  ``IdempotentOracle(score, store)`` calls ``score(x)`` (the paid evaluation) for
+  a request id it has not seen, appends ``{"request": id, "rewards": [...]}`` to
+  the JSON-lines file ``store`` (flushed and ``fsync``-ed), and answers a
+  request id already in ``store`` from it without calling ``score``. A real
+  service keeps such a table on its side; this class is that pattern in a few
+  lines, for tests and for wrapping a local expensive scorer.
+
+  Attributes:
+    charged: calls of ``score`` made by this object.
+    answered_from_store: requests answered from ``store``.
+
+  Example:
+    >>> import os, tempfile, numpy as np
+    >>> store = os.path.join(tempfile.mkdtemp(), "service.jsonl")
+    >>> oracle = IdempotentOracle(lambda x: (x % 2).astype(np.float32), store)
+    >>> oracle(np.array([1, 2]), request_id="r:train:0:0").tolist()
+    [1.0, 0.0]
+    >>> oracle(np.array([1, 2]), request_id="r:train:0:0").tolist()
+    [1.0, 0.0]
+    >>> oracle.charged, oracle.answered_from_store
+    (1, 1)
+  """
+
+  def __init__(self, score, store: str):
+    self.score = score
+    self.store = str(store)
+    self.charged = 0
+    self.answered_from_store = 0
+
+  def _known(self) -> dict:
+    known = {}
+    if os.path.exists(self.store):
+      with open(self.store) as f:
+        for line in f:
+          try:
+            rec = json.loads(line)
+          except ValueError:  # a torn last line: that charge was never answered
+            continue
+          known[rec["request"]] = rec["rewards"]
+    return known
+
+  def __call__(self, x, request_id: str | None = None):
+    if request_id is not None:
+      known = self._known().get(request_id)
+      if known is not None:
+        self.answered_from_store += 1
+        return np.asarray(known, np.float32)
+    rewards = np.asarray(self.score(x), np.float32)
+    self.charged += 1
+    if request_id is not None:
+      with open(self.store, "a") as f:
+        f.write(json.dumps({"request": request_id, "rewards": rewards.tolist()}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return rewards

@@ -20,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Mapping
@@ -34,6 +34,8 @@ from banel_jax.core.types import Params
 
 PARAMS_DIR = "params"
 METADATA_FILE = "metadata.json"
+# SHA-256 and shapes of the saved arrays, checked on every load.
+INTEGRITY_FILE = "integrity.json"
 
 
 class CheckpointError(ValueError):
@@ -83,17 +85,80 @@ def save_params(directory, params: Params, metadata: Mapping[str, Any], *,
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(params_dir, params, force=overwrite)
     ckptr.wait_until_finished()
+  _write_json_atomic(os.path.join(directory, INTEGRITY_FILE), integrity_record(params))
   tmp = meta_path + ".tmp"
   with open(tmp, "w") as f:
     f.write(text + "\n")
   os.replace(tmp, meta_path)
 
 
+def integrity_record(params: Params) -> dict:
+  """``{"sha256": ..., "leaves": {path: "dtype[shape]"}}`` of a params pytree."""
+  h = hashlib.sha256()
+  leaves = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    a = np.asarray(jax.device_get(leaf))
+    name = jax.tree_util.keystr(path)
+    leaves[name] = f"{a.dtype}{list(a.shape)}"
+    h.update(name.encode() + leaves[name].encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  return {"sha256": h.hexdigest(), "leaves": leaves}
+
+
+def write_integrity(directory) -> dict:
+  """Writes the integrity record of an existing checkpoint (one saved before
+  records were kept) from its current arrays; returns it."""
+  directory = _check_directory(directory)
+  path = os.path.join(directory, PARAMS_DIR)
+  with ocp.StandardCheckpointer() as ckptr:
+    params = ckptr.restore(path, _saved_target(ckptr, path))
+  record = integrity_record(params)
+  _write_json_atomic(os.path.join(directory, INTEGRITY_FILE), record)
+  return record
+
+
+def _write_json_atomic(path: str, record: Mapping[str, Any]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
+  os.replace(tmp, path)
+
+
+def _check_integrity(params: Params, directory: str) -> None:
+  path = os.path.join(directory, INTEGRITY_FILE)
+  if not os.path.exists(path):
+    raise CheckpointError(
+        f"checkpoint {directory} has no {INTEGRITY_FILE}, so its arrays cannot be "
+        "checked; if you trust it, write one with "
+        "banel_jax.runtime.checkpoint.write_integrity(directory)")
+  saved = _read_json(path)
+  got = integrity_record(params)
+  if saved.get("leaves") != got["leaves"]:
+    problems = [f"{k}: saved {saved.get('leaves', {}).get(k)}, read {v}"
+                for k, v in got["leaves"].items()
+                if saved.get("leaves", {}).get(k) != v]
+    raise CheckpointError(f"checkpoint {directory} holds other arrays than it "
+                          f"recorded: {'; '.join(problems[:5])}")
+  if saved.get("sha256") != got["sha256"]:
+    raise CheckpointError(
+        f"checkpoint {directory}: the arrays do not match the SHA-256 saved with them "
+        f"({INTEGRITY_FILE}); the files were changed or damaged. Restore them from "
+        "a copy, or retrain")
+
+
+def _read_json(path: str) -> Any:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise CheckpointError(f"{path} is not valid JSON ({e}): the file was damaged or "
+                          "edited; restore it from a copy") from None
+
+
 def load_metadata(directory) -> dict:
   """Reads only the metadata record of a checkpoint written by :func:`save_params`."""
   directory = _check_directory(directory)
-  with open(os.path.join(directory, METADATA_FILE)) as f:
-    return json.load(f)
+  return _read_json(os.path.join(directory, METADATA_FILE))
 
 
 def _flatten(d, prefix=""):
@@ -164,22 +229,34 @@ def load_params(directory, *, expected_metadata: Mapping[str, Any] | None = None
       metadata, e.g. ``{"config": config_to_dict(cfg)}``.
     like: if given, a pytree of arrays or ``jax.ShapeDtypeStruct`` (e.g. from
       ``jax.eval_shape(model.init, key)``) that the restored params must match
-      in structure, shapes and dtypes.
+      in structure, shapes and dtypes. Without it any params load; BaNEL's
+      ``init`` and the runner still refuse params that do not fit the model.
+
+  Every load checks the arrays against the SHA-256 and shapes recorded when
+  they were saved (``integrity.json``).
 
   Returns:
     ``(params, metadata)``: params as ``jax.Array`` leaves, metadata as a dict.
 
   Raises:
-    CheckpointError: the directory is missing or incomplete, or the metadata or
-      the params do not match what was expected.
+    CheckpointError: the directory is missing or incomplete, a file is damaged,
+      the arrays fail their checksum, or the metadata or the params do not
+      match what was expected.
   """
   directory = _check_directory(directory)
   metadata = load_metadata(directory)
   if expected_metadata is not None:
     check_metadata(metadata, expected_metadata, where=f"checkpoint {directory}")
   path = os.path.join(directory, PARAMS_DIR)
-  with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(path, _saved_target(ckptr, path))
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      params = ckptr.restore(path, _saved_target(ckptr, path))
+  except Exception as e:  # noqa: BLE001 - any failure to read is damage
+    raise CheckpointError(f"checkpoint {directory}: its arrays cannot be read "
+                          f"({type(e).__name__}: {str(e)[:300]}); the files were "
+                          "changed or damaged. Restore them from a copy, or retrain"
+                          ) from e
+  _check_integrity(params, directory)
   if like is not None:
     _check_like(params, like, directory)
   return params, metadata

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
 import time
+import uuid
 import warnings
 import weakref
 from typing import Any, Callable, Mapping, Sequence
@@ -34,7 +36,7 @@ from banel_jax.core import posterior
 from banel_jax.runtime import sharding as seed_sharding
 from banel_jax.core.banel import BanelState, make_banel
 from banel_jax.core.extension import Extension, describe
-from banel_jax.core.protocol import RoundBatch, round_keys
+from banel_jax.core.protocol import RoundBatch, check_params, round_keys
 from banel_jax.runtime.budget import BudgetKeeper, OracleError, OraclePolicy
 from banel_jax.runtime.checkpoint import config_to_dict
 from banel_jax.core.config import BanelConfig
@@ -225,7 +227,9 @@ class BanelRunner:
       after every round, ``config.json``, ``metrics.jsonl`` and the oracle
       ledger. If it already holds a run of the same config, the runner resumes
       it: the newest good checkpoint is restored and the oracle calls made after
-      it are replayed from the ledger, not asked again.
+      it are replayed from the ledger, not asked again. ``config.json`` also
+      records the backend and the number of devices the seeds ran on
+      (``devices``), which a resumed run may change.
     keep_checkpoints: checkpoints kept in ``run_dir`` (the newest ones).
     oracle_policy: retries and timeout for faulty oracle calls
       (:class:`~banel_jax.runtime.budget.OraclePolicy`; default 3 attempts, no timeout).
@@ -259,6 +263,10 @@ class BanelRunner:
     if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool)
                for s in seeds):
       raise ValueError(f"seeds must be integers, got {seeds}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+      raise ValueError(f"seeds must be distinct, got {seeds}: seed(s) {repeated} "
+                       "would run the same queries twice and pay for them twice")
     if isinstance(keep_checkpoints, bool) or not isinstance(keep_checkpoints, int) \
         or keep_checkpoints < 1:
       raise ValueError(f"keep_checkpoints must be an integer >= 1, got "
@@ -294,9 +302,10 @@ class BanelRunner:
     if run_dir is not None:
       self.run_dir = RunDirectory(
           run_dir, self._run_record(extra_config, oracle_policy, keep_checkpoints),
-          keep=keep_checkpoints, ignore=("oracle_policy", "keep_checkpoints"))
+          keep=keep_checkpoints,
+          ignore=("oracle_policy", "keep_checkpoints", "devices"))
       try:
-        resumed = self.run_dir.restore(self.states)
+        resumed = self.run_dir.restore(self.states, usable=self._ledger_covers)
         position = (0, 0)
         if resumed is not None:
           _, states, host = resumed
@@ -308,7 +317,8 @@ class BanelRunner:
         self.run_dir.close()
         raise
     self.keeper = BudgetKeeper(oracle, config.nre_budget, len(self.seeds),
-                               policy=oracle_policy, ledger=ledger, seeds=self.seeds)
+                               policy=oracle_policy, ledger=ledger, seeds=self.seeds,
+                               run_id=self._run_id())
     elapsed = 0.0
     if self.run_dir is not None:
       self.keeper.set_replay(ledger.tail, start=position)
@@ -331,6 +341,27 @@ class BanelRunner:
 
   # --- set-up checks ----------------------------------------------------------------
 
+  def _ledger_covers(self, host: dict) -> str | None:
+    """Why a checkpoint's ledger position is past the ledger's end, or None."""
+    offset = int(host["ledger"]["offset"])
+    path = self.run_dir.ledger_path
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    if size < offset:
+      return (f"it used {host['ledger']['calls']} ledger calls ({offset} bytes), but "
+              f"{path} has {size} bytes; the calls after an earlier step are asked "
+              "again, with the same request ids")
+    return None
+
+  def _run_id(self) -> str:
+    """A run's id in oracle request ids: stable for a run directory (a digest
+    of its record), random otherwise."""
+    if self.run_dir is None:
+      return uuid.uuid4().hex[:12]
+    compared = {k: v for k, v in self.run_dir.record.items()
+                if k not in ("oracle_policy", "keep_checkpoints", "devices")}
+    text = json.dumps(compared, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
   def _run_record(self, extra_config, oracle_policy, keep) -> dict:
     def as_dict(c):
       if dataclasses.is_dataclass(c) and not isinstance(c, type):
@@ -346,7 +377,12 @@ class BanelRunner:
               "event_shape": list(self.model.event_shape),
               "sample_dtype": np.dtype(self.model.dtype).name,
               "oracle_policy": as_dict(oracle_policy or OraclePolicy()),
-              "keep_checkpoints": keep}
+              "keep_checkpoints": keep,
+              # where the seeds ran; recorded, not compared on resume (a run
+              # may resume on another backend or device count)
+              "devices": {"backend": jax.default_backend(),
+                          "seed_devices": (1 if self.mesh is None
+                                           else int(self.mesh.devices.size))}}
     extensions = getattr(self.banel, "extensions", ())
     if extensions:
       record["extensions"] = describe(extensions)["extensions"]
@@ -359,22 +395,9 @@ class BanelRunner:
     return record
 
   def _check_prior(self, prior_params):
-    try:
-      want = jax.eval_shape(self.model.init, jax.random.key(0))
-    except Exception:  # noqa: BLE001 - a model whose init cannot be traced
-      want = prior_params
-    got_leaves = jax.tree_util.tree_flatten_with_path(prior_params)[0]
-    want_leaves = jax.tree_util.tree_flatten_with_path(want)[0]
-    got = {_path_str(p): v for p, v in got_leaves}
-    expected = {_path_str(p): v for p, v in want_leaves}
-    problems = [f"{k} missing" for k in expected if k not in got]
-    problems += [f"{k} unexpected" for k in got if k not in expected]
-    problems += [f"{k} has shape {tuple(np.shape(got[k]))}, model.init gives "
-                 f"{tuple(expected[k].shape)}" for k in expected.keys() & got.keys()
-                 if tuple(np.shape(got[k])) != tuple(expected[k].shape)]
-    if problems:
-      raise ValueError("prior_params do not match the structure of model.init's "
-                       "params: " + "; ".join(sorted(problems)))
+    check_params(self.model, prior_params)
+    got = {_path_str(p): v
+           for p, v in jax.tree_util.tree_flatten_with_path(prior_params)[0]}
     host = {k: np.asarray(jax.device_get(v)) for k, v in got.items()}
     bad = [k for k, v in host.items()
            if jnp.issubdtype(v.dtype, jnp.inexact) and not np.all(np.isfinite(v))]

@@ -5,7 +5,8 @@ line per query, then flushed and ``fsync``-ed *before* the rewards go back to th
 caller. A line reads::
 
   {"call": 3, "kind": "train", "round": 1, "seed": 0, "query": [7], "reward": 0,
-   "n": 20, "time": 1718000000.123456}
+   "n": 20, "time": 1718000000.123456, "request": "5f0c2a9e1b7d:train:1:3",
+   "check": "9a0f3c1e"}
 
 * ``call``: index of the oracle call (0, 1, ...); all lines of one call are
   consecutive and there are ``n`` of them.
@@ -19,6 +20,13 @@ caller. A line reads::
   the event shape is in the run's ``config.json``.
 * ``reward``: ``0`` or ``1``.
 * ``time``: Unix time at which the call returned.
+* ``request``: the call's request id, ``<run>:<kind>:<round>:<call>``: stable
+  across a resume, so an oracle that takes it (``oracle(x, request_id=...)``)
+  can answer a repeated request from its own records instead of charging twice
+  (:class:`~banel_jax.runtime.budget.BudgetKeeper`).
+* ``check``: CRC-32 (8 hex digits) of the line's bytes before ``, "check"``.
+  A line whose check fails (a reward edited by hand, a damaged disk) stops a
+  resume with an error naming the line: a ledger is never replayed wrong.
 
 The file is plain JSON lines: ``pandas.read_json(path, lines=True)`` or ``jq``
 read it without this package. A process killed while appending leaves at most one
@@ -42,6 +50,7 @@ import dataclasses
 import json
 import os
 import time
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -74,6 +83,7 @@ class LedgerCall:
     queries: ``n`` queries, each a flat list of numbers.
     rewards: ``float32[n]`` rewards in {0, 1}.
     end_offset: byte offset just past the call's last line.
+    request: the call's request id.
   """
 
   call: int
@@ -83,6 +93,7 @@ class LedgerCall:
   queries: list
   rewards: np.ndarray
   end_offset: int
+  request: str = ""
 
 
 def encode_queries(x) -> list:
@@ -133,7 +144,7 @@ class Ledger:
     self.offset = end
 
   def append(self, kind: str, round_index: int, seeds: Sequence[int], queries,
-             rewards) -> int:
+             rewards, request_id: str = "") -> int:
     """Appends one call and makes it durable; returns the call's index.
 
     Args:
@@ -142,6 +153,7 @@ class Ledger:
       seeds: seed of each query, length ``n``.
       queries: ``[n, *event_shape]`` array of queries.
       rewards: ``[n]`` rewards in {0, 1} (already validated).
+      request_id: the call's request id (see the module docstring).
     """
     if kind not in KINDS:
       raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -155,10 +167,10 @@ class Ledger:
     call = self.num_calls
     stamp = f"{time.time():.6f}"
     head = f'{{"call": {call}, "kind": "{kind}", "round": {int(round_index)}, "seed": '
-    tail = f', "n": {n}, "time": {stamp}}}\n'
-    text = "".join(f'{head}{int(s)}, "query": {json.dumps(q)}, "reward": {int(r)}{tail}'
-                   for s, q, r in zip(seeds.tolist(), rows, rewards.tolist()))
-    data = text.encode()
+    tail = f', "n": {n}, "time": {stamp}, "request": {json.dumps(str(request_id))}'
+    data = b"".join(_checked(
+        f'{head}{int(s)}, "query": {json.dumps(q)}, "reward": {int(r)}{tail}'.encode())
+        for s, q, r in zip(seeds.tolist(), rows, rewards.tolist()))
     self._file.write(data)
     self._file.flush()
     if self._fsync:
@@ -191,7 +203,20 @@ def _fsync_dir(path: str) -> None:
     os.close(fd)
 
 
-_FIELDS = ("call", "kind", "round", "seed", "query", "reward", "n")
+_FIELDS = ("call", "kind", "round", "seed", "query", "reward", "n", "check")
+_CHECK = b', "check": "'
+
+
+def _checked(body: bytes) -> bytes:
+  """``body`` (a JSON object without its closing brace) with its check and end."""
+  return body + _CHECK + b"%08x" % zlib.crc32(body) + b'"}\n'
+
+
+def _check_ok(line: bytes) -> bool:
+  i = line.rfind(_CHECK)
+  if i < 0 or not line.endswith(b'"}'):
+    return False
+  return line[i + len(_CHECK):-2] == b"%08x" % zlib.crc32(line[:i])
 
 
 def _parse(line: bytes):
@@ -243,6 +268,15 @@ def read_calls(path: str | os.PathLike, offset: int = 0
         break  # a torn last line
       raise LedgerError(f"ledger {path}: unreadable line at byte {pos - len(line) - 1}:"
                         f" {line[:80]!r}")
+    if not _check_ok(line):
+      raise LedgerError(
+          f"ledger {path}: the line at byte {pos - len(line) - 1} (call {rec['call']}, "
+          f"seed {rec['seed']}) fails its checksum: it was edited or damaged, so "
+          "the rewards it holds cannot be trusted. Restore the ledger from a backup, "
+          "or start a new run directory")
+    if not group and calls and rec["call"] != calls[-1].call + 1:
+      raise LedgerError(f"ledger {path}: call {rec['call']} follows call "
+                        f"{calls[-1].call} (a call is missing or repeated)")
     if group and rec["call"] != group[0]["call"]:
       raise LedgerError(f"ledger {path}: call {group[0]['call']} has {len(group)} of "
                         f"its {group[0]['n']} lines before call {rec['call']} starts")
@@ -254,7 +288,7 @@ def read_calls(path: str | os.PathLike, offset: int = 0
           seeds=np.array([r["seed"] for r in group], np.int64),
           queries=[r["query"] for r in group],
           rewards=np.array([r["reward"] for r in group], np.float32),
-          end_offset=pos))
+          end_offset=pos, request=str(first.get("request", ""))))
       end = pos
       group = []
   return calls, end
@@ -267,5 +301,5 @@ def read_ledger(path: str | os.PathLike) -> list[dict]:
   for c in calls:
     for s, q, r in zip(c.seeds.tolist(), c.queries, c.rewards.tolist()):
       out.append({"call": c.call, "kind": c.kind, "round": c.round, "seed": s,
-                  "query": q, "reward": int(r)})
+                  "query": q, "reward": int(r), "request": c.request})
   return out

@@ -39,6 +39,7 @@ import os
 import re
 import shutil
 import warnings
+import weakref
 from typing import Any, Mapping
 
 import jax
@@ -62,6 +63,9 @@ LOCK_FILE = ".lock"
 # The layout and meaning of a run directory's records and checkpoints. A
 # directory written under another schema is refused with both versions named.
 SCHEMA_VERSION = 2
+
+# Run directories open in this process, by absolute path.
+_OPEN_IN_PROCESS: dict[str, "weakref.ref[RunDirectory]"] = {}
 
 __all__ = ["CONFIG_FILE", "METRICS_FILE", "LEDGER_FILE", "CHECKPOINT_DIR",
            "CORRUPT_DIR", "CheckpointWarning", "RunDirError", "RunDirectory",
@@ -284,15 +288,28 @@ class RunDirectory:
       _write_atomic(config_path, text)
 
   def _acquire_lock(self):
+    # ``lockf`` locks are per process: a second RunDirectory on the same path in
+    # this process would get the lock too, so the open ones are tracked here.
+    other = _OPEN_IN_PROCESS.get(self.path)
+    if other is not None and other() is not None:
+      raise RunDirError(f"run directory {self.path} is already open in this process "
+                        "(another BanelRunner or RunDirectory uses it); close that "
+                        "one first (runner.close(), or use it in a `with` block)")
+    _OPEN_IN_PROCESS[self.path] = weakref.ref(self)
     if fcntl is None:  # pragma: no cover
       return None
-    f = open(os.path.join(self.path, LOCK_FILE), "a+")
+    try:
+      f = open(os.path.join(self.path, LOCK_FILE), "a+")
+    except BaseException:
+      _OPEN_IN_PROCESS.pop(self.path, None)
+      raise
     try:
       fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
       f.seek(0)
       owner = f.read().strip() or "unknown"
       f.close()
+      _OPEN_IN_PROCESS.pop(self.path, None)
       raise RunDirError(f"run directory {self.path} is in use by another process "
                         f"(pid {owner}); two processes must not run one directory at "
                         "once") from None
@@ -368,18 +385,22 @@ class RunDirectory:
       raise ValueError("its arrays do not match the checksum saved with them")
     return unflatten_state(flat, like), host
 
-  def restore(self, like):
+  def restore(self, like, usable=None):
     """Restores the newest good checkpoint.
 
     Steps that cannot be read, or whose arrays fail their checksum, are moved to
     ``corrupt_checkpoints/`` with a :class:`CheckpointWarning` naming the step,
-    and the next older step is tried.
+    and the next older step is tried. A step that ``usable(host)`` refuses (it
+    returns the reason as a string; e.g. the ledger no longer reaches the
+    position the step recorded) is skipped with a warning, and left in place.
 
     Args:
       like: a concrete state of the run's structure (e.g. freshly initialised);
         each array is read straight onto the devices and sharding of the
         matching array of ``like`` (a state split over several devices is
         never gathered on one), host arrays onto the default device.
+      usable: optional ``host -> str | None``: why a readable step cannot be
+        resumed from, or ``None`` if it can.
 
     Returns:
       ``(step, state, host)`` or ``None`` if no good checkpoint exists.
@@ -389,6 +410,7 @@ class RunDirectory:
         state structure.
     """
     target = restore_placement(flatten_state(like))
+    refused = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         state, host = self._restore_step(step, like, target)
@@ -401,7 +423,19 @@ class RunDirectory:
             f"({type(e).__name__}: {str(e)[:300]}); moved it to {dest} and falling "
             "back to the previous step"), stacklevel=2)
         continue
+      reason = usable(host) if usable is not None else None
+      if reason is not None:
+        refused.append(f"step {step}: {reason}")
+        warnings.warn(CheckpointWarning(
+            f"checkpoint step {step} of {self.path} cannot be resumed from: {reason}; "
+            "falling back to the previous step"), stacklevel=2)
+        continue
       return step, state, host
+    if refused:
+      raise RunDirError(
+          f"no checkpoint of {self.path} can be resumed from ({'; '.join(refused)}). "
+          "If the ledger was truncated or replaced, restore it from a backup; "
+          "otherwise start a new run directory")
     return None
 
   def _move_aside(self, step: int) -> str:
@@ -424,6 +458,9 @@ class RunDirectory:
     _write_atomic(path or self.metrics_path, text)
 
   def _release_lock(self) -> None:
+    ref = _OPEN_IN_PROCESS.get(self.path)
+    if ref is not None and ref() is self:
+      del _OPEN_IN_PROCESS[self.path]
     if self._lock is not None and not self._lock.closed:
       self._lock.close()  # releases the lock
 
