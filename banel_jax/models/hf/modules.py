@@ -122,7 +122,8 @@ class RMSNorm(nn.Module):
 
 
 def _rotate(x: Array, cos: Array, sin: Array) -> Array:
-  """Rotary embedding of ``x`` ``[B, T, N, D]`` (halves layout), ``cos``/``sin`` ``[T, D]``."""
+  """Rotary embedding of ``x`` ``[B, T, N, D]`` (rotate-half layout) by
+  ``cos``/``sin`` ``[T, D]``."""
   half = x.shape[-1] // 2
   rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
   cos, sin = cos[None, :, None].astype(x.dtype), sin[None, :, None].astype(x.dtype)

@@ -111,10 +111,10 @@ def weight_files(path: str | os.PathLike) -> dict[str, list[str]]:
     files: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
       files.setdefault(str(path / shard), []).append(name)
-    missing = sorted(f for f in files if not os.path.isfile(f))
+    missing = sorted(os.path.basename(f) for f in files if not os.path.isfile(f))
     if missing:
       raise HFCheckpointError(f"{str(index)!r} lists shard(s) missing from the "
-                              f"directory: {', '.join(os.path.basename(f) for f in missing)}")
+                              f"directory: {', '.join(missing)}")
     return files
   single = path / WEIGHTS_FILE
   candidates = [single] if single.is_file() else sorted(path.glob("*.safetensors"))
@@ -136,7 +136,8 @@ def _hf_names(path: tuple[str, ...], family: str) -> tuple[list[str], bool]:
   tensor is transposed relative to the parameter."""
   *modules, leaf = path
   parts = [re.sub(r"^(layers|h)_(\d+)$", r"\1.\2", m) for m in modules]
-  transpose = leaf == "kernel" and family != "gpt2"
+  # torch.nn.Linear weights are [out, in]; GPT-2's Conv1D weights [in, out].
+  transpose = leaf == "kernel" and (family != "gpt2" or parts[0] == "lm_head")
   leaf = "bias" if leaf == "bias" else "weight"
   name = ".".join(parts + [leaf])
   if parts[0] == "lm_head":
