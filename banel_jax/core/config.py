@@ -68,9 +68,13 @@ class BanelConfig:
     max_regions: capacity of the region bank (static); ``0`` derives it from
       ``ceil(nre_budget / samples_per_round)``.
     region_strategy: how a batch is tested against the union of the regions:
-      ``"vmap"`` (every slot in one fused vmapped call; best for small models)
-      or ``"loop"`` (only the filled slots, one at a time; memory of a single
-      region, for transformers and other large models).
+      ``"vmap"`` (every slot in one fused vmapped call; best for small models),
+      ``"loop"`` (only the filled slots, one at a time; memory of a single
+      region, for transformers and other large models), or ``"auto"``
+      (default): ``"vmap"`` while XLA's estimate of its temporary memory stays
+      under 256 MiB per seed, else ``"loop"``
+      (:func:`~banel_jax.core.posterior.auto_region_strategy`). All three give
+      the same mask.
     n_eval: fresh samples scored (counted apart from the NRE) per evaluation.
     eval_every: evaluate every this many rounds (and always after the last round).
   """
@@ -96,7 +100,7 @@ class BanelConfig:
   min_acceptance_rate: float = 1e-4
   train_microbatch: int | Literal["auto"] = 0
   max_regions: int = 0
-  region_strategy: Literal["vmap", "loop"] = "vmap"
+  region_strategy: Literal["auto", "vmap", "loop"] = "auto"
   n_eval: int = 10_000
   eval_every: int = 1
 
@@ -139,8 +143,8 @@ def validate_config(c: BanelConfig) -> None:
            "expected 'factor' or 'calibrated'")
   _require(c.failure_init in ("proposal", "scratch"), "failure_init", c.failure_init,
            "expected 'proposal' or 'scratch'")
-  _require(c.region_strategy in ("vmap", "loop"), "region_strategy",
-           c.region_strategy, "expected 'vmap' or 'loop'")
+  _require(c.region_strategy in ("auto", "vmap", "loop"), "region_strategy",
+           c.region_strategy, "expected 'auto', 'vmap' or 'loop'")
   for name in ("nre_budget", "samples_per_round", "calibration_samples",
                "failure_epochs", "failure_batch_size", "distill_samples",
                "distill_epochs", "distill_batch_size", "exact_batch_size",

@@ -19,6 +19,7 @@ whole union is one ``vmap`` over the stacked params.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import chex
@@ -146,6 +147,49 @@ def region_log_ratios(model: GenerativeModel, bank: RegionBank, x: Samples) -> j
 # many blocks at most.
 LOOP_BLOCKS = 16
 
+# ``strategy="auto"`` fuses every slot in one vmapped call while XLA's own
+# estimate of that call's temporary memory (per seed) stays under this.
+AUTO_VMAP_LIMIT_BYTES = 256 * 2**20
+
+
+@functools.lru_cache(maxsize=64)
+def _vmap_temp_bytes(log_prob, event_shape, dtype, bank_spec, x_spec) -> int | None:
+  model = GenerativeModel(init=None, log_prob=log_prob, sample=None,
+                          event_shape=event_shape, dtype=dtype)
+  leaves, treedef = bank_spec
+  bank = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
+  x = jax.ShapeDtypeStruct(*x_spec)
+  try:
+    compiled = jax.jit(functools.partial(region_log_ratios, model)).lower(
+        bank, x).compile()
+    return int(compiled.memory_analysis().temp_size_in_bytes)
+  except Exception:  # noqa: BLE001 - no estimate on this backend
+    return None
+
+
+def auto_region_strategy(model: GenerativeModel, bank: RegionBank, x: Samples,
+                         limit_bytes: int = AUTO_VMAP_LIMIT_BYTES) -> str:
+  """``"vmap"`` or ``"loop"`` for testing ``x`` against ``bank``, from the sizes.
+
+  The fused ``vmap`` call holds every slot's activations for the whole batch at
+  once: fine for a tabular model, out of memory for a transformer with a few
+  dozen slots and thousands of samples (under a seed ``vmap`` it is multiplied
+  by the seeds). XLA compiles that call for the given shapes and reports its
+  temporary memory; above ``limit_bytes`` (or when the backend gives no
+  estimate) the slots are visited one at a time instead. Both give the same
+  mask. Shapes only: works under ``jit``.
+  """
+  leaves, treedef = jax.tree.flatten(bank)
+  bank_spec = (tuple((tuple(a.shape), jnp.dtype(a.dtype)) for a in leaves), treedef)
+  x_spec = (tuple(x.shape), jnp.dtype(x.dtype))
+  try:
+    temp = _vmap_temp_bytes(model.log_prob, tuple(model.event_shape),
+                            jnp.dtype(model.dtype), bank_spec, x_spec)
+  except TypeError:  # an unhashable log_prob
+    temp = _vmap_temp_bytes.__wrapped__(model.log_prob, tuple(model.event_shape),
+                                        jnp.dtype(model.dtype), bank_spec, x_spec)
+  return "vmap" if temp is not None and temp <= limit_bytes else "loop"
+
 
 def rejection_mask(model: GenerativeModel, bank: RegionBank, x: Samples,
                    strategy: str = "vmap") -> jax.Array:
@@ -155,7 +199,9 @@ def rejection_mask(model: GenerativeModel, bank: RegionBank, x: Samples,
     model: the model family of the stored params.
     bank: the regions.
     x: ``[batch, *event_shape]`` samples.
-    strategy: ``"vmap"`` evaluates every slot of the bank in one fused, vmapped
+    strategy: ``"auto"`` picks one of the two below from the sizes involved
+      (:func:`auto_region_strategy`); ``"vmap"`` evaluates every slot of the
+      bank in one fused, vmapped
       call (fastest for small models; memory grows with ``capacity * batch``);
       ``"loop"`` visits only the filled slots, one at a time, in a
       ``lax.fori_loop`` (memory of one region; compute grows with the regions
@@ -166,12 +212,14 @@ def rejection_mask(model: GenerativeModel, bank: RegionBank, x: Samples,
       (a ``lax.while_loop``; shapes stay static). Both give the same mask.
   """
   chex.assert_rank(x, 1 + len(model.event_shape))
+  if strategy == "auto":
+    strategy = auto_region_strategy(model, bank, x)
   if strategy == "vmap":
     lr = region_log_ratios(model, bank, x)
     inside = bank.valid[:, None] & (lr < bank.log_tau[:, None])
     return jnp.any(inside, axis=0)
   if strategy != "loop":
-    raise ValueError(f"strategy must be 'vmap' or 'loop', got {strategy!r}")
+    raise ValueError(f"strategy must be 'auto', 'vmap' or 'loop', got {strategy!r}")
 
   n = x.shape[0]
   block = -(-n // LOOP_BLOCKS)
@@ -225,7 +273,7 @@ class PosteriorSampleInfo(NamedTuple):
 def sample_posterior_by_rejection(model: GenerativeModel, prior_params: Params,
                                   bank: RegionBank, key: PRNGKey, n: int, *,
                                   batch_size: int, max_batches: int,
-                                  region_strategy: str = "vmap",
+                                  region_strategy: str = "auto",
                                   support: Callable[[Samples], jax.Array] | None
                                   = None) -> tuple[Samples, PosteriorSampleInfo]:
   """Exact samples of ``p_post ∝ p_0 * 1[x not in R]`` by rejection from ``p_0``.
