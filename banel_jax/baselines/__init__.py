@@ -1,4 +1,4 @@
-"""Baselines with BaNEL's round signature (SPEC section 6, ``BASELINES.md``).
+"""Baselines with BaNEL's round signature: the methods BaNEL is compared with.
 
 Every baseline is a :class:`Baseline` bundle ``(init, propose, update, name)``
 that :class:`~banel_jax.runtime.driver.BanelRunner` runs with ``method=``: same oracle

@@ -17,7 +17,7 @@ used. Each round:
 
 Until the first success the anchors alone are fitted: the generator distils into
 itself and barely moves, so this method depends on the pretrained model finding
-a success by chance (``results/README.md``: on the shipped addition target it
+a success by chance (``docs/findings.md``: on the shipped addition target it
 is a lottery).
 
 Example (the toy: 2 and 8 are its rewarded bins):
@@ -39,7 +39,7 @@ Example (the toy: 2 and 8 are its rewarded bins):
 
 References:
   Oh et al. (2018), "Self-Imitation Learning", ICML; the success replay of
-  ``results/README.md`` ("Replay alone, upweighted", session 23).
+  :mod:`banel_jax.extensions.success_replay` with no region.
 """
 
 from __future__ import annotations

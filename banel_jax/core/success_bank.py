@@ -5,7 +5,7 @@ and reported. With ``learn_from_successes`` they also join distillation, but a
 round's own successes are a handful among the hundreds of accepted samples, and
 they are gone the next round: on the MSB attack, seeds whose success rate
 reached 1% at some round often fell back to near the pretrained rate by the end
-(``results/README.md``). A :class:`SuccessBank` keeps the last ``capacity``
+(``docs/findings.md``). A :class:`SuccessBank` keeps the last ``capacity``
 successes, so that every distillation fits all of them
 (``BanelConfig.success_bank_size``).
 

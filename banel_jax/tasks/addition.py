@@ -33,7 +33,7 @@ operand sits at a fixed position. The target continues with the sum's digits
 raw, unaligned prefix a width-64 model still got a third of the answers wrong
 after 3,000 steps). Training queries have no leading zeros, so a zero right
 after the blanks is out of distribution for the target (the calibrated target
-turned out to answer such queries correctly: scripts/ADDITION_NOTES.md). The
+turned out to answer such queries correctly: docs/findings.md). The
 answer is read back as an
 integer, so ``8610`` EOS (0168) also counts as 168; an answer that is not one or
 more digits followed by EOS is wrong.
@@ -42,7 +42,7 @@ With ``target_format="raw"`` the target's prefix is instead the query exactly
 as written (``1 2 3 + 4 5 =``, no blanks), so its answer starts right after the
 ``=``, wherever that is, and a leading zero moves every later digit; it is
 decoded with ``greedy_decode_ragged``. This is the harder format to learn (see
-scripts/ADDITION_NOTES.md) and the one closer to a language model reading text.
+docs/findings.md) and the one closer to a language model reading text.
 With ``answer_order="msb"`` the target writes the sum most significant digit
 first, as text does, in ``m + 1`` digits (``000000168`` EOS for ``m = 8``); its
 first digit then depends on every carry below it. The oracle reverses such

@@ -187,7 +187,7 @@ def _well_formed_rows(x, task: addition.AdditionTaskConfig):
 def both_long_share(x, task: addition.AdditionTaskConfig) -> float:
   """Share of the well-formed rows whose operands both have at least
   ``task.max_operand_len - 1`` digits (where the target's errors are; see
-  ``scripts/target_error_map.py``). 0 when no row is well-formed."""
+  ``research/target_error_map.py``). 0 when no row is well-formed."""
   rows = _well_formed_rows(x, task)
   if rows is None:
     return 0.0
@@ -211,7 +211,7 @@ def top_sum_13_share(x, task: addition.AdditionTaskConfig) -> float:
   The slice: one operand of ``max_operand_len`` digits, the other of one digit
   fewer (either order; digits written, leading zeros included), and the two
   digits that meet at the shorter operand's top position sum to exactly 13
-  (``56447489+7580326=``: ``6 + 7``). ``scripts/target_error_map.py`` measured
+  (``56447489+7580326=``: ``6 + 7``). ``research/target_error_map.py`` measured
   a 3.7% error rate there, 143x the pretrained attacker's success rate. The
   target's other weak spot, (8, 8) queries with a carry into the top digits
   (0.84%; 3.4% when those digits sum to 8), is not counted here. 0 when no
@@ -243,7 +243,7 @@ def carry_into_top_share(x, task: addition.AdditionTaskConfig) -> float:
   The slice: both operands ``max_operand_len`` digits long (digits written,
   leading zeros included) and the lower digits carry into the two top digits
   (``17443055+86724674=``: ``7443055 + 6724674 >= 10^7``).
-  ``scripts/target_error_map.py`` measured 0.84% errors there (33x the
+  ``research/target_error_map.py`` measured 0.84% errors there (33x the
   pretrained attacker's rate; 3.4% when the top digits sum to 8) against 0.01%
   for the same lengths without the carry. 0 when no row is well-formed.
 
@@ -261,10 +261,10 @@ def tops_45_share(x, task: addition.AdditionTaskConfig) -> float:
 
   The slice: both operands ``max_operand_len`` digits long (digits written,
   leading zeros included), each starting with a 4 or a 5 (``50059266+50753069=``).
-  ``scripts/target_error_map.py`` measured 5-17% errors on ``checkpoints/target_msb``
-  for these four top-digit pairs (4+4 17%, 5+5 14%), against 0.7% for (8, 8)
-  queries overall: the mode one seed of the 10-epoch attack settled in (session
-  18). 0 when no row is well-formed.
+  ``research/target_error_map.py`` measured 5-17% errors on the shipped
+  ``target_msb`` for these four top-digit pairs (4+4 17%, 5+5 14%), against 0.7%
+  for (8, 8) queries overall: the mode one seed of the 10-epoch attack settled
+  in. 0 when no row is well-formed.
 
   >>> task = addition.AdditionTaskConfig()
   >>> tops_45_share(addition.encode_batch(
@@ -279,7 +279,7 @@ def propagation_share(x, task: addition.AdditionTaskConfig, k: int = 3) -> float
   """Share of the well-formed rows whose sum carries through at least ``k``
   positions by propagation alone (:func:`carry_propagation_length`): the
   carry-chain mode of the paper, which one seed of the MSB attack settled in
-  (``79999979+7890=``, 44% success; session 19). 0 when no row is well-formed.
+  (``79999979+7890=``, 44% success). 0 when no row is well-formed.
 
   >>> task = addition.AdditionTaskConfig()
   >>> propagation_share(addition.encode_batch(
@@ -401,12 +401,12 @@ def rule_based_queries(rng: np.random.Generator, n: int, rule: str,
     * ``"carry_into_top"``: both operands ``max_operand_len`` digits (no
       leading zeros) and the lower digits carry into the two top digits
       (``17443055+86724674=``), the slice behind most successes of the
-      100-epoch runs (session 17).
+      100-epoch runs.
     * ``"carry_into_top_8"``: as ``"carry_into_top"``, with the two top
       digits summing to exactly 8.
     * ``"tops_5_5"``: both operands ``max_operand_len`` digits, each starting
       with a 5, the rest random (``50559666+50511060=``): the mode seed 4 of
-      the 10-epoch attack on the MSB target settled in (session 18).
+      the 10-epoch attack on the MSB target settled in.
 
   Returns:
     ``int32[n, max_len]`` rows (well-formed for leading zeros allowed).
