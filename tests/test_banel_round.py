@@ -177,7 +177,9 @@ def test_vmapped_round_equals_single_runs(fns, round_input, toy_runs):
   evaluated = np.ones((3, M), bool)
   evaluated[2, 30:] = False  # a seed-specific partial batch
   rewards[~evaluated] = 0.0
-  new, metrics = v_update(states, RoundBatch(xs, jnp.asarray(rewards),
+  # the runner's update donates its state: hand it a copy
+  new, metrics = v_update(jax.tree.map(jnp.copy, states),
+                          RoundBatch(xs, jnp.asarray(rewards),
                                              jnp.asarray(evaluated),
                                              jnp.zeros(3, jnp.float32)), ukeys)
   x_next, _ = v_propose(new, pkeys, M)

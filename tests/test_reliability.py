@@ -304,3 +304,13 @@ def test_the_deduping_oracle_answers_a_repeated_request_from_its_store(tmp_path)
   assert keeper.request_id("train", 0) == "r:train:0:1"
   again = oracle(np.array([1, 2, 3]), request_id="r:train:0:0")
   assert again.tolist() == [1.0, 0.0, 1.0] and calls == [3]
+
+
+@pytest.mark.parametrize("seeds", [(0,), (0, 1)])
+def test_the_callers_params_survive_a_run_that_donates_its_state(seeds):
+  """The runner's ``update`` reuses the round state's buffers; the pretrained
+  params the caller passed in are never among them."""
+  prior = TASK.prior_params()
+  before = np.asarray(prior["logits"]).copy()
+  bj.BanelRunner(MODEL, prior, TASK.oracle, CFG, seeds=seeds, progress=False).run()
+  np.testing.assert_array_equal(np.asarray(prior["logits"]), before)

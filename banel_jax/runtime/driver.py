@@ -113,7 +113,7 @@ _COMPILED: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictiona
 _ROUND_KEYS = jax.jit(batching.vmap(round_keys))
 
 
-def _seed_jit(fn, in_axes, mesh, static_argnums=()):
+def _seed_jit(fn, in_axes, mesh, static_argnums=(), donate_argnums=()):
   """``jit`` of ``fn`` mapped over the leading seed axis of the ``in_axes == 0``
   arguments (``batching.vmap``: a lone seed runs unbatched, as XLA's CPU
   programs with a batch axis of size 1 ran up to 2.8x slower).
@@ -121,10 +121,16 @@ def _seed_jit(fn, in_axes, mesh, static_argnums=()):
   With a ``mesh``, each device runs the mapped function on its own seeds
   (``shard_map``), so one seed per device is a lone seed too; left to the
   partitioner, a device's share kept a batch axis of size 1.
+
+  ``donate_argnums``: arguments whose buffers the call may reuse for its
+  outputs (the round state, replaced by ``update``'s result: its region bank
+  holds two parameter copies per slot and seed, so a round would otherwise
+  hold two banks at once).
   """
   local = batching.vmap(fn, in_axes=in_axes)
   if mesh is None:
-    return jax.jit(local, static_argnums=static_argnums)
+    return jax.jit(local, static_argnums=static_argnums,
+                   donate_argnums=donate_argnums)
   split = PartitionSpec(seed_sharding.SEED_AXIS)
 
   def call(*args):
@@ -140,7 +146,7 @@ def _seed_jit(fn, in_axes, mesh, static_argnums=()):
     return seed_sharding.shard_map(per_device, mesh, specs, split)(
         *(args[i] for i in dynamic))
 
-  return jax.jit(call, static_argnums=static_argnums)
+  return jax.jit(call, static_argnums=static_argnums, donate_argnums=donate_argnums)
 
 
 def _compiled(method, mesh=None) -> dict:
@@ -152,7 +158,7 @@ def _compiled(method, mesh=None) -> dict:
   if fns is None:
     fns = {"init": _seed_jit(method.init, (0, None), mesh),
            "propose": _seed_jit(method.propose, (0, 0, None), mesh, static_argnums=(2,)),
-           "update": _seed_jit(method.update, (0, 0, 0), mesh)}
+           "update": _seed_jit(method.update, (0, 0, 0), mesh, donate_argnums=(0,))}
     by_mesh[mesh] = fns
   return fns
 
