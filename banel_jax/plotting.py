@@ -12,6 +12,20 @@ def _plt():
   return plt
 
 
+def new_axes(figsize=(6, 4)):
+  """``(figure, axes)`` of a new one-panel figure."""
+  return _plt().subplots(figsize=figsize)
+
+
+def save_figure(fig, path, dpi: int = 110) -> None:
+  """Saves ``fig`` to ``path`` (tight layout) and closes it, so that many runs
+  in one process do not keep their figures."""
+  plt = _plt()
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+
+
 def plot_success_vs_nre(runs: Mapping[str, Sequence[dict]], ax=None, *,
                         log_y: bool = False, title: str | None = None):
   """Success rate against NRE, one line per seed, one colour per run.

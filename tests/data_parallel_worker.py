@@ -2,7 +2,7 @@
 (``XLA_FLAGS=--xla_force_host_platform_device_count=4``).
 
 Compares the data-parallel sampler, scorer and maximum-likelihood fit of
-``banel_jax.data_parallel`` over the 4 devices with their one-device
+``banel_jax.runtime.data_parallel`` over the 4 devices with their one-device
 counterparts on a tiny Transformer, and prints one JSON line of what the test
 checks.
 """
@@ -15,8 +15,8 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from banel_jax import data_parallel as dp
-from banel_jax import mle
+from banel_jax.runtime import data_parallel as dp
+from banel_jax.core import mle
 from banel_jax.models import transformer as tfm
 
 

@@ -18,9 +18,9 @@ The test oracle appends every call to a JSON-lines log *when the call returns*:
 an evaluation counts as made only once its result was handed back (a process
 killed inside a call made none, and the resumed run asks again).
 
-``run_comparison`` is one process of ``test_baselines_resume.py``: the main of
-``scripts/compare_baselines.py`` with that logging oracle, pausing inside its
-k-th oracle call. ``kill_when_paused`` waits for a process to pause and kills it.
+``run_comparison`` is one process of ``test_baselines_resume.py``: ``banel
+compare`` with that logging oracle, pausing inside its k-th oracle call.
+``kill_when_paused`` waits for a process to pause and kills it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 
@@ -42,7 +41,7 @@ import numpy as np
 from flax import struct
 
 from banel_jax import BanelConfig, BanelRunner, make_banel
-from banel_jax.posterior import PosteriorSampleInfo
+from banel_jax.core.posterior import PosteriorSampleInfo
 from banel_jax.tasks.toy1d import Toy1DTask
 
 TASK = Toy1DTask(num_bins=11)
@@ -203,7 +202,7 @@ def _patch_checkpoint_writes(kind: str, at: int, pause):
   from orbax.checkpoint._src.handlers import json_checkpoint_handler as jh
   from orbax.checkpoint._src.path import atomicity
 
-  from banel_jax import run_dir
+  from banel_jax.runtime import run_dir
 
   saves = [0]
   orig_save = run_dir.RunDirectory.save
@@ -239,7 +238,7 @@ def run_worker(run_dir: str, oracle_log: str, pause, marker: str, cache_dir: str
   if kind in ("ckpt_state", "ckpt_host", "ckpt_finalize"):
     _patch_checkpoint_writes(kind, at, do_pause)
   if kind == "save":
-    from banel_jax import run_dir as rd
+    from banel_jax.runtime import run_dir as rd
     orig_save, saves = rd.RunDirectory.save, [0]
 
     def save(self, *args, **kwargs):
@@ -287,31 +286,27 @@ def run_all_success(out: str, cache_dir: str) -> None:
                "size": np.asarray(result.states.regions.size).tolist()}, f)
 
 
-# --- scripts/compare_baselines.py as a run process ------------------------------------
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# --- banel compare as a run process ----------------------------------------------------
 
 
 def run_comparison(argv: list[str], oracle_log: str, pause_at: int | None,
                    marker: str, cache_dir: str) -> None:
-  """``compare_baselines.py argv`` in this process, with the task's oracle
-  wrapped in a :class:`LoggingOracle` that pauses inside its ``pause_at``-th
-  call (``None``: run to the end)."""
+  """``banel compare argv`` in this process (:mod:`banel_jax.cli`), with the
+  task's oracle wrapped in a :class:`LoggingOracle` that pauses inside its
+  ``pause_at``-th call (``None``: run to the end)."""
   _use_cache(cache_dir)
-  if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-  from scripts import compare_baselines
+  from banel_jax import cli
+  from banel_jax.experiments import compare
 
   def with_logging(make_setup):
-    def make(exp):
-      setup = make_setup(exp)
+    def make(config):
+      setup = make_setup(config)
       return setup._replace(oracle=LoggingOracle(
           oracle_log, pause_at, lambda: _pause_forever(marker), oracle=setup.oracle))
     return make
 
-  compare_baselines.SETUPS = {k: with_logging(v)
-                              for k, v in compare_baselines.SETUPS.items()}
-  compare_baselines.main(argv)
+  compare.SETUPS = {k: with_logging(v) for k, v in compare.SETUPS.items()}
+  cli.run(compare.COMMAND, argv)
 
 
 def kill_when_paused(process, marker, what: str, wait_s: float) -> None:

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 
 from banel_jax import BanelConfig, BanelRunner
-from banel_jax import run_dir as run_dir_lib
-from banel_jax import sharding
+from banel_jax.runtime import run_dir as run_dir_lib
+from banel_jax.runtime import sharding
 from banel_jax.tasks.toy1d import Toy1DTask
 
 

@@ -1,20 +1,27 @@
-"""A tiny end-to-end attack: BaNEL against a (random, tiny) addition target."""
+"""The addition attack: a tiny run of the library, and the ``attack`` experiment
+(in-process, and as ``banel attack`` in a subprocess)."""
 
+import json
+import os
 import shlex
 import subprocess
 import sys
-import pathlib
 
 import jax
 import numpy as np
 import pytest
 
 import banel_jax as bj
+from banel_jax.experiments import attack, common
+from banel_jax.experiments.registry import ExperimentError
+from banel_jax.extensions import SuccessReplayConfig
 from banel_jax.models import transformer as tfm
 from banel_jax.tasks import addition
+from banel_jax.tasks import addition_patterns as patterns
 
-ROOT = pathlib.Path(__file__).parent.parent
 SMALL = dict(num_layers=1, width=16, num_heads=2, mlp_ratio=2)
+DIAGNOSTICS = ("malformed_train", "both_long_train", "top_sum_13_train",
+               "carry_into_top_train", "tops_45_train", "propagation_3_train")
 
 
 def test_tiny_attack_end_to_end():
@@ -49,67 +56,145 @@ def test_tiny_attack_end_to_end():
   assert len(rates) == 2 and all(0.0 <= r <= 1.0 for r in rates)
 
 
-def test_attack_script_help_documents_options():
-  out = subprocess.run([sys.executable, str(ROOT / "scripts" / "attack.py"), "--help"],
-                       capture_output=True, text=True, check=True).stdout
-  for option in ("--config", "--failure-epochs", "--tau-mode", "--no-leading-zeros",
-                 "--run-dir", "--reset", "--distill-pack", "--distill-target",
-                 "--support-filter", "--reject-seen-failures", "--learn-from-successes",
-                 "--success-bank", "--distinct-bank", "--success-weight",
-                 "--min-acceptance-rate", "--method", "--restart-after-rounds",
-                 "--train-microbatch"):
-    assert option in out
-
-
 def test_the_plot_names_what_was_run():
-  sys.path.insert(0, str(ROOT))
-  from scripts import attack
-  base = bj.BanelConfig()
-  assert attack._method_label(base) == "BaNEL"
-  bank = base.replace(learn_from_successes=True, success_bank_size=256)
-  assert attack._method_label(bank) == "BaNEL + bank 256"
-  assert attack._method_label(bank.replace(
-      success_weight=100.0, tau_mode="factor", filter_factor=1e30)) == (
+  base = attack.AttackConfig()
+  assert attack.method_label(base) == "BaNEL"
+  bank = base.replace(success_replay=True, replay=SuccessReplayConfig(bank_size=256))
+  assert attack.method_label(bank) == "BaNEL + bank 256"
+  assert attack.method_label(bank.replace(
+      replay=SuccessReplayConfig(bank_size=256, weight=100.0),
+      banel=base.banel.replace(tau_mode="factor", filter_factor=1e30))) == (
           "no regions + bank 256 (weight 100)")
-  assert attack._method_label(base.replace(learn_from_successes=True)) == (
+  assert attack.method_label(base.replace(success_replay=True)) == (
       "BaNEL + round's successes")
+  assert attack.method_label(base.replace(support_check=True, restart_every=6)) == (
+      "BaNEL + restart 6 + grammar")
+  assert attack.method_label(base.replace(method="self-imitation")) == (
+      "self-imitation, bank 256 (weight 100)")
 
 
-def test_attack_script_runs_the_self_imitation_baseline(tmp_path):
-  """``--method self-imitation``: the baseline in the attack's harness, with its
-  own config recorded (BaNEL's is ``None``), the budget spent exactly, its bank
-  in the run directory's checkpoints, and the analysis run on its generator."""
-  import json
-  script = [sys.executable, str(ROOT / "scripts" / "attack.py"), "--config", "tiny",
-            "--method", "self-imitation", "--no-progress", "--support-filter"]
-  refused = subprocess.run(script + ["--tau-mode", "factor", "--reset"], cwd=ROOT,
-                           capture_output=True, text=True)
-  assert refused.returncode != 0
-  assert "drop --tau-mode, --reset" in refused.stderr
-  redundant = subprocess.run(script + ["--learn-from-successes"], cwd=ROOT,
-                             capture_output=True, text=True)
-  assert redundant.returncode != 0
-  assert "drop --learn-from-successes" in redundant.stderr
-  empty = subprocess.run(script + ["--success-bank", "0"], cwd=ROOT,
-                         capture_output=True, text=True)
-  assert empty.returncode != 0 and "bank_size=0 must be an integer >= 1" in empty.stderr
-  run_dir, out = tmp_path / "run", tmp_path / "out"
-  subprocess.run(script + ["--success-bank", "8", "--run-dir", str(run_dir),
-                           "--out", str(out)], check=True, cwd=ROOT,
-                 capture_output=True)
-  summary = json.load(open(out / "attack.json"))
+def test_the_config_asks_for_extensions_in_a_fixed_order():
+  config = attack.tiny_config().replace(
+      support_check=True, seen_failures=True, success_replay=True,
+      replay=SuccessReplayConfig(bank_size=4, distinct=True, weight=10.0),
+      restart_every=3)
+  model = tfm.make_transformer(addition.AdditionTaskConfig().attacker).model
+  exts = attack.extensions_of(config, model, config.task_config())
+  assert [e.name for e in exts] == ["support", "seen_failures", "success_replay",
+                                    "restart"]
+  assert exts[1].config.capacity == config.banel.nre_budget
+  assert exts[2].config == config.replay and exts[3].config.every == 3
+  assert attack.extensions_of(attack.tiny_config(), model,
+                              config.task_config()) == ()
+
+
+def test_shipped_checkpoints_and_their_calibrations():
+  for name in common.SHIPPED_CHECKPOINTS:
+    assert (common.checkpoint_dir(name) / "metadata.json").is_file()
+    assert common.checkpoint_record(name) == name
+  assert common.checkpoint_record("./target") == os.path.abspath("target")
+  attacker_dir = common.checkpoint_dir("attacker")
+  for target, path in common.SHIPPED_CALIBRATIONS.items():
+    cal = json.loads(path.read_text())
+    for other in common.SHIPPED_CALIBRATIONS:
+      assert attack.calibration_matches(cal, common.checkpoint_dir(other),
+                                        attacker_dir) == (other == target)
+  config = attack.tiny_config()
+  rate, source = attack.reuse_calibration(config, config.task_config())
+  assert (rate.successes, rate.trials) == (52, 200_704)
+  assert source == "shipped calibration of target"
+  assert attack.reuse_calibration(config.replace(calibration=""),
+                                  config.task_config()) == (None, "measured here")
+  with pytest.raises(ExperimentError, match="no such file"):
+    attack.reuse_calibration(config.replace(calibration="nowhere.json"),
+                             config.task_config())
+
+
+def test_a_missing_checkpoint_is_refused_with_the_command_that_makes_it(tmp_path):
+  config = attack.tiny_config().replace(target=str(tmp_path / "none"))
+  with pytest.raises(ExperimentError, match="banel train-target --out DIR"):
+    attack.ensure_checkpoints(config, tmp_path, progress=False)
+
+
+def test_resuming_on_another_number_of_cpu_devices_is_refused(tmp_path):
+  def record(backend, n):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"devices": {"backend": backend, "seed_devices": n}}))
+
+  here = jax.default_backend()
+  record(here, 2)
+  attack.check_resume_devices(str(tmp_path), 2)
+  if here == "cpu":
+    with pytest.raises(ExperimentError, match="resume it with --host-devices 2"):
+      attack.check_resume_devices(str(tmp_path), 1)
+  record("a-backend-not-this-one", 2)  # another backend: resumes
+  attack.check_resume_devices(str(tmp_path), 1)
+  attack.check_resume_devices(str(tmp_path / "new"), 1)  # nothing to resume
+
+
+def test_attack_runs_resumes_and_records_what_it_ran(tmp_path):
+  """The tiny preset with the grammar check, in a run directory: the run records
+  its extension, checkpoints and task; the paid samples' diagnostics are in
+  the metrics; rerunning the finished directory pays for nothing and reports
+  the wall time the run took."""
+  run_dir = tmp_path / "run"
+  config = attack.tiny_config().replace(seeds=(3, 4), support_check=True,
+                                        analysis=False, run_dir=str(run_dir))
+  summary = attack.run(config, tmp_path / "out", progress=False)
+  assert summary == json.loads((tmp_path / "out" / "attack.json").read_text())
+  assert (tmp_path / "out" / "success_vs_nre.png").exists()
+  assert summary["method"] == "banel" and summary["label"] == "BaNEL + grammar"
+  assert summary["support_check"] is True and summary["task_knowledge"] is True
+  assert [e["name"] for e in summary["extensions"]] == ["support"]
+  assert summary["banel_config"]["train_microbatch"] == "auto"
+  assert summary["config"]["seeds"] == [3, 4] and summary["target"] == "target"
+  assert summary["nre_spent"] == [128, 128]
+  assert summary["pretrained_source"] == "shipped calibration of target"
+  assert "command" not in summary  # called from Python, not the command line
+  record = json.loads((run_dir / "config.json").read_text())
+  assert record["extensions"][0]["config"] == {"description": "addition grammar"}
+  assert record["extra"]["target_dir"] == "target"
+  assert record["extra"]["attacker_dir"] == "attacker"
+  assert record["devices"]["seed_devices"] == summary["seed_devices"]
+  metrics = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+  trained = [m for m in metrics if m["round"] > 0]
+  assert len(trained) == 2  # NRE 128 at 64 per round
+  for m in trained:
+    for field in DIAGNOSTICS:
+      assert len(m[field]) == 2 and all(0.0 <= v <= 1.0 for v in m[field])
+  again = attack.run(config, tmp_path / "again", progress=False)
+  assert again["nre_spent"] == summary["nre_spent"]
+  assert again["final_success_rate"] == summary["final_success_rate"]
+  assert summary["wall_time_s"] > 1.0
+  assert again["wall_time_s"] >= 0.5 * summary["wall_time_s"]
+
+
+def test_attack_runs_the_self_imitation_baseline(tmp_path):
+  """``method="self-imitation"``: the baseline in the attack's harness, with its
+  own config recorded (BaNEL's is ``None``), the budget spent exactly, its
+  bank in the run directory's checkpoints, and the analysis run on its
+  generator."""
+  tiny = attack.tiny_config()
+  run_dir = tmp_path / "run"
+  config = tiny.replace(method="self-imitation", support_check=True,
+                        self_imitation=tiny.self_imitation.replace(bank_size=8),
+                        run_dir=str(run_dir))
+  summary = attack.run(config, tmp_path / "out", progress=False)
   assert summary["method"] == "self-imitation" and summary["banel_config"] is None
+  assert summary["uses_successes"] is True
   mc = summary["method_config"]
   assert (mc["bank_size"], mc["success_weight"], mc["anchor_samples"],
           mc["epochs"], mc["batch_size"]) == (8, 100.0, 256, 1, 128)
-  assert mc["train_microbatch"] == 32  # the attack configs' speed setting
+  assert mc["train_microbatch"] == "auto"  # 32 on a CPU, 0 on accelerators
   assert summary["run_config"]["nre_budget"] == 128
   assert summary["nre_spent"] == [128, 128]
   assert len(summary["patterns_self_imitation_per_seed"]) == 2
   assert "patterns_banel_per_seed" not in summary
-  record = json.load(open(run_dir / "config.json"))
+  assert set(summary["rule_based_attacks"]) == set(patterns.RULES)
+  record = json.loads((run_dir / "config.json").read_text())
   assert record["method"] == "self_imitation"
   assert record["method_config"]["bank_size"] == 8
+  assert record["extra"]["support_check"] is True
   metrics = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
   trained = [m for m in metrics if m["round"] > 0]
   assert len(trained) == 2
@@ -118,125 +203,29 @@ def test_attack_script_runs_the_self_imitation_baseline(tmp_path):
     assert all(0.0 <= r <= 1.0 for r in m["anchor_support_rate"])
 
 
-def test_attack_run_dir_then_proposal_drift(tmp_path):
-  """The attack script's run directory holds every round's proposal, and
-  ``proposal_drift.py`` reads them back: one row per seed and round (plus the
-  current proposal), with shares in [0, 1] and the round's paid-sample
-  diagnostics in the attack's metrics. (The run uses ``--support-filter``, which
-  the run directory's config records.)"""
-  import json
-  run_dir, out = tmp_path / "run", tmp_path / "out"
-  subprocess.run([sys.executable, str(ROOT / "scripts" / "attack.py"), "--config",
-                  "tiny", "--run-dir", str(run_dir), "--out", str(tmp_path / "attack"),
-                  "--no-analysis", "--no-progress", "--support-filter",
-                  "--seed-offset", "3"], check=True,
-                 cwd=ROOT, capture_output=True)
-  assert json.load(open(run_dir / "config.json"))["extra"]["support_filter"] is True
-  summary = json.load(open(tmp_path / "attack" / "attack.json"))
-  assert summary["support_filter"] is True
-  assert summary["command"] == shlex.join([
-      "python", "scripts/attack.py", "--config", "tiny", "--run-dir", str(run_dir),
-      "--out", str(tmp_path / "attack"), "--no-analysis", "--no-progress",
-      "--support-filter", "--seed-offset", "3"])
-  # Rerunning a finished run directory pays for nothing and reports the wall
-  # time the run took, not the seconds the rerun took to load it.
-  subprocess.run([sys.executable, str(ROOT / "scripts" / "attack.py"), "--config",
-                  "tiny", "--run-dir", str(run_dir), "--out", str(tmp_path / "again"),
-                  "--no-analysis", "--no-progress", "--support-filter",
-                  "--seed-offset", "3"], check=True, cwd=ROOT, capture_output=True)
-  again = json.load(open(tmp_path / "again" / "attack.json"))
-  # the 2 seeds ran one per CPU device (--host-devices auto: one per seed), and
-  # the run directory resumes only on as many
-  assert summary["seed_devices"] == again["seed_devices"] == 2
-  assert json.load(open(run_dir / "config.json"))["extra"]["seed_devices"] == 2
-  moved = subprocess.run(
-      [sys.executable, str(ROOT / "scripts" / "attack.py"), "--config", "tiny",
-       "--run-dir", str(run_dir), "--out", str(tmp_path / "moved"), "--no-analysis",
-       "--no-progress", "--support-filter", "--seed-offset", "3",
-       "--host-devices", "1"], cwd=ROOT, capture_output=True, text=True)
-  assert moved.returncode != 0 and "seed_devices" in moved.stderr
-  assert "pass --host-devices with the number it recorded" in moved.stderr
-  assert again["nre_spent"] == summary["nre_spent"]
-  assert again["final_success_rate"] == summary["final_success_rate"]
-  assert summary["wall_time_s"] > 1.0
-  assert again["wall_time_s"] >= 0.5 * summary["wall_time_s"]
-  metrics = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
-  trained = [m for m in metrics if m["round"] > 0]
-  assert len(trained) == 2  # NRE 128 at 64 per round
-  for m in trained:
-    for field in ("malformed_train", "both_long_train", "top_sum_13_train",
-                  "carry_into_top_train", "tops_45_train", "propagation_3_train"):
-      assert len(m[field]) == 2 and all(0.0 <= v <= 1.0 for v in m[field])
-  subprocess.run([sys.executable, str(ROOT / "scripts" / "proposal_drift.py"),
-                  "--run-dir", str(run_dir), "--samples", "64", "--out", str(out)],
-                 check=True, cwd=ROOT, capture_output=True)
-  drift = json.load(open(out / "drift.json"))
-  assert (out / "drift.png").exists()
-  # rows name the seeds by value (the run's seeds 3 and 4) and by position
-  assert sorted((r["seed"], r["seed_index"], r["round"]) for r in drift["rows"]) == [
-      (s, s - 3, r) for s in (3, 4) for r in (1, 2, 3)]
-  for row in drift["rows"]:
-    for field in ("malformed", "both_long", "top_sum_13", "carry_into_top",
-                  "tops_45", "propagation_3", "leading_zero", "distinct"):
-      assert 0.0 <= row[field] <= 1.0
-    assert row["success"]["trials"] == 64
-  # Round r's proposal is tested against the r - 1 regions before it (none for
-  # round 1), and about half of its samples lie in its own region (calibrated
-  # to reject 50% of fresh proposal samples; 64 samples here).
-  for row in drift["rows"]:
-    assert 0.0 <= row["inside_regions"] <= 1.0
-    if row["round"] == 1:
-      assert row["inside_regions"] == 0.0
-    if row["round"] < 3:
-      assert 0.25 <= row["inside_own_region"] <= 0.75, row
-    else:
-      assert row["inside_own_region"] is None  # the current proposal: no region yet
-  # Round 1's proposal is the pretrained attacker: it writes few malformed rows.
-  assert all(r["malformed"] < 0.2 for r in drift["rows"] if r["round"] == 1)
-  # --no-regions skips the region checks and leaves every other number as it was.
-  sys.path.insert(0, str(ROOT))
-  from scripts import proposal_drift
-  proposal_drift.main(["--run-dir", str(run_dir), "--samples", "64", "--no-regions",
-                       "--out", str(tmp_path / "drift_no_regions")])
-  quick = json.load(open(tmp_path / "drift_no_regions" / "drift.json"))["rows"]
-  assert len(quick) == len(drift["rows"])
-  for fast, full in zip(quick, drift["rows"]):
-    assert fast["inside_regions"] is None and fast["inside_own_region"] is None
-    assert fast == dict(full, inside_regions=None, inside_own_region=None)
-  # mode_census.py reads the ledger: each seed's last round of paid queries.
-  from scripts import mode_census
-  census_out = tmp_path / "census"
-  mode_census.main(["--run-dir", str(run_dir), "--last-rounds", "1", "--calibration",
-                    str(ROOT / "results" / "addition_calibration.json"),
-                    "--out", str(census_out)])
-  census = json.load(open(census_out / "census.json"))
-  assert (census_out / "census.png").exists()
-  assert [(r["seed"], r["paid"], r["rounds"]) for r in census["rows"]] == [
-      (3, 64, [2, 2]), (4, 64, [2, 2])]
-  for r in census["rows"]:
-    assert 0.0 <= r["repeat_share"] <= 1.0 and 0.0 < r["distinct_share"] <= 1.0
-    assert all(0.0 <= v <= 1.0 for v in r["share"].values())
-    assert r["final_round"] == 2
-    assert 0 <= r["final_distinct_successes"] <= r["final_successes"]
-    n_eval = summary["banel_config"]["n_eval"]
-    assert r["final_successes"] == round(r["final_success_rate"] * n_eval)
-  # region_lift.py reads the same bank: region 1 was calibrated to take in half of
-  # fresh samples of the pretrained attacker, which is what it measures against.
-  from scripts import region_lift
-  lift_out = tmp_path / "lift"
-  region_lift.main(["--run-dir", str(run_dir), "--samples", "256", "--rule-queries",
-                    "400", "--min-outside", "5", "--out", str(lift_out)])
-  lift = json.load(open(lift_out / "lift.json"))
-  assert (lift_out / "lift.png").exists()
-  (run,) = lift["runs"]
-  assert run["n_samples"] == 256 and run["n_errors"] >= 1
-  assert run["regions"] == 4 and [s["regions"] for s in run["seeds"]] == [2, 2]
-  for s in run["seeds"]:
-    assert 0.3 <= s["inside_samples"][0] <= 0.7, s
-    for key in ("inside_samples", "inside_errors"):
-      union = s[f"union_{key}"]
-      assert union[0] == s[key][0] and union[1] >= max(s[key]) and union[1] <= 1.0
-    for x, e, v in zip(s["union_inside_samples"], s["union_inside_errors"],
-                       s["union_lift"]):
-      if v is not None:
-        assert v == pytest.approx((1 - e) / (1 - x))
+@pytest.mark.slow
+def test_banel_attack_command_from_another_directory(tmp_path):
+  """``banel attack`` from an empty directory: the shipped checkpoints, the
+  command line recorded, one CPU device per seed, and a run directory that
+  resumes only on as many CPU devices."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  work = tmp_path / "work"
+  work.mkdir()
+  argv = ["attack", "--preset", "tiny", "--no-analysis", "--no-progress",
+          "--seeds", "3", "4", "--run-dir", "run", "--out", "out"]
+  subprocess.run([sys.executable, "-m", "banel_jax", *argv], cwd=work, env=env,
+                 check=True, capture_output=True)
+  assert sorted(p.name for p in work.iterdir()) == ["out", "run"]
+  summary = json.loads((work / "out" / "attack.json").read_text())
+  assert summary["command"] == shlex.join(["banel", *argv])
+  assert summary["preset"] == "tiny" and summary["nre_spent"] == [128, 128]
+  # the 2 seeds ran one per CPU device (--host-devices auto: one per seed)
+  assert summary["seed_devices"] == 2
+  record = json.loads((work / "run" / "config.json").read_text())
+  assert record["devices"] == {"backend": "cpu", "seed_devices": 2}
+  moved = subprocess.run([sys.executable, "-m", "banel_jax", *argv, "--host-devices",
+                          "1"], cwd=work, env=env, capture_output=True, text=True)
+  assert moved.returncode == 1
+  assert "resume it with --host-devices 2" in moved.stderr
+  assert "Traceback" not in moved.stderr

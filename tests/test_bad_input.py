@@ -25,7 +25,7 @@ from banel_jax import (BanelConfig, BanelRunner, ConfigError, NonFiniteError,
 from banel_jax.core import posterior
 from banel_jax.runtime.budget import BudgetKeeper, OraclePolicy
 from banel_jax.runtime import ledger as ledger_lib
-from banel_jax.runtime.ledger import Ledger, LedgerError, ReplayMismatchError, read_ledger
+from banel_jax.runtime.ledger import Ledger, ReplayMismatchError, read_ledger
 from banel_jax.runtime.run_dir import (CORRUPT_DIR, CheckpointWarning, RunDirError,
                                read_checkpoint)
 

@@ -372,12 +372,13 @@ def test_log1mexp_is_stable():
 
 
 def test_failure_set_membership_on_sequences():
-  s = B.empty_failure_set(8, (3,), jnp.int32)
+  from banel_jax.core import sample_set
+  s = sample_set.empty_sample_set(8)
   seen = jnp.array([[1, 2, 3], [4, 5, 6], [1, 2, 3], [7, 8, 9]], jnp.int32)
-  s = jax.jit(B.insert)(s, seen, jnp.array([True, True, True, False]))
+  s = jax.jit(sample_set.add_samples)(s, seen, jnp.array([True, True, True, False]))
   assert int(s.size) == 2  # the duplicate and the masked-out row are not stored
   probe = jnp.array([[1, 2, 3], [7, 8, 9], [4, 5, 6], [3, 2, 1]], jnp.int32)
-  np.testing.assert_array_equal(jax.jit(B.contains)(s, probe),
+  np.testing.assert_array_equal(jax.jit(sample_set.contains)(s, probe),
                                 [True, False, True, False])
 
 

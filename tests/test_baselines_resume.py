@@ -1,4 +1,4 @@
-"""``compare_baselines.py --run-dir``: kill the comparison, rerun it, compare.
+"""``banel compare --run-dir``: kill the comparison, rerun it, compare.
 
 The tiny toy comparison of REINFORCE and BaNEL (NRE 200 in rounds of 100,
 n_eval 100, 2 seeds) is run once without interruption, and once as a chain of
@@ -38,8 +38,8 @@ from banel_jax.runtime.run_dir import CHECKPOINT_DIR, read_checkpoint
 
 METHODS = ("reinforce", "banel")
 BUDGET, M, N_EVAL, SEEDS = 200, 100, 100, 2
-ARGS = ["--task", "toy1d", "--tiny", "--methods", *METHODS, "--nre-budget",
-        str(BUDGET), "--n-eval", str(N_EVAL), "--no-progress"]
+ARGS = ["--preset", "toy1d-tiny", "--methods", *METHODS, "--run.nre-budget",
+        str(BUDGET), "--run.n-eval", str(N_EVAL), "--no-progress"]
 PAUSES = (3, 2, 6)  # this process's oracle call to be killed in (module doc)
 WAIT_S = 300
 
@@ -66,11 +66,12 @@ def _without_wall_times(v):
 
 
 def _comparison(tmp_path, name):
-  """comparison.json without wall times, and without the command line (its
-  --run-dir and --out differ between the runs compared)."""
+  """comparison.json without wall times, and without the command line and the
+  run directory (its --run-dir and --out differ between the runs compared)."""
   with open(tmp_path / f"out_{name}" / "comparison.json") as f:
     out = _without_wall_times(json.load(f))
-  assert out.pop("command").startswith("python scripts/compare_baselines.py ")
+  assert out.pop("command").startswith("banel compare ")
+  assert out["config"].pop("run_dir") in (str(tmp_path / "ref"), str(tmp_path / "run"))
   return out
 
 

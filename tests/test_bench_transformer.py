@@ -1,12 +1,19 @@
-"""``scripts/bench_transformer.py``'s roofline: the FLOP count and the arithmetic."""
+"""``banel bench --which transformer`` (:mod:`banel_jax.experiments.bench`): the
+roofline's FLOP count and arithmetic, the timing in turns, the comparison table,
+a tiny run in process, and (slow) batches split over two CPU devices."""
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import jax
 import pytest
 
+from banel_jax.experiments import bench
+from banel_jax.experiments.registry import ExperimentError
 from banel_jax.models import transformer as tfm
-from scripts import bench_transformer as bench
 
 
 @pytest.mark.parametrize("cfg", [
@@ -75,15 +82,15 @@ def test_interleaved_times_alternate_and_take_medians():
 
 
 def test_rejects_a_peer_batch_it_does_not_measure():
-  with pytest.raises(SystemExit, match="--peer-sample-batch 512 must be one of"):
-    bench.main(["--peer", "--batch-sizes", "256", "1024", "--peer-sample-batch", "512"])
-  with pytest.raises(SystemExit, match="--side-by-side-rounds"):
-    bench.main(["--side-by-side-rounds", "0"])
+  with pytest.raises(ExperimentError, match="peer_sample_batch=512 must be one of"):
+    bench.TransformerBench(peer=True, batch_sizes=(256, 1024), peer_sample_batch=512)
+  with pytest.raises(ExperimentError, match="side_by_side_rounds=0"):
+    bench.TransformerBench(side_by_side_rounds=0)
+  with pytest.raises(ExperimentError, match="host_devices=0"):
+    bench.TransformerBench(host_devices=0)
 
 
 def test_comparison_table_reads_the_committed_json():
-  import json
-  import os
   path = os.path.join(os.path.dirname(__file__), "..", "results",
                       "bench_transformer.json")
   with open(path) as f:
@@ -118,22 +125,33 @@ def test_comparison_table_gives_the_split_over_one_device():
                                 ).splitlines()[1].count("---") == 5
 
 
+def test_tiny_run_compiles_nothing_on_repeat_calls(tmp_path):
+  config = bench.tiny_config()
+  assert config.which == "transformer"
+  report = bench.run(config, tmp_path, progress=False)
+  saved = json.loads((tmp_path / "bench_transformer.json").read_text())
+  assert saved["config"]["batch_sizes"] == [16] and saved["jax_devices"] == 1
+  # "auto" is resolved by backend: 32 on a CPU
+  assert report["train_microbatch"] == (32 if jax.default_backend() == "cpu" else 0)
+  result = saved["results"]["attacker"]["jax"]
+  assert set(result["by_batch"]["16"]) == {"sample_tokens_per_s",
+                                           "log_prob_sequences_per_s",
+                                           "train_steps_per_s"}
+  assert all(v > 0 for v in result["by_batch"]["16"].values())
+  assert result["compilations_on_repeat_calls"] == 0
+
+
+@pytest.mark.slow
 def test_host_devices_split_the_batches(tmp_path):
   # A child process (the CPU device count is fixed when JAX starts): two CPU
   # devices, each batch split over them, one-device numbers beside them, and
   # nothing recompiled on repeat calls.
-  import json
-  import os
-  import subprocess
-  import sys
-  out = tmp_path / "bench.json"
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "..",
-                                               "scripts", "bench_transformer.py"),
-                  "--host-devices", "2", "--batch-sizes", "16", "--repeats", "1",
-                  "--out", str(out)], env=env, check=True, capture_output=True)
-  r = json.loads(out.read_text())
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  subprocess.run([sys.executable, "-m", "banel_jax", "bench", "--preset", "tiny",
+                  "--which", "transformer", "--transformer.host-devices", "2",
+                  "--out", str(tmp_path)], env=env, check=True, capture_output=True)
+  r = json.loads((tmp_path / "bench_transformer.json").read_text())
   assert r["jax_devices"] == 2
   att = r["results"]["attacker"]
   assert att["jax"]["devices"] == 2 and att["jax_one_device"]["devices"] == 1
@@ -143,5 +161,3 @@ def test_host_devices_split_the_batches(tmp_path):
                         "train_steps_per_s"}
     assert all(v > 0 for v in row.values())
     assert result["compilations_on_repeat_calls"] == 0
-  with pytest.raises(SystemExit, match="--host-devices must be >= 1"):
-    bench.main(["--host-devices", "0"])

@@ -1,100 +1,196 @@
-"""``compare_baselines.tune``: the grid runs at the tuning protocol, picks apply
-to the reported config."""
+"""``banel compare`` (:mod:`banel_jax.experiments.compare`): the grid runs at the
+tuning protocol and its picks apply to the reported config; methods, presets and
+checks; a tiny comparison in process, and one through the command line."""
 
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 
-from scripts import compare_baselines
-from scripts.configs import baselines as configs
+from banel_jax.experiments import compare
+from banel_jax.experiments.registry import ExperimentError, commands
+
+
+def test_registered_with_presets_whose_defaults_run():
+  command = commands()["compare"]
+  assert command.config_cls is compare.CompareConfig
+  assert command.default_preset == "toy1d"
+  for name, make in command.presets.items():
+    config = make()
+    assert isinstance(config, compare.CompareConfig)
+    # speed settings are resolved by backend, never baked in
+    for section in ("banel", "reinforce", "rnd", "pseudo_count", "unlikelihood",
+                    "self_imitation"):
+      mb = getattr(config, section).train_microbatch
+      assert mb in (0, "auto"), (name, section, mb)
+  assert compare.addition_config().banel.train_microbatch == "auto"
 
 
 def test_addition_grid_runs_at_the_tuning_budget_and_picks_apply_to_the_report(
     monkeypatch):
-  exp = configs.get_addition_config()
-  assert exp.tuning_run is not None
-  assert exp.tuning_run.nre_budget < exp.run.nre_budget
+  config = compare.addition_config()
+  assert config.tuning_run.nre_budget == 2500 < config.run.nre_budget
   calls = []
 
-  def fake_run_method(name, setup, point_exp, seeds, progress, final_eval_only,
+  def fake_run_method(name, setup, point, seeds, progress, final_eval_only,
                       run_dir):
-    calls.append((name, point_exp, tuple(seeds), final_eval_only, run_dir))
+    calls.append((name, point, tuple(seeds), final_eval_only, run_dir))
     # the higher the reject fraction / learning rate, the "better"
-    knob = (point_exp.banel.calibrated_reject_fraction if name == "banel"
-            else point_exp.reinforce.learning_rate)
+    knob = (point.banel.calibrated_reject_fraction if name == "banel"
+            else point.reinforce.learning_rate)
     return {"final_success_rate": [knob, knob], "wall_time_s": 1.0}
 
-  monkeypatch.setattr(compare_baselines, "run_method", fake_run_method)
-  chosen, record = compare_baselines.tune(None, exp, ["banel", "reinforce"],
-                                          progress=False, run_dir="rd")
+  monkeypatch.setattr(compare, "run_method", fake_run_method)
+  chosen, record = compare.tune(None, config, ["banel", "reinforce"],
+                                progress=False, run_dir="rd")
   assert [c[0] for c in calls] == ["banel"] * 6 + ["reinforce"] * 6
-  for name, point_exp, seeds, final_only, run_dir in calls:
-    assert point_exp.run == exp.tuning_run
-    assert point_exp.final_eval_samples == 0
-    assert seeds == exp.tuning_seeds and final_only
-  assert [c[4] for c in calls[:2]] == ["rd/tune/banel_0", "rd/tune/banel_1"]
+  for name, point, seeds, final_only, run_dir in calls:
+    assert point.run == config.tuning_run
+    assert point.final_eval_samples == 0
+    assert seeds == config.tuning_seeds and final_only
+  assert [c[4] for c in calls[:2]] == [os.path.join("rd", "tune", "banel_0"),
+                                       os.path.join("rd", "tune", "banel_1")]
   # every grid point is distinct: the grid's knobs are ones the config uses
   banel_points = {(c[1].banel.calibrated_reject_fraction, c[1].banel.distill_reset)
                   for c in calls[:6]}
   assert len(banel_points) == 6
   # picks go into the reported config, at the reported budget and evaluation
-  assert chosen.run == exp.run
-  assert chosen.final_eval_samples == exp.final_eval_samples
+  assert chosen.run == config.run
+  assert chosen.final_eval_samples == config.final_eval_samples
   assert chosen.banel.calibrated_reject_fraction == 0.7
   assert chosen.reinforce.learning_rate == 1e-4
-  assert record["run"]["nre_budget"] == exp.tuning_run.nre_budget
+  assert record["run"]["nre_budget"] == 2500
   assert record["methods"]["banel"]["chosen"][
       "banel.calibrated_reject_fraction"] == 0.7
 
 
 def test_toy_grid_runs_at_the_reported_budget(monkeypatch):
-  exp = configs.get_config()
+  config = compare.toy1d_config()
   seen = []
 
-  def fake_run_method(name, setup, point_exp, seeds, progress, final_eval_only,
+  def fake_run_method(name, setup, point, seeds, progress, final_eval_only,
                       run_dir):
-    seen.append(point_exp.run)
+    seen.append(point.run)
     return {"final_success_rate": [0.0], "wall_time_s": 1.0}
 
-  monkeypatch.setattr(compare_baselines, "run_method", fake_run_method)
-  compare_baselines.tune(None, exp, ["reinforce"], progress=False)
-  assert seen and all(r == exp.run for r in seen)
+  monkeypatch.setattr(compare, "run_method", fake_run_method)
+  compare.tune(None, config, ["reinforce"], progress=False)
+  assert seen and all(r == config.run for r in seen)
 
 
 def test_banel_support_is_banel_with_the_tasks_support_check():
-  exp = configs.get_tiny_config("toy1d")
-  setup = compare_baselines.toy_setup(exp)
+  config = compare.toy1d_tiny_config()
+  setup = compare.toy_setup(config)
   assert "banel_support" not in setup.methods  # the toy has no free check
-  with pytest.raises(ValueError, match="no free support check"):
-    compare_baselines.build_method("banel_support", setup, exp)
-  check = lambda x: x > 2  # noqa: E731
-  method, cfg = compare_baselines.build_method(
-      "banel_support", setup._replace(support=check), exp)
-  assert method.support is check
-  assert cfg == compare_baselines.build_method("banel", setup, exp)[1]
-  assert compare_baselines._settings("banel_support", exp) == \
-      compare_baselines._settings("banel", exp)
+  with pytest.raises(ExperimentError, match="no free support check"):
+    compare.build_method("banel_support", setup, config)
+  method, cfg, (ext,) = compare.build_method(
+      "banel_support", setup._replace(support=lambda x: x > 2), config)
+  assert method is None and ext.name == "support" and ext.task_knowledge
+  assert np.asarray(ext.accept(ext.init(None), np.arange(5))).tolist() == [
+      False, False, False, True, True]
+  plain = compare.build_method("banel", setup, config)
+  assert plain.method is None and plain.extensions == () and cfg == plain.run_config
+  assert cfg.nre_budget == config.run.nre_budget  # the run's fields, for all
+  assert compare.method_settings("banel_support", config) == \
+      compare.method_settings("banel", config)
 
 
 def test_self_imitation_grid_points_are_knobs_its_config_uses():
-  for exp in (configs.get_config(), configs.get_addition_config()):
-    points = compare_baselines.grid_points(dict(exp.grid)["self_imitation"])
-    cfgs = {compare_baselines.apply_overrides(exp, p).self_imitation
-            for p in points}
+  for config in (compare.toy1d_config(), compare.addition_config()):
+    points = compare.grid_points(dict(config.grid)["self_imitation"])
+    cfgs = {compare.apply_overrides(config, p).self_imitation for p in points}
     assert len(points) == len(cfgs) == 6
-    assert compare_baselines._settings("self_imitation", exp) == {
-        "learning_rate": exp.self_imitation.learning_rate,
-        "success_weight": exp.self_imitation.success_weight}
+    assert compare.method_settings("self_imitation", config) == {
+        "learning_rate": config.self_imitation.learning_rate,
+        "success_weight": config.self_imitation.success_weight}
+
+
+def test_config_refuses_what_the_task_cannot_run():
+  with pytest.raises(ExperimentError, match="does not support banel_support"):
+    compare.toy1d_config().replace(methods=("banel", "banel_support"))
+  with pytest.raises(ExperimentError, match="does not support exact_count"):
+    compare.addition_config().replace(methods=("exact_count",))
+  with pytest.raises(ExperimentError, match="final_eval_samples=10 applies to"):
+    compare.toy1d_config().replace(final_eval_samples=10)
+  with pytest.raises(ExperimentError, match="seeds=.* names a seed twice"):
+    compare.toy1d_config().replace(seeds=(0, 0))
+  assert compare.addition_config().method_list == (
+      "banel", "banel_support", "reinforce", "rnd", "pseudo_count", "unlikelihood",
+      "exact_rejection", "self_imitation")
+
+
+def test_check_against_preset_names_the_flags_that_do_not_apply():
+  toy = compare.toy1d_config()
+  compare.check_against_preset(toy.replace(methods=("banel",)), toy)
+  with pytest.raises(ExperimentError, match="pick the task with --preset"):
+    compare.check_against_preset(toy.replace(task="addition"), toy)
+  with pytest.raises(ExperimentError, match="--target, --leading-zeros-malformed"):
+    compare.check_against_preset(
+        toy.replace(target="target_msb", leading_zeros_malformed=True), toy)
+  with pytest.raises(ExperimentError, match="--banel.nre-budget: .* --run"):
+    compare.check_against_preset(
+        toy.replace(banel=toy.banel.replace(nre_budget=50)), toy)
+  addition = compare.addition_config()
+  with pytest.raises(ExperimentError, match="--toy"):
+    compare.check_against_preset(
+        addition.replace(toy=addition.toy.__class__(num_bins=21)), addition)
 
 
 def test_self_imitation_runs_in_the_comparison_harness():
-  exp = configs.get_tiny_config("toy1d")
-  setup = compare_baselines.toy_setup(exp)
+  config = compare.toy1d_tiny_config()
+  setup = compare.toy_setup(config)
   assert "self_imitation" in setup.methods
-  method, cfg = compare_baselines.build_method("self_imitation", setup, exp)
-  assert cfg == exp.run
-  run = compare_baselines.run_method("self_imitation", setup, exp, (0, 1),
-                                     progress=False)
-  assert run["nre_spent"] == [exp.run.nre_budget] * 2
+  assert compare.build_method("self_imitation", setup, config).run_config == \
+      config.run
+  run = compare.run_method("self_imitation", setup, config, (0, 1), progress=False)
+  assert run["nre_spent"] == [config.run.nre_budget] * 2
   # the toy's prior finds successes within 300 queries, and the bank learns
   # from them: the final rate beats the pretrained model's 0.011 on average
   assert run["n_successes_found_in_training"] > 0
   assert sum(run["final_success_rate"]) / 2 > 0.05
+
+
+def test_tiny_comparison_writes_its_table_and_resumes(tmp_path):
+  config = compare.toy1d_tiny_config().replace(
+      methods=("banel", "reinforce"), pretrained_samples=4096,
+      run_dir=str(tmp_path / "run"))
+  out = tmp_path / "out"
+  summary = compare.run(config, out, progress=False)
+  assert [r["key"] for r in summary["rows"]] == ["banel", "reinforce"]
+  saved = json.loads((out / "comparison.json").read_text())
+  assert saved["config"]["methods"] == ["banel", "reinforce"]
+  assert set(saved["runs"]) == {"banel", "reinforce"}
+  for row in saved["rows"]:
+    assert row["nre_spent"] == [300, 300] and len(row["final_per_seed"]) == 2
+    assert 0.0 <= row["final_exact"]["mean"] <= 1.0  # the toy's exact rates
+  assert saved["pretrained"]["estimate"]["trials"] == 4096
+  table = (out / "comparison.md").read_text()
+  assert "| BaNEL |" in table and "| REINFORCE |" in table
+  assert (out / "success_vs_nre.png").stat().st_size > 0
+  assert (tmp_path / "run" / "banel" / compare.RESULT_FILE).exists()
+  # a rerun loads every finished method instead of running it again
+  again = compare.run(config, tmp_path / "again", progress=False)
+  assert [r["final_per_seed"] for r in again["rows"]] == \
+      [r["final_per_seed"] for r in summary["rows"]]
+
+
+@pytest.mark.slow
+def test_command_line_runs_a_tiny_comparison(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = tmp_path / "out"
+  base = [sys.executable, "-m", "banel_jax", "compare", "--preset", "toy1d-tiny",
+          "--no-progress"]
+  refused = subprocess.run(base + ["--methods", "banel_support"], env=env,
+                           capture_output=True, text=True)
+  assert refused.returncode == 2 and "does not support banel_support" in refused.stderr
+  subprocess.run(base + ["--methods", "banel", "--pretrained-samples", "2048",
+                         "--out", str(out)], env=env, check=True,
+                 capture_output=True)
+  saved = json.loads((out / "comparison.json").read_text())
+  assert saved["command"].startswith("banel compare --preset toy1d-tiny")
+  assert saved["preset"] == "toy1d-tiny"
+  assert [r["key"] for r in saved["rows"]] == ["banel"]

@@ -164,10 +164,10 @@ def test_distill_reset_starts_from_prior():
 
 def test_support_keeps_distillation_off_known_zero_samples(central_bank):
   """A free support check (here: bins 0-2 can never score), passed as an
-  ``accept`` hook, is rejection the distiller applies on top of the regions: the fit is p0 restricted to
-  ~R and the support, even from a proposal that drifted onto bins 0-2."""
+  ``accept`` hook, is rejection the distiller applies on top of the regions:
+  the fit is the proposal restricted to ~R and the support, even from a
+  proposal that drifted onto bins 0-2."""
   bank, mask = central_bank
-  prior = _probs(PRIOR)
   outside_support = XS <= 2
   support = lambda x: x > 2  # noqa: E731
   drifted = {"logits": PRIOR["logits"].at[:3].add(3.0)}

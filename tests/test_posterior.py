@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from banel_jax import (AcceptanceRateError, BanelConfig, BanelRunner, make_banel,
-                       PosteriorSampleInfo, add_region, calibrate_log_tau,
+from banel_jax import (AcceptanceRateError, BanelConfig, BanelRunner, PosteriorSampleInfo, add_region, calibrate_log_tau,
                        check_acceptance, empty_region_bank,
                        log_posterior_unnormalized, log_ratio,
                        log_tau_from_filter_factor, region_log_ratios, rejection_mask,

@@ -2,6 +2,10 @@
 
 import pathlib
 import re
+import shlex
+
+from banel_jax import cli
+from banel_jax.experiments import registry
 
 README = pathlib.Path(__file__).parent.parent / "README.md"
 
@@ -15,6 +19,26 @@ def test_readme_opens_with_the_two_commands():
   assert lines[1].endswith("python -m pytest -q -n auto")
   ci = (README.parent / ".ci" / "run").read_text()
   assert lines[1] in ci, ".ci/run must run the README's test command verbatim"
+  # the main job is a command of `banel` with flags it parses
+  install, main_job = lines[0].split(" && ")
+  assert install == 'pip install -e ".[test]"'
+  argv = shlex.split(main_job)
+  assert argv[0] == "banel"
+  command = registry.commands()[argv[1]]
+  config, preset, _, _ = cli.parse(command, argv[2:])
+  assert config == command.presets[preset]()
+
+
+def test_readme_commands_are_banel_commands():
+  """Every ``banel <command>`` the README names is a registered command, and no
+  script the package replaced is named any more."""
+  text = README.read_text()
+  names = set(re.findall(r"`banel ([a-z][a-z0-9-]*)", text))
+  assert {"attack", "toy1d"} <= names
+  assert names <= set(registry.commands())
+  for gone in ("scripts/attack.py", "scripts/toy1d.py", "scripts/train_target.py",
+               "scripts/pretrain_attacker.py", "scripts/calibrate_attack.py"):
+    assert gone not in text
 
 
 def test_readme_python_blocks_run():

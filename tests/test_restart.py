@@ -1,7 +1,6 @@
 """The ``restart`` extension: a seed with no success restarts its search."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

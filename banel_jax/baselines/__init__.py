@@ -31,8 +31,7 @@ Example:
 from banel_jax.baselines.common import (Baseline, RunConfig, all_accepted_info,
                                         count_distinct, hash_samples, masked_mean)
 from banel_jax.baselines.exact_rejection import (ExactRejectionConfig,
-                                                 ExactRejectionState, FailureSet,
-                                                 contains, empty_failure_set, insert,
+                                                 ExactRejectionState,
                                                  make_exact_rejection)
 from banel_jax.baselines.policy_gradient import (NoveltyBonus, PolicyGradientConfig,
                                                  PolicyGradientState,
@@ -65,8 +64,7 @@ from banel_jax.baselines.unlikelihood import (UnlikelihoodConfig, UnlikelihoodSt
 __all__ = [
     "Baseline", "RunConfig", "all_accepted_info", "count_distinct", "hash_samples",
     "masked_mean",
-    "ExactRejectionConfig", "ExactRejectionState", "FailureSet", "contains",
-    "empty_failure_set", "insert", "make_exact_rejection",
+    "ExactRejectionConfig", "ExactRejectionState", "make_exact_rejection",
     "NoveltyBonus", "PolicyGradientConfig", "PolicyGradientState",
     "leave_one_out_advantages", "make_policy_gradient", "make_policy_tx",
     "make_reinforce", "ppo_clip_loss", "ppo_clip_sums", "zero_bonus",

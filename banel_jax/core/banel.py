@@ -133,74 +133,80 @@ def make_banel(model: GenerativeModel, config: BanelConfig,
     one = jnp.asarray(n, jnp.int32)
     return x, posterior.PosteriorSampleInfo(n_filled=one, n_drawn=one, n_accepted=one)
 
-  def update(state: BanelState, batch: RoundBatch, key: PRNGKey):
-    evaluated, success = round_masks(batch, event_rank)
-    fail_key, tau_key, distill_key = jax.random.split(key, 3)
-    failure_mask = evaluated & ~success
-
-    # 1. Failure model on this round's failures only.
-    failure, fmetrics = fit_failure(state.proposal.params, batch.x, failure_mask,
-                                    fail_key)
-    # 2. The new region's threshold.
-    log_norm = jnp.asarray(batch.log_norm, jnp.float32)
+  def threshold(state, failure_params, log_norm, key):
+    """``log tau`` of the new region: ``-log f``, or calibrated so that a
+    fraction of fresh proposal samples falls inside."""
     if config.tau_mode == "factor":
-      log_tau = posterior.log_tau_from_filter_factor(config.filter_factor)
-    else:
-      fresh, info = propose(state, tau_key, config.calibration_samples)
-      lr = posterior.log_ratio(model, state.proposal.params, failure.params, fresh,
-                               log_norm)
-      # Exact mode may fill fewer slots than asked (the regions cover most of the
-      # prior): the zero-filled rest must not move the quantile.
-      filled = jnp.arange(config.calibration_samples) < info.n_filled
-      log_tau = posterior.calibrate_log_tau(lr, config.calibrated_reject_fraction,
-                                            valid=filled)
-    # 3. The new region.
-    has_failures = fmetrics["n_failures"] > 0
-    regions = posterior.add_region(state.regions, state.proposal.params,
-                                   failure.params, log_tau, log_norm,
-                                   active=has_failures)
-    metrics = {}
-    ext_states = list(state.extensions)
+      return posterior.log_tau_from_filter_factor(config.filter_factor)
+    fresh, info = propose(state, key, config.calibration_samples)
+    lr = posterior.log_ratio(model, state.proposal.params, failure_params, fresh,
+                             log_norm)
+    # Exact mode may fill fewer slots than asked (the regions cover most of the
+    # prior): the zero-filled rest must not move the quantile.
+    filled = jnp.arange(config.calibration_samples) < info.n_filled
+    return posterior.calibrate_log_tau(lr, config.calibrated_reject_fraction,
+                                       valid=filled)
+
+  def observe(ext_states, x, failed, succeeded):
+    ext_states, metrics = list(ext_states), {}
     for i, e in enumerate(extensions):
       if e.observe is not None:
-        ext_states[i], m = e.observe(ext_states[i], batch.x, failure_mask, success)
+        ext_states[i], m = e.observe(ext_states[i], x, failed, succeeded)
         metrics.update(m)
-    # 4. The next proposal: distilled from the current one outside the regions.
-    proposal = state.proposal
-    dmetrics = {"distill_accept_rate": jnp.asarray(jnp.nan, jnp.float32),
-                "distill_ess": jnp.asarray(jnp.nan, jnp.float32),
-                "distill_loss": jnp.asarray(jnp.nan, jnp.float32)}
-    if config.mode == "distilled":
-      extra = [e.extra_data(s, batch.x, success)
-               for e, s in zip(extensions, ext_states) if e.extra_data is not None]
-      extra_x = extra_w = None
-      if extra:
-        extra_x = jnp.concatenate([x for x, _ in extra], axis=0)
-        extra_w = jnp.concatenate([w for _, w in extra], axis=0)
-      proposal, dmetrics = distill(proposal, state.prior_params, regions, distill_key,
-                                   extra_x, extra_w, accept=accept_fns(ext_states))
-    metrics = {**dmetrics, **metrics}
-    metrics.update(fmetrics)
-    metrics.update({
-        "log_tau": log_tau,
-        "n_successes": jnp.sum(success.astype(jnp.int32)),
-        "n_evaluated": jnp.sum(evaluated.astype(jnp.int32)),
-        "n_regions": regions.size,
-        "params_finite": all_finite(proposal.params) & all_finite(failure.params),
-    })
-    # 5. Extensions that change what the next round starts from.
-    outcome = RoundOutcome(proposal=proposal, regions=regions,
-                           prior_params=state.prior_params,
-                           any_success=jnp.any(success))
+    return ext_states, metrics
+
+  def next_proposal(state, regions, ext_states, x, succeeded, key):
+    """Distilled mode: the proposal fitted to itself outside the regions (and
+    outside what an extension refuses), plus any extension's extra data."""
+    if config.mode == "exact":  # the proposal is the posterior itself
+      nan = jnp.asarray(jnp.nan, jnp.float32)
+      return state.proposal, {"distill_accept_rate": nan, "distill_ess": nan,
+                              "distill_loss": nan}
+    extra = [e.extra_data(s, x, succeeded)
+             for e, s in zip(extensions, ext_states) if e.extra_data is not None]
+    extra_x = jnp.concatenate([ex for ex, _ in extra]) if extra else None
+    extra_w = jnp.concatenate([w for _, w in extra]) if extra else None
+    return distill(state.proposal, state.prior_params, regions, key, extra_x, extra_w,
+                   accept=accept_fns(ext_states))
+
+  def after_update(ext_states, outcome):
+    metrics = {}
     for i, e in enumerate(extensions):
       if e.after_update is not None:
         ext_states[i], outcome, m = e.after_update(ext_states[i], outcome)
         metrics.update(m)
-    metrics["n_regions"] = outcome.regions.size
+    return ext_states, outcome, metrics
+
+  def update(state: BanelState, batch: RoundBatch, key: PRNGKey):
+    """One round of Algorithm 2 (Algorithm 1 in exact mode) on a scored batch."""
+    evaluated, success = round_masks(batch, event_rank)
+    failed = evaluated & ~success
+    fail_key, tau_key, distill_key = jax.random.split(key, 3)
+    log_norm = jnp.asarray(batch.log_norm, jnp.float32)
+    # 1. The failure model, fitted on this round's failures only.
+    failure, fmetrics = fit_failure(state.proposal.params, batch.x, failed, fail_key)
+    # 2. The new region {x : p_phi(x) / p_theta(x) > 1 / tau}.
+    log_tau = threshold(state, failure.params, log_norm, tau_key)
+    regions = posterior.add_region(state.regions, state.proposal.params,
+                                   failure.params, log_tau, log_norm,
+                                   active=fmetrics["n_failures"] > 0)
+    ext_states, ext_metrics = observe(state.extensions, batch.x, failed, success)
+    # 3. The next proposal: the current one, distilled outside the regions.
+    proposal, dmetrics = next_proposal(state, regions, ext_states, batch.x, success,
+                                       distill_key)
+    # 4. Extensions that change what the next round starts from.
+    outcome = RoundOutcome(proposal=proposal, regions=regions,
+                           prior_params=state.prior_params,
+                           any_success=jnp.any(success))
+    ext_states, outcome, after_metrics = after_update(ext_states, outcome)
+    n_evaluated = jnp.sum(evaluated.astype(jnp.int32))
+    metrics = {**dmetrics, **ext_metrics, **fmetrics, **after_metrics,
+               "log_tau": log_tau, "n_successes": jnp.sum(success.astype(jnp.int32)),
+               "n_evaluated": n_evaluated, "n_regions": outcome.regions.size,
+               "params_finite": all_finite(proposal.params) & all_finite(failure.params)}
     new_state = state.replace(proposal=outcome.proposal, failure=failure,
                               regions=outcome.regions, extensions=tuple(ext_states),
-                              round=state.round + 1,
-                              nre=state.nre + metrics["n_evaluated"])
+                              round=state.round + 1, nre=state.nre + n_evaluated)
     return new_state, metrics
 
   return Banel(init=init, propose=propose, update=update, config=config, model=model,

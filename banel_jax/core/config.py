@@ -14,7 +14,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 
 # ``train_microbatch="auto"`` on a CPU: a transformer step at batch 256-512 was
-# fastest in microbatches of 32 on two cores (``banel bench microbatch``).
+# fastest in microbatches of 32 on two cores (``banel bench --which microbatch``).
 CPU_TRAIN_MICROBATCH = 32
 
 

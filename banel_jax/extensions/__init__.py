@@ -15,3 +15,18 @@ from banel_jax.extensions.restart import RestartClock, RestartConfig, restart
 from banel_jax.extensions.seen_failures import SeenFailuresConfig, seen_failures
 from banel_jax.extensions.success_replay import SuccessReplayConfig, success_replay
 from banel_jax.extensions.support_check import SupportCheckConfig, support_check
+
+__all__ = [
+    "Extension",
+    "RestartClock",
+    "RestartConfig",
+    "RoundOutcome",
+    "SeenFailuresConfig",
+    "SuccessReplayConfig",
+    "SupportCheckConfig",
+    "describe",
+    "restart",
+    "seen_failures",
+    "success_replay",
+    "support_check",
+]

@@ -12,8 +12,8 @@ N)`` (before JAX first touches a device; or
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) gives N CPU devices, and
 one device per core runs each core on its own rows instead of splitting every
 small matrix product over all cores. On 2 cores at the attacker's shape
-(``scripts/bench_transformer.py``, which splits its batches over the cores by
-default) this ran sampling 1.19x, exact log-likelihood 1.21x and training steps
+(``banel bench --which transformer``, which splits its batches over the cores
+by default) this ran sampling 1.19x, exact log-likelihood 1.21x and training steps
 1.15x faster than one device with both cores behind it (timed in turns).
 
 Example (on CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=4``):

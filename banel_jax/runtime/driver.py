@@ -30,45 +30,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from banel_jax.core import batching
-
-from banel_jax.core import posterior
-from banel_jax.runtime import sharding as seed_sharding
+from banel_jax.core import batching, posterior
 from banel_jax.core.banel import BanelState, make_banel
+from banel_jax.core.config import BanelConfig, config_to_dict, jsonable
 from banel_jax.core.extension import Extension, describe
-from banel_jax.core.protocol import RoundBatch, check_params, round_keys
-from banel_jax.runtime.budget import BudgetKeeper, OracleError, OraclePolicy
-from banel_jax.runtime.checkpoint import config_to_dict
-from banel_jax.core.config import BanelConfig
-from banel_jax.runtime.ledger import Ledger
 from banel_jax.core.metrics import clopper_pearson
-from banel_jax.runtime.run_dir import RunDirectory
+from banel_jax.core.protocol import RoundBatch, check_params, round_keys
 from banel_jax.core.types import GenerativeModel, Oracle, Params
+from banel_jax.runtime import sharding as seed_sharding
+from banel_jax.runtime.budget import BudgetKeeper, OracleError, OraclePolicy
+from banel_jax.runtime.ledger import Ledger
+from banel_jax.runtime.run_dir import RunDirectory
 
 
 class NonFiniteError(FloatingPointError):
   """A model produced NaN or infinite values (log-likelihoods or parameters)."""
-
-
-def _to_py(v):
-  v = np.asarray(v)
-  if v.ndim == 0:
-    return v.item()
-  return v.tolist()
-
-
-def _jsonable(record: dict) -> dict:
-  out = {}
-  for k, v in record.items():
-    if isinstance(v, dict):
-      out[k] = _jsonable(v)
-    elif isinstance(v, (list, tuple)) and v and isinstance(v[0], dict):
-      out[k] = [_jsonable(x) for x in v]
-    elif isinstance(v, (jax.Array, np.ndarray, np.generic)):
-      out[k] = _to_py(v)
-    else:
-      out[k] = v
-  return out
 
 
 @dataclasses.dataclass
@@ -468,7 +444,7 @@ class BanelRunner:
     record["eval_calls"] = self.keeper.eval_calls
     if self.on_round is not None:
       self.on_round(self, record)
-    record = _jsonable(record)
+    record = jsonable(record)
     self.history.append(record)
     paths = []
     if self.run_dir is not None:

@@ -1,0 +1,103 @@
+"""What the experiments share: the shipped checkpoints, result files and devices.
+
+The package ships the addition task's checkpoints (``banel_jax/assets/
+checkpoints``): the target transformer (``target``, sums written least
+significant digit first), a second target (``target_msb``, most significant
+first) and the pretrained attacker (``attacker``), with the calibration of the
+attacker against each target. :func:`checkpoint_dir` turns a shipped name or a
+path into a directory, so experiments run from any working directory.
+
+>>> checkpoint_dir("target").name
+'target'
+>>> checkpoint_dir("./my_target").name
+'my_target'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any, Mapping
+
+from banel_jax.core.config import jsonable
+
+ASSETS = pathlib.Path(__file__).resolve().parent.parent / "assets"
+CHECKPOINTS = ASSETS / "checkpoints"
+# name -> what it is; every name is a directory under CHECKPOINTS
+SHIPPED_CHECKPOINTS = {
+    "target": "the addition target (sums least significant digit first)",
+    "target_msb": "the addition target that writes sums most significant digit first",
+    "attacker": "the pretrained addition attacker",
+}
+# shipped calibrations of the attacker against each shipped target
+SHIPPED_CALIBRATIONS = {"target": CHECKPOINTS / "calibration" / "target.json",
+                        "target_msb": CHECKPOINTS / "calibration" / "target_msb.json"}
+
+
+def checkpoint_dir(value: str | os.PathLike) -> pathlib.Path:
+  """The directory of a checkpoint: a shipped one by name (``"target"``,
+  ``"target_msb"``, ``"attacker"``), or ``value`` as a path (write a local
+  directory of one of those names as ``./target``)."""
+  if isinstance(value, str) and value in SHIPPED_CHECKPOINTS:
+    return CHECKPOINTS / value
+  text = os.fspath(value)
+  if not text:
+    raise ValueError("a checkpoint must be a shipped name "
+                     f"({', '.join(SHIPPED_CHECKPOINTS)}) or a directory, got ''")
+  return pathlib.Path(text).expanduser().absolute()
+
+
+def checkpoint_record(value: str | os.PathLike) -> str:
+  """How a run records a checkpoint: a shipped name as the name (the same on
+  every install), a path as an absolute path."""
+  if isinstance(value, str) and value in SHIPPED_CHECKPOINTS:
+    return value
+  return str(checkpoint_dir(value))
+
+
+def default_out(command: str) -> pathlib.Path:
+  """Where a command writes when ``--out`` is not given: ``runs/<command>``
+  under the working directory (``runs/`` is git-ignored; canonical results go
+  to ``results/<name>`` only when asked)."""
+  return pathlib.Path("runs") / command
+
+
+def write_json(path: str | os.PathLike, record: Mapping[str, Any]) -> pathlib.Path:
+  """Writes ``record`` (made JSON-ready by :func:`banel_jax.core.config.jsonable`)
+  to ``path``, creating its folder; returns the path."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  text = json.dumps(jsonable(dict(record)), indent=1)
+  path.write_text(text + "\n")
+  return path
+
+
+XLA_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def set_cpu_devices(count: int) -> tuple[bool, str]:
+  """Asks JAX for ``count`` CPU devices, unless the user decided already.
+
+  Leaves everything as it is when ``XLA_FLAGS`` sets
+  ``--xla_force_host_platform_device_count`` (the user's choice wins; this
+  never edits ``XLA_FLAGS``), and when JAX has started its backends in this
+  process (the count can no longer change). Only the CPU backend reads the
+  setting: on a GPU or TPU the seeds run on the accelerators whatever it is.
+
+  Args:
+    count: CPU devices wanted, ``>= 1``.
+
+  Returns:
+    ``(applied, why)``: whether the setting was made, and if not, why.
+  """
+  if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+    raise ValueError(f"count={count!r} must be an integer >= 1")
+  if XLA_DEVICE_COUNT_FLAG in os.environ.get("XLA_FLAGS", ""):
+    return False, f"XLA_FLAGS sets {XLA_DEVICE_COUNT_FLAG}"
+  import jax
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:
+    return False, "JAX had started in this process already"
+  return True, ""

@@ -1,0 +1,2 @@
+"""Research probes of the addition attack (see ``README.md``); not part of the
+``banel_jax`` package, which never imports this folder."""

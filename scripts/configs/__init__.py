@@ -1,1 +1,0 @@
-"""Experiment configs: each module exposes ``get_config()`` and a tiny variant."""
