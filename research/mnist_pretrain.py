@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shlex
+import sys
 import time
 
 import jax
@@ -47,6 +49,11 @@ THRESHOLD_CHOICE = (
     "not changed. rates_at_other_thresholds gives this run's rate at each "
     "threshold.")
 OTHER_THRESHOLDS = (0.5, 0.9, 0.99, 0.995, 0.999, 0.9999)
+
+
+def shown(p: float) -> str:
+  """``p`` rounded down to 4 decimals, so that a value shown as 0.9990 passes."""
+  return f"{np.floor(p * 1e4) / 1e4:.4f}"
 
 
 def image_grid(images, titles, colors, ncols, path, suptitle):
@@ -98,7 +105,7 @@ def classifier_section(splits, retrain: bool) -> tuple:
                               for d in range(10) if d != mnist.SIX])
   top_idx = np.flatnonzero(~six)[np.argsort(-p6[~six])[:8]]
   idx = np.concatenate([six_idx, other_idx, top_idx])
-  titles = [f"{splits.test_labels[i]}: {p6[i]:.4f}" for i in idx]
+  titles = [f"{splits.test_labels[i]}: {shown(p6[i])}" for i in idx]
   colors = ["green" if verdict[i] else "red" for i in idx]
   image_grid(splits.test_images[idx], titles, colors, 12,
              HERE / "mnist_classifier_verdicts.png",
@@ -166,7 +173,7 @@ def rate_section(model, params, oracle, num_samples: int, batch: int, key) -> di
   top_p6 = np.concatenate([k[0] for k in kept])
   top_x = np.concatenate([k[1] for k in kept])
   order = np.argsort(-top_p6)[:60]
-  image_grid(mnist.to_images(top_x[order]), [f"{v:.4f}" for v in top_p6[order]],
+  image_grid(mnist.to_images(top_x[order]), [shown(v) for v in top_p6[order]],
              ["green" if v >= mnist.SIX_THRESHOLD else "red" for v in top_p6[order]],
              12, HERE / "mnist_pretrained_hits.png",
              f"the 60 of {p6.size} pretrained samples with the highest p(6); "
@@ -190,6 +197,8 @@ def main():
                       "train_images": int(splits.train_images.shape[0]),
                       "held_out_images": int(splits.test_images.shape[0]),
                       "train_ink_fraction": float(splits.train_images.mean())},
+             "command": shlex.join(["python", "research/mnist_pretrain.py",
+                                    *sys.argv[1:]]),
              "jax_backend": jax.default_backend(), "seed": args.seed}
   _, oracle, results["classifier"] = classifier_section(splits, args.retrain)
   model, params, results["zeros_model"] = zeros_section(splits, args.retrain,

@@ -117,7 +117,8 @@ def test_six_reward_rule_is_a_closed_threshold():
 
 def test_oracle_reads_six_probability_of_a_constant_classifier():
   # All weights zero: every image gets softmax(final bias), here p(6) = 0.95.
-  template, _ = mnist.load_classifier(retrain_if_missing=False)
+  module = mnist.DigitClassifier(mnist.ClassifierConfig())
+  template = module.init(jax.random.key(0), jnp.zeros((1, 14, 14)))["params"]
   params = jax.tree.map(jnp.zeros_like, template)
   bias = np.full(10, -10.0, np.float32)
   bias[6] = 0.0
@@ -163,8 +164,9 @@ def test_shipped_zeros_model_matches_its_record():
   s = mnist.load_splits()
   nll = mnist.nll_bits_per_image(model, params, s.digit(0, held_out=True))
   assert nll == pytest.approx(meta["record"]["held_out_nll_bits"], abs=1e-3)
-  # Zeros are far likelier under it than other digits.
-  assert mnist.nll_bits_per_image(model, params, s.digit(1, held_out=True)) > nll + 20
+  # Held-out zeros are far likelier under it than any other held-out digit.
+  for d in range(1, 10):
+    assert mnist.nll_bits_per_image(model, params, s.digit(d, held_out=True)) > nll + 10
   x = np.asarray(model.sample(params, jax.random.key(0), 64))
   assert x.shape == (64, 196) and set(np.unique(x)) <= {0, 1}
 
