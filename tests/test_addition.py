@@ -315,14 +315,14 @@ def test_oracle_with_a_raw_format_target_decodes_the_query_as_written():
     TINY.replace(target_format="unaligned")
 
 
-def test_target_format_is_recorded_only_when_not_the_default():
-  assert "target_format" not in checkpoint.config_to_dict(TINY)  # old records
+def test_target_format_is_recorded():
+  assert checkpoint.config_to_dict(TINY)["target_format"] == "aligned"
   raw = TINY.replace(target_format="raw")
   d = checkpoint.config_to_dict(raw)
   assert d["target_format"] == "raw"
   assert add.AdditionTaskConfig.from_dict(d) == raw
   assert add.AdditionTaskConfig.from_dict(checkpoint.config_to_dict(TINY)) == TINY
-  assert "answer_order" not in d
+  assert d["answer_order"] == "lsb"
   msb = TINY.replace(answer_order="msb")
   assert add.AdditionTaskConfig.from_dict(checkpoint.config_to_dict(msb)) == msb
 

@@ -386,18 +386,21 @@ def test_exact_rejection_never_proposes_a_seen_failure(runs):
   res, oracle = runs["exact_rejection"]
   # The last oracle call scored the final evaluation: 100 fresh samples per seed.
   final_eval = np.split(oracle.batches[-1], len(SEEDS))
+  from banel_jax.core import sample_set
+  bins = jnp.arange(K, dtype=jnp.int32)
   for s, x in enumerate(final_eval):
-    failures = res.states.failures
-    seen = np.asarray(failures.samples[s])[np.asarray(failures.valid[s])]
+    failures = jax.tree.map(lambda a: a[s], res.states.failures)
+    seen = np.flatnonzero(np.asarray(sample_set.contains(failures, bins)))
     assert len(seen) > 0
     assert not np.isin(x, seen).any()
   # Every scored failure is in the set.
   for s in range(len(SEEDS)):
     scored = np.concatenate([np.split(b, len(SEEDS))[s] for b in oracle.batches[1:-1]])
     failed = set(scored[TASK.oracle(scored) == 0].tolist())
-    seen = np.asarray(res.states.failures.samples[s])[
-        np.asarray(res.states.failures.valid[s])]
+    failures = jax.tree.map(lambda a: a[s], res.states.failures)
+    seen = np.flatnonzero(np.asarray(sample_set.contains(failures, bins)))
     assert set(seen.tolist()) == failed
+    assert int(failures.size) == len(failed)
 
 
 # ---------------------------------------------------------------------------

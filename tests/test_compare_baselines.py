@@ -169,7 +169,7 @@ def test_tiny_comparison_writes_its_table_and_resumes(tmp_path):
     assert 0.0 <= row["final_exact"]["mean"] <= 1.0  # the toy's exact rates
   assert saved["pretrained"]["estimate"]["trials"] == 4096
   table = (out / "comparison.md").read_text()
-  assert "| BaNEL |" in table and "| REINFORCE |" in table
+  assert "| BaNEL (paper) |" in table and "| REINFORCE |" in table
   assert (out / "success_vs_nre.png").stat().st_size > 0
   assert (tmp_path / "run" / "banel" / compare.RESULT_FILE).exists()
   # a rerun loads every finished method instead of running it again
