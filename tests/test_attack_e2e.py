@@ -58,7 +58,8 @@ def test_tiny_attack_end_to_end():
 
 def test_the_plot_names_what_was_run():
   base = attack.AttackConfig()
-  assert attack.method_label(base) == "BaNEL"
+  assert attack.method_label(base) == "BaNEL (paper)"
+  assert attack.method_id(base) == "banel_paper"
   bank = base.replace(success_replay=True, replay=SuccessReplayConfig(bank_size=256))
   assert attack.method_label(bank) == "BaNEL + bank 256"
   assert attack.method_label(bank.replace(
@@ -68,7 +69,9 @@ def test_the_plot_names_what_was_run():
   assert attack.method_label(base.replace(success_replay=True)) == (
       "BaNEL + round's successes")
   assert attack.method_label(base.replace(support_check=True, restart_every=6)) == (
-      "BaNEL + restart 6 + grammar")
+      "BaNEL + restart 6 + support check (task knowledge)")
+  assert attack.method_id(base.replace(support_check=True)) == "banel_support"
+  assert attack.method_id(bank.replace(restart_every=6)) == "banel_replay_restart"
   assert attack.method_label(base.replace(method="self-imitation")) == (
       "self-imitation, bank 256 (weight 100)")
 
@@ -143,7 +146,16 @@ def test_attack_runs_resumes_and_records_what_it_ran(tmp_path):
   summary = attack.run(config, tmp_path / "out", progress=False)
   assert summary == json.loads((tmp_path / "out" / "attack.json").read_text())
   assert (tmp_path / "out" / "success_vs_nre.png").exists()
-  assert summary["method"] == "banel" and summary["label"] == "BaNEL + grammar"
+  assert summary["method"] == "banel"
+  assert summary["label"] == "BaNEL + support check (task knowledge)"
+  rs = json.loads((tmp_path / "out" / "summary.json").read_text())
+  task = rs["tasks"]["addition_lsb"]
+  entry = task["methods"]["banel_support"]
+  assert entry["seeds"] == [3, 4] and entry["task_knowledge"] is True
+  assert entry["uses_successes"] is False
+  assert entry["improvement_final"] == [r / task["pretrained_rate"]
+                                        for r in entry["final_rate"]]
+  assert rs["machine"].endswith("no accelerator")
   assert summary["support_check"] is True and summary["task_knowledge"] is True
   assert [e["name"] for e in summary["extensions"]] == ["support"]
   assert summary["banel_config"]["train_microbatch"] == "auto"

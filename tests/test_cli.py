@@ -116,7 +116,7 @@ def test_presets_train_microbatch_by_backend():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["attack", "--preset", "huge"], "--preset 'huge' is not one of full, quick, tiny"),
+    (["attack", "--preset", "huge"], "--preset 'huge' is not one of full, quick, quick-lsb, tiny"),
     (["attack", "--banel.nre-budget", "0"], "BanelConfig.nre_budget=0"),
     (["attack", "--seeds", "1", "1"], "AttackConfig.seeds=(1, 1) names a seed twice"),
     (["attack", "--replay.bank-size", "4"], "pass --success-replay too"),

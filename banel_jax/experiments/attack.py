@@ -31,9 +31,10 @@ baseline in the same harness instead of BaNEL: no failure model, no regions;
 it fits the latest ``--self-imitation.bank-size`` successes, each weighing
 ``--self-imitation.success-weight``, beside fresh samples of itself.
 
-Presets: ``full`` (NRE 7,500, 5 seeds, the paper's size), ``quick`` (the
-README's main job: 2 seeds, NRE 2,000, minutes on 2 CPU cores) and ``tiny``
-(tests: seconds of training).
+Presets: ``full`` (NRE 7,500, 5 seeds, the paper's size, on the reversed-order
+target), ``quick`` (the README's main job: the normal-order target, 2 seeds, NRE
+2,000, minutes on 2 CPU cores), ``quick-lsb`` (the same on the reversed-order
+target, the documented negative result) and ``tiny`` (tests: seconds).
 
 Examples:
   banel attack --preset quick
@@ -221,8 +222,17 @@ def full_config() -> AttackConfig:
 
 
 def quick_config() -> AttackConfig:
-  """The README's main job (minutes on 2 CPU cores): 2 seeds, NRE 2,000,
-  evaluations of 5,000 samples."""
+  """The README's main job (minutes on 2 CPU cores): the normal-order target
+  (``target_msb``: the sum written most significant digit first, whose weak
+  modes are rare modes of the attacker's prior, as in the paper), 2 seeds, NRE
+  2,000, evaluations of 5,000 samples."""
+  return quick_lsb_config().replace(target="target_msb")
+
+
+def quick_lsb_config() -> AttackConfig:
+  """``quick`` on the reversed-order target (``target``: the sum written least
+  significant digit first), the documented negative result: the paper's
+  algorithm finds no weak mode of it to climb into."""
   base = AttackConfig()
   return base.replace(
       banel=base.banel.replace(nre_budget=2000, n_eval=5000, eval_every=2),
@@ -243,7 +253,8 @@ def tiny_config() -> AttackConfig:
       seeds=(0, 1), pretrained_samples=1024, analysis_samples=256, rule_samples=64)
 
 
-PRESETS = {"full": full_config, "quick": quick_config, "tiny": tiny_config}
+PRESETS = {"full": full_config, "quick": quick_config, "quick-lsb": quick_lsb_config,
+           "tiny": tiny_config}
 
 
 def check_against_preset(config: AttackConfig, preset: AttackConfig) -> None:
@@ -297,8 +308,10 @@ def method_label(config: AttackConfig) -> str:
     si = config.self_imitation
     return f"self-imitation, bank {si.bank_size} (weight {si.success_weight:g})"
   c = config.banel
+  plain = not (config.success_replay or config.seen_failures or config.restart_every
+               or config.support_check)
   label = ("no regions" if c.tau_mode == "factor" and c.filter_factor >= 1e30
-           else "BaNEL")
+           else "BaNEL (paper)" if plain else "BaNEL")
   if config.success_replay:
     r = config.replay
     label += f" + bank {r.bank_size}" if r.bank_size else " + round's successes"
@@ -309,8 +322,21 @@ def method_label(config: AttackConfig) -> str:
   if config.restart_every:
     label += f" + restart {config.restart_every}"
   if config.support_check:
-    label += " + grammar"
+    label += " + support check (task knowledge)"
   return label
+
+
+def method_id(config: AttackConfig) -> str:
+  """The method's id in ``summary.json``: ``banel_paper`` for the paper's
+  algorithm, ``banel_support`` / ``banel_replay`` / ... for one extension,
+  ``banel_<a>_<b>`` for several, ``self_imitation`` for the baseline."""
+  if config.method == "self-imitation":
+    return "self_imitation"
+  parts = [name for name, on in (("support", config.support_check),
+                                 ("seen", config.seen_failures),
+                                 ("replay", config.success_replay),
+                                 ("restart", bool(config.restart_every))) if on]
+  return "banel_" + ("_".join(parts) if parts else "paper")
 
 
 # --- checkpoints and the pretrained rate ------------------------------------------
@@ -627,6 +653,19 @@ def run(config: AttackConfig, out: str | os.PathLike, progress: bool = True) -> 
     runner.close()
 
   common.write_json(out / "attack.json", summary)
+  task_id = {"target": "addition_lsb", "target_msb": "addition_msb"}.get(
+      str(config.target), f"addition_{pathlib.Path(str(config.target)).name}")
+  common.write_summary(
+      out, name=out.name, command=summary.get("command") or "banel attack",
+      wall_time_s=result.wall_time_s,
+      tasks={task_id: {
+          "nre_budget": config.banel.nre_budget,
+          "pretrained_rate": rate0, "pretrained_samples": pre.trials,
+          "methods": {method_id(config): common.method_entry(
+              label=summary["label"],
+              uses_successes=bool(summary.get("uses_successes")),
+              task_knowledge=bool(summary.get("task_knowledge")), seeds=seeds,
+              final=final, best=best, pretrained_rate=rate0)}}})
   fig, ax = plotting.new_axes(figsize=(6, 4))
   plotting.plot_success_vs_nre({summary["label"]: result.history}, ax, log_y=True,
                                title="addition attack: success rate vs NRE")

@@ -73,6 +73,47 @@ def write_json(path: str | os.PathLike, record: Mapping[str, Any]) -> pathlib.Pa
   return path
 
 
+def machine() -> str:
+  """The machine a result was made on, e.g. ``"2 CPU cores, no accelerator"``."""
+  import jax  # noqa: PLC0415 (the experiments import no JAX backend at load time)
+  cores = f"{os.cpu_count()} CPU cores"
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    return f"{cores}, no accelerator"
+  return f"{cores}, {jax.device_count()} x {device.device_kind}"
+
+
+def method_entry(*, label: str, uses_successes: bool, task_knowledge: bool,
+                 seeds, final, best, pretrained_rate: float) -> dict:
+  """One method of a task in a ``summary.json``: per-seed final and best-so-far
+  rates and their improvements over the task's one measured pretrained rate."""
+  final = [float(v) for v in final]
+  best = [float(v) for v in best]
+  if not len(final) == len(best) == len(seeds):
+    raise ValueError(f"{len(seeds)} seeds but {len(final)} final and {len(best)} "
+                     "best rates")
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"seeds must be distinct, got {list(seeds)}")
+  if not pretrained_rate > 0:
+    raise ValueError(f"pretrained_rate must be > 0, got {pretrained_rate}")
+  return {"label": label, "uses_successes": bool(uses_successes),
+          "task_knowledge": bool(task_knowledge), "seeds": [int(s) for s in seeds],
+          "final_rate": final, "best_rate": best,
+          "improvement_final": [v / pretrained_rate for v in final],
+          "improvement_best": [v / pretrained_rate for v in best]}
+
+
+def write_summary(out: str | os.PathLike, *, name: str, command: str,
+                  wall_time_s: float, tasks: Mapping[str, Any]) -> pathlib.Path:
+  """Writes ``out/summary.json``, the machine-readable form every canonical
+  result shares: ``{"name", "command", "machine", "wall_time_s", "tasks": {task:
+  {"pretrained_rate", "pretrained_samples", ..., "methods": {id:
+  method_entry(...)}}}}``."""
+  record = {"name": name, "command": command, "machine": machine(),
+            "wall_time_s": float(wall_time_s), "tasks": dict(tasks)}
+  return write_json(pathlib.Path(out) / "summary.json", record)
+
+
 XLA_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 
