@@ -24,6 +24,7 @@ DIAGNOSTICS = ("malformed_train", "both_long_train", "top_sum_13_train",
                "carry_into_top_train", "tops_45_train", "propagation_3_train")
 
 
+@pytest.mark.slow
 def test_tiny_attack_end_to_end():
   task = addition.AdditionTaskConfig(
       max_operand_len=3, max_len=10,
@@ -135,6 +136,7 @@ def test_resuming_on_another_number_of_cpu_devices_is_refused(tmp_path):
   attack.check_resume_devices(str(tmp_path / "new"), 1)  # nothing to resume
 
 
+@pytest.mark.slow
 def test_attack_runs_resumes_and_records_what_it_ran(tmp_path):
   """The tiny preset with the grammar check, in a run directory: the run records
   its extension, checkpoints and task; the paid samples' diagnostics are in
@@ -181,6 +183,7 @@ def test_attack_runs_resumes_and_records_what_it_ran(tmp_path):
   assert again["wall_time_s"] >= 0.5 * summary["wall_time_s"]
 
 
+@pytest.mark.slow
 def test_attack_runs_the_self_imitation_baseline(tmp_path):
   """``method="self-imitation"``: the baseline in the attack's harness, with its
   own config recorded (BaNEL's is ``None``), the budget spent exactly, its

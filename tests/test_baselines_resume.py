@@ -31,10 +31,13 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 import resume_worker
 from banel_jax.runtime.ledger import read_calls, read_ledger
 from banel_jax.runtime.run_dir import CHECKPOINT_DIR, read_checkpoint
+
+pytestmark = pytest.mark.slow  # kills a comparison in a subprocess
 
 METHODS = ("reinforce", "banel")
 BUDGET, M, N_EVAL, SEEDS = 200, 100, 100, 2

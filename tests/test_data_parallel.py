@@ -13,6 +13,7 @@ from banel_jax.runtime import data_parallel as dp
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_four_devices_match_one(four_cpu_devices_env):
   # 4 CPU devices in a child process: the split sampler draws distinct rows on
   # every device, the split scorer and one full-batch training step equal the

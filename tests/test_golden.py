@@ -8,6 +8,8 @@ import pytest
 
 import golden_runs
 
+pytestmark = pytest.mark.slow  # three whole runs, bit for bit
+
 
 def _canonical(run: dict) -> str:
   # JSON text: NaN metrics compare equal to themselves, floats by their exact repr.

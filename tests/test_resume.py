@@ -32,6 +32,7 @@ from banel_jax import BanelConfig, BanelRunner
 from banel_jax.runtime.ledger import Ledger, read_calls, read_ledger
 from banel_jax.runtime.run_dir import CHECKPOINT_DIR, read_checkpoint
 
+
 # (where the process stops, which occurrence); what the chain has done by then is
 # traced in the comments (eN: evaluation after round N, tN: training call of N).
 KILLS = [
@@ -62,6 +63,7 @@ def _metrics(run_dir):
     return _strip(json.loads(line) for line in f)
 
 
+@pytest.mark.slow  # SIGKILLs worker processes
 def test_sigkill_at_13_moments_then_resume_equals_uninterrupted_run(tmp_path):
   ctx, cache = resume_worker.context(), resume_worker.cache_dir()
   ref_dir, ref_log = str(tmp_path / "ref"), str(tmp_path / "ref_oracle.jsonl")

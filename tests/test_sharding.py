@@ -26,6 +26,7 @@ def test_one_device_or_no_even_split_means_no_mesh():
     sharding.seed_mesh(2, devices=[])
 
 
+@pytest.mark.slow
 def test_sharded_run_equals_the_single_device_run_and_resumes_sharded(
     tmp_path, four_cpu_devices_env):
   # 4 CPU devices in a child process (this one has 1): the 4-seed toy run with

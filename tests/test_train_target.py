@@ -5,9 +5,12 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from banel_jax.experiments import attack, train
 from banel_jax.tasks import addition
+
+pytestmark = pytest.mark.slow  # trains and calibrates models
 
 
 def test_a_target_trained_further_keeps_its_shape_and_counts_all_steps(tmp_path):

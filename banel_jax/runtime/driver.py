@@ -435,7 +435,10 @@ class BanelRunner:
     return [clopper_pearson(int(r[s].sum()), n) for s in range(len(self.seeds))]
 
   def _record_eval(self, record: dict):
-    est = self.evaluate()
+    try:
+      est = self.evaluate()
+    except OracleError as e:
+      raise self._stopped(e) from e
     record["success_rate"] = [e.rate for e in est]
     record["success_ci"] = [[e.low, e.high] for e in est]
 
@@ -484,10 +487,7 @@ class BanelRunner:
     """Records round 0: the pretrained model's success rate (and checkpoints it)."""
     record = {"round": 0, "nre": self.keeper.spent.tolist()}
     self.round_samples = {}
-    try:
-      self._record_eval(record)
-    except OracleError as e:
-      raise self._stopped(e) from e
+    self._record_eval(record)
     self._emit(record)
     self._save()
 
@@ -532,10 +532,7 @@ class BanelRunner:
               "proposal_acceptance_rate": np.asarray(info.acceptance_rate)}
     record.update({k: v for k, v in metrics.items() if k != "params_finite"})
     if (t + 1) % c.eval_every == 0 or self.done:
-      try:
-        self._record_eval(record)
-      except OracleError as e:
-        raise self._stopped(e) from e
+      self._record_eval(record)
     self._emit(record)
     self._save()
     if self._bar is not None:
