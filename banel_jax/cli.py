@@ -28,6 +28,11 @@ import sys
 import textwrap
 from typing import Annotated, Any, Literal, Sequence
 
+# At import, not lazily: tyro builds a set of the ``builtins`` module's values
+# when its docstring module loads, which fails once an interactive session or a
+# doctest has left an unhashable ``_`` there (e.g. a tuple of lists).
+import tyro
+
 PROG = "banel"
 
 
@@ -85,7 +90,6 @@ def args_class(command, preset: str) -> type:
   """The dataclass whose fields become ``banel <command>``'s flags: the common
   ``--preset``, ``--out`` and ``--progress``, and the command's config fields
   (unprefixed), with the defaults of ``preset``."""
-  import tyro
   from banel_jax.experiments.common import default_out
   names = tuple(command.presets)
   listing = ", ".join(f"{n} (default)" if n == command.default_preset else n
@@ -131,7 +135,6 @@ def _fail(name: str | None, message: str, code: int = 1):
 def parse(command, argv: Sequence[str]) -> tuple[Any, str, pathlib.Path, bool]:
   """``(config, preset, out, progress)`` from ``banel <command>``'s arguments
   (``--help`` prints the flags and exits)."""
-  import tyro
   preset = _preset_of(command, argv)
   cls = args_class(command, preset)
   if "-h" in argv or "--help" in argv:
