@@ -7,7 +7,9 @@ presets, run from the command line by ``banel <command>``
 * :mod:`~banel_jax.experiments.train`: ``banel train-target``, ``banel
   pretrain-attacker`` and ``banel calibrate``, the attack's checkpoints;
 * ``compare``, ``scaling``, ``bench``: the baselines, the compute-scaling study
-  and the benchmarks, where present.
+  and the benchmarks, where present;
+* :mod:`~banel_jax.experiments.mnist`: ``banel mnist``, MNIST 0-to-6 (BaNEL,
+  RND and pseudo-counts), where present.
 
 Importing this package registers every command whose module is present.
 """
@@ -15,7 +17,8 @@ Importing this package registers every command whose module is present.
 import importlib
 
 # Modules that register commands; one that is not present is skipped.
-EXPERIMENT_MODULES = ("toy1d", "attack", "train", "compare", "scaling", "bench")
+EXPERIMENT_MODULES = ("toy1d", "attack", "train", "compare", "scaling", "bench",
+                      "mnist")
 
 
 def _import_experiments() -> None:
