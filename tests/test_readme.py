@@ -36,7 +36,7 @@ def test_readme_opens_with_the_two_commands():
 
 
 def test_readme_is_reference_sized():
-  assert len(README.read_text()) <= 12_000
+  assert len(README.read_bytes()) <= 12_000
 
 
 def test_readme_commands_are_banel_commands():
