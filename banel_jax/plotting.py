@@ -12,9 +12,10 @@ def _plt():
   return plt
 
 
-def new_axes(figsize=(6, 4)):
-  """``(figure, axes)`` of a new one-panel figure."""
-  return _plt().subplots(figsize=figsize)
+def new_axes(figsize=(6, 4), nrows: int = 1, ncols: int = 1):
+  """``(figure, axes)`` of a new figure: one panel, or a grid of
+  ``nrows x ncols`` (``axes`` then an array)."""
+  return _plt().subplots(nrows, ncols, figsize=figsize, squeeze=nrows * ncols == 1)
 
 
 def save_figure(fig, path, dpi: int = 110) -> None:

@@ -135,3 +135,56 @@ def crash_then_resume(tmp_path):
       return runner.run()
 
   return resume
+
+
+# The fast tier (`-m "not slow"`) leaves out, besides the tests marked where
+# they are defined, these: each took more than about 8 s on 2 CPU cores (most
+# compile a transformer or run a whole experiment). The full suite runs them.
+SLOW_TESTS = (
+    "banel_jax/models/transformer.py::banel_jax.models.transformer",
+    "banel_jax/models/hf/generation.py::banel_jax.models.hf.generation",
+    "banel_jax/baselines/__init__.py::banel_jax.baselines",
+    "banel_jax/core/sample_set.py::banel_jax.core.sample_set",
+    "banel_jax/tasks/addition.py::banel_jax.tasks.addition.sample_queries",
+    "tests/test_readme.py::test_readme_python_blocks_run",
+    "tests/test_transformer.py::test_input_tables_give_the_same_results",
+    "tests/test_transformer.py::test_chunked_scoring_matches_one_pass",
+    "tests/test_transformer.py::test_segmented_decoding_matches_one_full_cache",
+    "tests/test_transformer.py::test_decode_step_takes_precomputed_tables",
+    "tests/test_transformer.py::test_model_contract",
+    "tests/test_transformer.py::test_enumeration_sums_to_one_and_matches_samples",
+    "tests/test_transformer.py::test_greedy_decode_matches_full_recomputation_argmax",
+    "tests/test_toy1d_experiment.py::test_both_modes_write_their_records_and_figures",
+    "tests/test_toy1d_experiment.py::test_a_run_directory_resumes_the_finished_run",
+    "tests/test_bench_microbatch.py::test_tiny_run_writes_both_variants",
+    "tests/test_bench_transformer.py::test_tiny_run_compiles_nothing_on_repeat_calls",
+    "tests/test_bench_transformer.py::test_forward_flops_is_a_tight_lower_bound",
+    "tests/test_mnist_experiment.py::test_tiny_run",
+    "tests/test_toy_end_to_end.py::test_banel_raises_the_toys_success_rate",
+    "tests/test_baselines.py::test_every_method_stops_at_the_budget",
+    "tests/test_baselines.py::test_policy_gradient_microbatches_give_the_same_update",
+    "tests/test_baselines.py::test_unlikelihood_microbatches_give_the_same_update",
+    "tests/test_seen.py::test_resume_after_a_crash_equals_the_uninterrupted_run",
+    "tests/test_seen.py::test_distillation_moves_mass_off_the_paid_failures",
+    "tests/test_resume.py::test_budget_invariant_across_crashes_and_resumes",
+    "tests/test_failure_and_distill.py::test_transformer_microbatches_share_the_input",
+    "tests/test_restart.py::test_seeds_side_by_side_restart_on_their_own_and_resume",
+    "tests/test_addition.py::test_oracle_with_a_raw_format_target_decodes",
+    "tests/test_addition.py::test_oracle_reads_an_msb_target_through_the_reversal",
+    "tests/test_success_bank.py::test_upweighted_successes_take_more_mass",
+    "tests/test_success_bank.py::test_banked_successes_keep_being_fitted",
+    "tests/test_success_bank.py::test_resume_after_a_crash_equals_the_uninterrupted",
+    "tests/test_posterior.py::test_auto_strategy_fuses_small_banks_and_loops_large",
+    "tests/test_reliability.py::test_a_reward_edited_in_the_ledger_stops_the_resume",
+    "tests/test_reliability.py::test_a_truncated_ledger_falls_back_to_a_checkpoint",
+    "tests/test_adapters.py::test_log_prob_normalises_and_samples_follow_it",
+    "tests/test_bad_input.py::test_rounds_without_failures_add_no_region",
+    "tests/test_compare_baselines.py::test_tiny_comparison_writes_its_table_and_resumes",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Marks :data:`SLOW_TESTS` (node ids, or their prefixes) ``slow``."""
+  for item in items:
+    if item.nodeid.startswith(SLOW_TESTS):
+      item.add_marker(pytest.mark.slow)

@@ -125,6 +125,26 @@ class BanelConfig:
   def replace(self, **changes) -> "BanelConfig":
     return dataclasses.replace(self, **changes)
 
+  @classmethod
+  def paper(cls, **changes) -> "BanelConfig":
+    """The paper's algorithm at the settings this library first shipped:
+    a fixed filter factor, failure models warm-started from the proposal,
+    Adam at 0.1 for both fits, no reset. Every value that decides what the
+    algorithm does is written out here, so it stays the same when
+    ``BanelConfig()``'s defaults change; ``changes`` override it (e.g. the
+    budget).
+
+    >>> BanelConfig.paper(nre_budget=500).filter_factor
+    2.0
+    """
+    paper = dict(mode="distilled", tau_mode="factor", filter_factor=2.0,
+                 calibrated_reject_fraction=0.5, calibration_samples=1024,
+                 failure_init="proposal", failure_epochs=20, failure_batch_size=50,
+                 failure_learning_rate=0.1, distill_samples=4096, distill_epochs=5,
+                 distill_batch_size=256, distill_learning_rate=0.1,
+                 distill_reset=False)
+    return cls(**{**paper, **changes})
+
 
 def _require(cond: bool, field: str, value, what: str):
   if not cond:

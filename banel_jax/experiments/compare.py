@@ -116,7 +116,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import os
 import pathlib
 import time
@@ -129,7 +128,8 @@ from banel_jax.baselines import (ExactRejectionConfig, PolicyGradientConfig,
                                  SelfImitationConfig, UnlikelihoodConfig)
 from banel_jax.core import sample_set
 from banel_jax.core.config import BanelConfig, config_to_dict, jsonable
-from banel_jax.experiments import common
+from banel_jax.experiments import common, harness
+from banel_jax.experiments.harness import RESULT_FILE, TaskSetup  # noqa: F401 (re-exported)
 from banel_jax.experiments.registry import (Command, ExperimentError, invocation,
                                             register)
 from banel_jax.experiments.toy1d import Toy1DConfig
@@ -192,7 +192,6 @@ METHOD_SECTIONS = {"banel": ("banel",), "banel_support": ("banel",),
                    "exact_count": ("exact_count",), "unlikelihood": ("unlikelihood",),
                    "exact_rejection": ("exact_rejection",),
                    "self_imitation": ("self_imitation",)}
-RESULT_FILE = "result.json"
 PRETRAINED_FILE = "pretrained.json"
 
 
@@ -469,45 +468,6 @@ def check_against_preset(config: CompareConfig, preset: CompareConfig) -> None:
 # Tasks.
 
 
-class TaskSetup(NamedTuple):
-  """What the comparison needs from a task.
-
-  Attributes:
-    name: task name.
-    model: the generator's family.
-    prior_params: pretrained params.
-    oracle: the reward oracle (host).
-    featurize: RND's input featuriser.
-    num_values: values per sample element (the exact-count table size for
-      scalars).
-    malformed: ``x -> bool[n]`` malformed samples, or ``None`` (not defined).
-    exact_rate: ``state_of_one_seed -> float`` exact success rate, or ``None``.
-    token_log_prob, token_mask: unlikelihood's token form (``None``: sequence).
-    fast_prior_model: a model with the same prior distribution and a faster
-      sampler for exact rejection's many candidates (or ``model``).
-    methods: methods the task supports.
-    prior_exact_rate: the pretrained model's exact success rate, or ``None``.
-    support: a jit-able ``x -> bool[n]`` free validity check (``False`` where
-      the reward is 0 whatever the oracle says), or ``None``; given to BaNEL in
-      the ``banel_support`` method only.
-  """
-
-  name: str
-  model: Any
-  prior_params: Any
-  oracle: Callable
-  featurize: Callable
-  num_values: int
-  malformed: Callable | None
-  exact_rate: Callable | None
-  token_log_prob: Callable | None
-  token_mask: Callable | None
-  fast_prior_model: Any
-  methods: tuple[str, ...]
-  prior_exact_rate: float | None = None
-  support: Callable | None = None
-
-
 def toy_setup(config: CompareConfig) -> TaskSetup:
   """The 1-D toy: exact rates from the tabular models."""
   import jax
@@ -717,31 +677,6 @@ def run_settings(name: str, setup: TaskSetup, config: CompareConfig, seeds,
           **_checkpoints(config)}
 
 
-def _write_json_atomic(path: str | os.PathLike, obj) -> None:
-  tmp = f"{os.fspath(path)}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(jsonable(obj), f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def _load_checked(path: str | os.PathLike, settings: dict, what: str) -> Any:
-  """``path``'s ``"result"`` if its ``"settings"`` equal ``settings``; else None
-  when missing, and a :class:`RunDirError` naming the differences when not."""
-  from banel_jax.runtime.run_dir import RunDirError, diff_records
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    saved = json.load(f)
-  problems = diff_records(saved["settings"], jsonable(settings))
-  if problems:
-    raise RunDirError(f"{path} ({what}) was written with other settings; differing "
-                      f"fields: {'; '.join(problems)}. Use a new --run-dir, or the "
-                      "original settings to resume.")
-  return saved["result"]
-
-
 def run_method(name: str, setup: TaskSetup, config: CompareConfig, seeds,
                progress: bool, final_eval_only: bool = False,
                run_dir: str | os.PathLike | None = None) -> dict:
@@ -762,79 +697,37 @@ def run_method(name: str, setup: TaskSetup, config: CompareConfig, seeds,
   Raises:
     RunDirError: ``run_dir`` holds a run of other settings.
   """
-  from banel_jax import BanelRunner
   method, cfg, extensions = build_method(name, setup, config)
   if final_eval_only:
     rounds = -(-cfg.nre_budget // cfg.samples_per_round)
     cfg = dataclasses.replace(cfg, eval_every=rounds + 1)
   settings = run_settings(name, setup, config, seeds, cfg)
-  result_path = None if run_dir is None else os.path.join(run_dir, RESULT_FILE)
-  if result_path is not None:
-    done = _load_checked(result_path, settings, f"{LABELS[name]}'s result")
-    if done is not None:
-      return {**done, "loaded_from": result_path}
-  t0 = time.perf_counter()
-  runner = BanelRunner(setup.model, setup.prior_params, setup.oracle, cfg, seeds,
-                       method=method, extensions=extensions, progress=progress,
-                       on_round=round_diagnostics(setup, len(seeds)),
-                       run_dir=run_dir,
-                       extra_config=None if run_dir is None else {
-                           "comparison": settings})
-  t_open = time.perf_counter()
-  try:
-    result = runner.run()
-    large = None
+
+  def final(runner, result) -> dict:
     n_large = config.final_eval_samples
+    large = None
     if n_large and min(result.final_success_rates()) < config.final_eval_threshold:
       large = large_evaluation(runner, setup, n_large, cfg.n_eval)
-  finally:
-    runner.close()
-  # the run's own wall time (summed over resumed processes) and this opening
-  wall = result.wall_time_s + (t_open - t0)
-  out = {"history": result.history, "wall_time_s": wall, "final_large_eval": large,
-         "nre_spent": result.nre_spent, "eval_calls": result.eval_calls,
-         "n_successes_found_in_training": len(result.successes),
-         "final_success_rate": result.final_success_rates(),
-         "best_success_rate": result.best_success_rates()}
-  if result_path is not None:
-    _write_json_atomic(result_path, {"settings": settings, "result": out})
-  return out
+    return {"final_large_eval": large}
+
+  return harness.run_method(
+      setup.model, setup.prior_params, setup.oracle, cfg, seeds, settings=settings,
+      what=f"{LABELS[name]}'s result", method=method, extensions=extensions,
+      run_dir=run_dir, on_round=round_diagnostics(setup, len(seeds)),
+      progress=progress, final=final, record_as="comparison")
 
 
 def large_evaluation(runner, setup: TaskSetup, n: int, chunk: int) -> list[dict]:
   """Final success rate of every seed on ``n`` fresh samples (rates below 1e-3
   need >= 200,000 for a useful interval). Counted apart from NRE."""
-  import jax
-
-  from banel_jax.core.metrics import clopper_pearson
-  propose = jax.jit(jax.vmap(runner.banel.propose, in_axes=(0, 0, None)),
-                    static_argnums=2)
-  seeds = runner.seeds
-  roots = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(20_000), s))(
-      np.asarray(seeds, np.uint32))
-  hits = np.zeros(len(seeds), np.int64)
-  total = 0
-  for i in range(-(-n // chunk)):
-    keys = jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(roots)
-    x = np.asarray(propose(runner.states, keys, chunk)[0])
-    r = np.asarray(setup.oracle(x.reshape((-1,) + x.shape[2:]))).reshape(len(seeds),
-                                                                        chunk)
-    hits += r.sum(axis=1).astype(np.int64)
-    total += chunk
-  return [clopper_pearson(int(h), total).as_dict() for h in hits]
+  return harness.final_rates(runner, setup.oracle, n, chunk, key=20_000)
 
 
 def measure_pretrained(setup: TaskSetup, n: int, m: int, seed: int = 10_000) -> dict:
   """The pretrained model's success rate on ``n`` fresh samples (+ exact, toy)."""
-  import jax
-
   from banel_jax.core.metrics import clopper_pearson
-  sample = jax.jit(setup.model.sample, static_argnums=2)
-  key = jax.random.key(seed)
-  chunk = min(n, 8192)
-  xs = [np.asarray(sample(setup.prior_params, jax.random.fold_in(key, i), chunk))
-        for i in range(-(-n // chunk))]
-  x = np.concatenate(xs)[:n]
+  x = np.concatenate(list(harness.prior_samples(setup.model, setup.prior_params, n,
+                                                8192, seed)))
   r = np.asarray(setup.oracle(x))
   est = clopper_pearson(int(r.sum()), n)
   out = {"estimate": est.as_dict(), "rate": est.rate}
@@ -857,15 +750,8 @@ def pretrained_rate(setup: TaskSetup, config: CompareConfig,
               "samples": config.pretrained_samples,
               "m": config.run.samples_per_round, **_checkpoints(config)}
   path = None if run_dir is None else os.path.join(run_dir, PRETRAINED_FILE)
-  if path is not None:
-    done = _load_checked(path, settings, "the pretrained rate")
-    if done is not None:
-      return done
-  out = measure_pretrained(setup, config.pretrained_samples,
-                           config.run.samples_per_round)
-  if path is not None:
-    _write_json_atomic(path, {"settings": settings, "result": out})
-  return out
+  return harness.cached(path, settings, "the pretrained rate", lambda: measure_pretrained(
+      setup, config.pretrained_samples, config.run.samples_per_round))
 
 
 # ---------------------------------------------------------------------------

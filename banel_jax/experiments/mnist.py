@@ -74,14 +74,14 @@ import pathlib
 import platform
 import re
 import time
-from typing import Any, Callable, Literal, get_args
+from typing import Callable, Literal, get_args
 
 import numpy as np
 
 from banel_jax.baselines import (PolicyGradientConfig, PseudoCountConfig, RNDConfig,
                                  RunConfig)
 from banel_jax.core.config import BanelConfig, config_to_dict, jsonable
-from banel_jax.experiments import common
+from banel_jax.experiments import common, harness
 from banel_jax.experiments.registry import (Command, ExperimentError, invocation,
                                             register)
 from banel_jax.tasks.mnist import SIX_THRESHOLD
@@ -92,7 +92,6 @@ METHODS: tuple[str, ...] = get_args(Method)
 LABELS = {"banel_paper": "BaNEL (paper)", "rnd": "RND",
           "pseudo_counts": "pseudo-counts"}
 COLORS = {"banel_paper": "C0", "rnd": "C1", "pseudo_counts": "C2"}
-RESULT_FILE = "result.json"
 PRETRAINED_FILE = "pretrained.json"
 OBSERVATIONS_START = "<!-- observations:start -->"
 OBSERVATIONS_END = "<!-- observations:end -->"
@@ -517,36 +516,21 @@ def round_hook(task: Task, n_seeds: int, grid_samples: int) -> Callable:
   return on_round
 
 
-@functools.lru_cache(maxsize=16)
-def _seed_propose(propose: Callable) -> Callable:
-  """``jit(vmap(propose))`` over seeds, one per method bundle."""
-  import jax
-  return jax.jit(jax.vmap(propose, in_axes=(0, 0, None)), static_argnums=2)
-
-
 def final_evaluation(runner, task: Task, n: int, chunk: int) -> list[dict]:
   """Every seed's final success rate on ``n`` fresh samples (apart from NRE).
 
   Returns one dict per seed: the Clopper-Pearson estimate, the share with
   p(6) >= 0.5, and up to :data:`KEEP_SUCCESSES` rewarded samples (packed).
   """
-  import jax
-
   from banel_jax.core.metrics import clopper_pearson
-  propose = _seed_propose(runner.banel.propose)
   seeds = runner.seeds
-  roots = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(FINAL_EVAL_KEY), s))(
-      np.asarray(seeds, np.uint32))
   hits = np.zeros(len(seeds), np.int64)
   soft = np.zeros(len(seeds), np.int64)
   kept: list[list[str]] = [[] for _ in seeds]
   kept_p6: list[list[float]] = [[] for _ in seeds]
   total = 0
-  chunk = min(chunk, n)
-  for i in range(-(-n // chunk)):
-    size = min(chunk, n - total)
-    keys = jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(roots)
-    x = np.asarray(propose(runner.states, keys, chunk)[0])[:, :size]
+  for x in harness.fresh_samples(runner, n, chunk, FINAL_EVAL_KEY):
+    size = x.shape[1]
     p6 = task.six_probabilities(x.reshape(-1, x.shape[-1])).reshape(len(seeds), size)
     win = p6 >= task.threshold
     hits += win.sum(axis=1)
@@ -563,31 +547,6 @@ def final_evaluation(runner, task: Task, n: int, chunk: int) -> list[dict]:
           for h, q, k, kp in zip(hits, soft, kept, kept_p6)]
 
 
-def _write_json_atomic(path: str | os.PathLike, obj) -> None:
-  tmp = f"{os.fspath(path)}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(jsonable(obj), f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def _load_checked(path: str | os.PathLike, settings: dict, what: str) -> Any:
-  """``path``'s ``"result"`` if its ``"settings"`` equal ``settings``; None
-  when missing; a :class:`RunDirError` naming the differences otherwise."""
-  from banel_jax.runtime.run_dir import RunDirError, diff_records
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    saved = json.load(f)
-  problems = diff_records(saved["settings"], jsonable(settings))
-  if problems:
-    raise RunDirError(f"{path} ({what}) was written with other settings; differing "
-                      f"fields: {'; '.join(problems)}. Use another --run-dir (or "
-                      "--out), or the original settings to resume.")
-  return saved["result"]
-
-
 def run_method(method: str, task: Task, config: MnistConfig, run: RunConfig,
                seeds, run_dir: str | os.PathLike, progress: bool,
                final_eval_samples: int) -> dict:
@@ -602,7 +561,6 @@ def run_method(method: str, task: Task, config: MnistConfig, run: RunConfig,
     "wall_time_s", "final_eval_s"}`` (``final_eval``: :func:`final_evaluation`'s
     list, or None when ``final_eval_samples`` is 0).
   """
-  from banel_jax import BanelRunner
   method_bundle, cfg = build(method, task, config, run)
   settings = {"method": method, "task": TASK_ID, "threshold": task.threshold,
               "seeds": [int(s) for s in seeds], "run": jsonable(cfg),
@@ -610,66 +568,42 @@ def run_method(method: str, task: Task, config: MnistConfig, run: RunConfig,
               "final_eval_samples": final_eval_samples,
               "grid_samples": config.grid_samples}
   os.makedirs(run_dir, exist_ok=True)
-  result_path = os.path.join(run_dir, RESULT_FILE)
-  done = _load_checked(result_path, settings, f"{LABELS[method]}'s result")
-  if done is not None:
-    return {**done, "loaded_from": result_path}
-  t0 = time.perf_counter()
-  runner = BanelRunner(task.model, task.prior_params, task.oracle, cfg, seeds,
-                       method=method_bundle, progress=progress,
-                       on_round=round_hook(task, len(seeds), config.grid_samples),
-                       run_dir=run_dir, keep_checkpoints=config.keep_checkpoints,
-                       extra_config={"experiment": settings})
-  t_open = time.perf_counter() - t0
-  try:
-    result = runner.run()
-    t1 = time.perf_counter()
-    final = (final_evaluation(runner, task, final_eval_samples, 10_000)
-             if final_eval_samples else None)
-    final_s = time.perf_counter() - t1
-  finally:
-    runner.close()
-  out = {"history": result.history,
-         "final_success_rate": result.final_success_rates(),
-         "best_success_rate": result.best_success_rates(),
-         "final_eval": final, "nre_spent": result.nre_spent,
-         "eval_calls": result.eval_calls,
-         "n_successes_found_in_training": len(result.successes),
-         "wall_time_s": result.wall_time_s + t_open, "final_eval_s": final_s}
-  _write_json_atomic(result_path, {"settings": settings, "result": out})
+
+  def final(runner, result) -> dict:
+    return {"final_eval": (final_evaluation(runner, task, final_eval_samples, 10_000)
+                           if final_eval_samples else None)}
+
+  out = harness.run_method(
+      task.model, task.prior_params, task.oracle, cfg, seeds, settings=settings,
+      what=f"{LABELS[method]}'s result", method=method_bundle, run_dir=run_dir,
+      on_round=round_hook(task, len(seeds), config.grid_samples), progress=progress,
+      keep_checkpoints=config.keep_checkpoints, final=final, record_as="experiment")
+  out.setdefault("final_eval_s", out["final_s"])
   return out
 
 
 def measure_pretrained(task: Task, n: int, run_root: pathlib.Path) -> dict:
   """The zeros model's success rate on ``n`` fresh samples, measured once and
   kept in ``run_root/pretrained.json`` (a rerun loads it)."""
-  import jax
-
   from banel_jax.core.metrics import clopper_pearson
   settings = {"task": TASK_ID, "threshold": task.threshold, "samples": n,
               "key": PRETRAINED_KEY}
-  path = run_root / PRETRAINED_FILE
-  done = _load_checked(path, settings, "the pretrained rate")
-  if done is not None:
-    return done
-  t0 = time.perf_counter()
-  sample = jax.jit(task.model.sample, static_argnums=2)
-  key = jax.random.key(PRETRAINED_KEY)
-  chunk = min(n, 10_000)
-  hits = soft = total = 0
-  for i in range(-(-n // chunk)):
-    size = min(chunk, n - total)
-    x = np.asarray(sample(task.prior_params, jax.random.fold_in(key, i), chunk))[:size]
-    p6 = task.six_probabilities(x)
-    hits += int((p6 >= task.threshold).sum())
-    soft += int((p6 >= 0.5).sum())
-    total += size
-  est = clopper_pearson(hits, total)
-  out = {"rate": est.rate, "estimate": est.as_dict(), "samples": total,
-         "rate_p6_0.5": soft / total, "seconds": time.perf_counter() - t0}
-  run_root.mkdir(parents=True, exist_ok=True)
-  _write_json_atomic(path, {"settings": settings, "result": out})
-  return out
+
+  def measure() -> dict:
+    t0 = time.perf_counter()
+    hits = soft = total = 0
+    for x in harness.prior_samples(task.model, task.prior_params, n, 10_000,
+                                   PRETRAINED_KEY):
+      p6 = task.six_probabilities(x)
+      hits += int((p6 >= task.threshold).sum())
+      soft += int((p6 >= 0.5).sum())
+      total += len(x)
+    est = clopper_pearson(hits, total)
+    return {"rate": est.rate, "estimate": est.as_dict(), "samples": total,
+            "rate_p6_0.5": soft / total, "seconds": time.perf_counter() - t0}
+
+  return harness.cached(run_root / PRETRAINED_FILE, settings, "the pretrained rate",
+                        measure)
 
 
 def tune(task: Task, config: MnistConfig, run_root: pathlib.Path,
@@ -719,13 +653,9 @@ def bootstrap_mean_ci(values, n_boot: int = 10_000, seed: int = 0,
   >>> bootstrap_mean_ci([1.0, 1.0, 1.0])
   (1.0, 1.0)
   """
-  v = np.asarray(values, np.float64)
-  if v.size == 0:
+  if len(values) == 0:
     raise ValueError("values is empty")
-  rng = np.random.default_rng(seed)
-  means = v[rng.integers(0, v.size, (n_boot, v.size))].mean(axis=1)
-  lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-  return float(lo), float(hi)
+  return harness.bootstrap_ci(values, np.mean, n_boot, seed, alpha)
 
 
 def method_row(method: str, res: dict, pretrained_rate: float,
@@ -959,15 +889,6 @@ def plot_final_samples(runs: dict, config: MnistConfig, path: pathlib.Path) -> N
   _save(fig, path, dpi=110)
 
 
-def _machine() -> str:
-  import jax
-  cores = os.cpu_count() or 0
-  if jax.default_backend() == "cpu":
-    return f"{cores} CPU cores, no accelerator"
-  kinds = sorted({d.device_kind for d in jax.devices()})
-  return f"{cores} CPU cores, {jax.device_count()} x {', '.join(kinds)}"
-
-
 def _observations(readme: pathlib.Path) -> str:
   """The hand-written observations block of an existing README (kept on rerun)."""
   if readme.exists():
@@ -1143,7 +1064,7 @@ def run(config: MnistConfig, out: str | os.PathLike, progress: bool = True) -> d
   summary = {
       "name": "mnist", **invocation(),
       "command": invocation().get("command", "banel mnist (called from Python)"),
-      "machine": _machine(), "python": platform.python_version(),
+      "machine": common.machine(), "python": platform.python_version(),
       "wall_time_s": compute,
       "tasks": {TASK_ID: {
           "nre_budget": chosen.run.nre_budget,

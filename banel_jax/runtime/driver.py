@@ -222,7 +222,10 @@ class BanelRunner:
       (:mod:`banel_jax.runtime.sharding`): the state's seed axis is sharded over the
       largest number of devices that divides the number of seeds, the
       pretrained params are replicated, and ``jit`` runs each device's seeds
-      there. A no-op on one device. Results do not depend on it.
+      there. A no-op on one device. The algorithm is the same either way; the
+      float rounding of large programs (e.g. a transformer's) may differ with
+      the device split, so compare runs made on the same split (the toy's
+      results are identical).
 
   Raises:
     RunDirError: ``run_dir`` holds a run with another config (the message names
