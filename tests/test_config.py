@@ -109,7 +109,7 @@ def test_retired_fields_are_gone():
                "success_bank_distinct", "success_weight", "restart_after_rounds"):
     with pytest.raises(TypeError, match=name):
       BanelConfig(**{name: 1})
-  assert len(dataclasses.fields(BanelConfig)) == 24
+  assert len(dataclasses.fields(BanelConfig)) == 25
 
 
 def test_train_microbatch_auto_resolves_by_backend(monkeypatch):

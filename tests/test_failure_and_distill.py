@@ -162,6 +162,30 @@ def test_distill_reset_starts_from_prior():
     assert float(metrics["distill_accept_rate"]) == 0.0
 
 
+def test_prior_share_pulls_a_collapsed_proposal_back_onto_the_prior(central_bank):
+  """A proposal collapsed onto one bin distils to itself; with a share of the
+  distillation samples drawn from the prior, the accepted prior samples put
+  mass back on every bin outside the regions, none inside."""
+  bank, mask = central_bank
+  collapsed = {"logits": jnp.where(XS == 0, 8.0, -8.0)}
+  out = {}
+  for share in (0.0, 0.5):
+    distill = jax.jit(make_distiller(MODEL, BanelConfig(
+        distill_prior_share=share, **DISTILL)))
+    state, _ = distill(_proposal_state(collapsed), PRIOR, bank, jax.random.key(0))
+    out[share] = _probs(state.params)
+  rest = ~mask & (np.arange(len(mask)) != 0)  # allowed bins but the collapsed one
+  assert out[0.0][0] > 0.99 and out[0.0][rest].max() < 1e-4
+  assert out[0.5][rest].min() > 1e-3 and out[0.5][0] < 0.9
+  assert out[0.5][mask].sum() < 0.01
+
+
+def test_prior_share_must_be_a_fraction():
+  for bad in (-0.1, 1.5, float("nan")):
+    with pytest.raises(ValueError, match="distill_prior_share"):
+      BanelConfig(distill_prior_share=bad)
+
+
 def test_support_keeps_distillation_off_known_zero_samples(central_bank):
   """A free support check (here: bins 0-2 can never score), passed as an
   ``accept`` hook, is rejection the distiller applies on top of the regions:

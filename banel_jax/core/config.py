@@ -49,6 +49,11 @@ class BanelConfig:
     distill_epochs: passes over the accepted distillation samples.
     distill_batch_size: minibatch size of distillation.
     distill_learning_rate: Adam learning rate of distillation.
+    distill_prior_share: share of the ``distill_samples`` drawn from the
+      pretrained model instead of the proposal (both filtered by the regions):
+      a defensive mixture that keeps the proposal on the prior's support
+      outside the regions. ``0`` is the paper's distillation; ``1`` with
+      ``distill_reset`` fits the exploration posterior itself.
     distill_reset: restart distillation from the pretrained params every round
       (the paper's reset option).
     exact_batch_size: candidates drawn per rejection-sampling batch (exact mode).
@@ -94,6 +99,7 @@ class BanelConfig:
   distill_epochs: int = 5
   distill_batch_size: int = 256
   distill_learning_rate: float = 0.1
+  distill_prior_share: float = 0.0
   distill_reset: bool = False
   exact_batch_size: int = 4096
   exact_max_batches: int = 1024
@@ -142,7 +148,7 @@ class BanelConfig:
                  failure_init="proposal", failure_epochs=20, failure_batch_size=50,
                  failure_learning_rate=0.1, distill_samples=4096, distill_epochs=5,
                  distill_batch_size=256, distill_learning_rate=0.1,
-                 distill_reset=False)
+                 distill_prior_share=0.0, distill_reset=False)
     return cls(**{**paper, **changes})
 
 
@@ -186,6 +192,8 @@ def validate_config(c: BanelConfig) -> None:
              "expected a finite number > 0")
   _require(_is_number(c.min_acceptance_rate) and 0.0 <= c.min_acceptance_rate < 1.0,
            "min_acceptance_rate", c.min_acceptance_rate, "expected a number in [0, 1)")
+  _require(_is_number(c.distill_prior_share) and 0.0 <= c.distill_prior_share <= 1.0,
+           "distill_prior_share", c.distill_prior_share, "must be in [0, 1]")
   _require(isinstance(c.distill_reset, bool), "distill_reset", c.distill_reset,
            "expected True or False")
   _require(c.failure_batch_size <= c.samples_per_round, "failure_batch_size",

@@ -29,7 +29,8 @@ def make_distiller(model: GenerativeModel, config: BanelConfig) -> Distiller:
   extra_w=None, accept=())``, the paper's distillation step.
 
   ``distill`` draws ``config.distill_samples`` samples from the current proposal
-  (no reward evaluations), weights those inside the bank's regions by 0 and the
+  (no reward evaluations; a share ``config.distill_prior_share`` of them from
+  the pretrained model instead), weights those inside the bank's regions by 0 and the
   others by 1, and fine-tunes by weighted maximum likelihood, from the current
   params or, with ``config.distill_reset``, from ``prior_params``. The
   optimizer state restarts each round.
@@ -46,13 +47,21 @@ def make_distiller(model: GenerativeModel, config: BanelConfig) -> Distiller:
     sample size ``(sum w)^2 / sum w^2`` of the training weights.
   """
   n = config.distill_samples
+  n_prior = int(round(config.distill_prior_share * n))
 
   def distill(proposal: train_state.TrainState, prior_params: Params,
               bank: RegionBank, key: PRNGKey, extra_x: Samples | None = None,
               extra_w: jax.Array | None = None,
               accept: Sequence[tuple[str, AcceptFn]] = ()):
     sample_key, train_key = jax.random.split(key)
-    x = model.sample(proposal.params, sample_key, n)
+    if n_prior == 0:  # the paper's distillation
+      x = model.sample(proposal.params, sample_key, n)
+    elif n_prior == n:
+      x = model.sample(prior_params, sample_key, n)
+    else:
+      proposal_key, prior_key = jax.random.split(sample_key)
+      x = jnp.concatenate([model.sample(proposal.params, proposal_key, n - n_prior),
+                           model.sample(prior_params, prior_key, n_prior)], axis=0)
     accepted = ~rejection_mask(model, bank, x, config.region_strategy)
     refused = {}
     for name, fn in accept:

@@ -9,7 +9,9 @@ presets, run from the command line by ``banel <command>``
 * ``compare``, ``scaling``, ``bench``: the baselines, the compute-scaling study
   and the benchmarks, where present;
 * :mod:`~banel_jax.experiments.mnist`: ``banel mnist``, MNIST 0-to-6 (BaNEL,
-  RND and pseudo-counts), where present.
+  RND and pseudo-counts), where present;
+* :mod:`~banel_jax.experiments.suite`: ``banel suite``, the sparse-reward
+  suite (every method on small tasks, robustness over seeds).
 
 Importing this package registers every command whose module is present.
 """
@@ -18,7 +20,7 @@ import importlib
 
 # Modules that register commands; one that is not present is skipped.
 EXPERIMENT_MODULES = ("toy1d", "attack", "train", "compare", "scaling", "bench",
-                      "mnist")
+                      "mnist", "suite")
 
 
 def _import_experiments() -> None:
