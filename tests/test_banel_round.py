@@ -269,3 +269,26 @@ class UpdateVariantsTest(chex.TestCase):
                                new.failure.params["logits"], rtol=1e-6)
     np.testing.assert_allclose(new.regions.log_tau[0], -np.log(fns.cfg.filter_factor),
                                rtol=1e-6)
+
+
+def test_runner_records_collapse_diagnostics_without_successes(toy_runs):
+  """Each round records the distinct share of the scored queries and the
+  prior mass inside the regions, which matches the exact mass on the toy."""
+  from banel_jax.core import posterior
+  runner, task = toy_runs["runner"], toy_runs["task"]
+  rounds = [h for h in toy_runs["three"].history if h["round"] > 0]
+  for h in rounds:
+    assert all(0.0 < d <= 1.0 for d in h["distinct_share"])
+    assert all(0.0 <= p <= 1.0 for p in h["prior_mass_in_regions"])
+  # K = 11 bins and 100 samples: at most 11 distinct queries of 100
+  assert max(rounds[0]["distinct_share"]) <= 11 / 100
+  prior = np.exp(np.asarray(jax.nn.log_softmax(task.prior_logits())))
+  bins = jnp.arange(task.num_bins, dtype=jnp.int32)
+  model = task.model()
+  for s in range(3):
+    regions = jax.tree.map(lambda a, s=s: a[s], runner.states.regions)
+    inside = np.asarray(posterior.rejection_mask(model, regions, bins))
+    exact = float(prior[inside].sum())
+    sampled = rounds[-1]["prior_mass_in_regions"][s]
+    n = 1024
+    assert abs(sampled - exact) <= 4 * np.sqrt(exact * (1 - exact) / n) + 1e-6

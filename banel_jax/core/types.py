@@ -93,3 +93,25 @@ class SplitLogProb:
 # Host-side reward oracle: a batch of samples (numpy, [n, *event_shape]) in, one
 # reward in {0, 1} per sample out. The one impure boundary of the library.
 Oracle = Callable[[Any], Any]
+
+
+def check_param_shapes(params, shapes: dict[str, tuple[int, ...]]) -> None:
+  """Raises a ``ValueError`` naming the problem unless ``params`` is a dict
+  with exactly the keys of ``shapes``, each an array of that shape (for
+  models whose params are a flat dict of arrays).
+
+  >>> import jax.numpy as jnp
+  >>> check_param_shapes({"w": jnp.zeros((2, 3))}, {"w": (2, 3)})
+  >>> check_param_shapes({"w": jnp.zeros(3)}, {"w": (2, 3)})
+  Traceback (most recent call last):
+  ...
+  ValueError: params['w'] must have shape (2, 3), got (3,)
+  """
+  if not isinstance(params, dict) or set(params) != set(shapes):
+    keys = sorted(params) if isinstance(params, dict) else type(params).__name__
+    raise ValueError(f"params must be a dict with keys {sorted(shapes)}, got {keys}")
+  for name, shape in shapes.items():
+    got = tuple(getattr(params[name], "shape", ()))
+    if got != tuple(shape):
+      raise ValueError(f"params[{name!r}] must have shape {tuple(shape)}, got {got}")
+

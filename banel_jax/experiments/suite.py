@@ -238,9 +238,11 @@ def run_pair(config: SuiteConfig, task, method: str, run_dir: pathlib.Path,
 
 
 def _diagnostics(setup, n_seeds: int):
-  """Per-round signals a user sees without any success: the distinct share of
-  each seed's paid queries, and the malformed share where the task has a
-  grammar."""
+  """Per-round malformed share of each seed's scored queries, where the task
+  has a grammar (the runner records the distinct share and the prior mass
+  inside the regions itself: :data:`banel_jax.runtime.driver.DIAGNOSTICS`)."""
+  if setup.malformed is None:
+    return None
 
   def on_round(runner, record: dict) -> None:
     samples = runner.round_samples
@@ -248,12 +250,8 @@ def _diagnostics(setup, n_seeds: int):
       return
     x, scored = samples["train"], samples["train_evaluated"]
     parts = [x[s][scored[s]] for s in range(n_seeds)]
-    record["distinct_share"] = [
-        float(len(np.unique(p.reshape(len(p), -1), axis=0)) / len(p)) if len(p)
-        else None for p in parts]
-    if setup.malformed is not None:
-      record["malformed_share"] = [float(np.mean(setup.malformed(p))) if len(p)
-                                   else None for p in parts]
+    record["malformed_share"] = [float(np.mean(setup.malformed(p))) if len(p)
+                                 else None for p in parts]
 
   return on_round
 

@@ -38,18 +38,12 @@ import jax
 import jax.numpy as jnp
 
 import banel_jax as bj
+from banel_jax.core.types import check_param_shapes
 
 
 def _check_params(params, num_pixels: int, hidden: int):
-  expected = {"w": (num_pixels, hidden), "c": (hidden,), "v": (num_pixels, hidden),
-              "b": (num_pixels,)}
-  if not isinstance(params, dict) or set(params) != set(expected):
-    keys = sorted(params) if isinstance(params, dict) else type(params).__name__
-    raise ValueError(f"params must be a dict with keys {sorted(expected)}, got "
-                     f"{keys}")
-  for name, shape in expected.items():
-    chex.assert_shape(params[name], shape,
-                      custom_message=f"params[{name!r}] must have shape {shape}")
+  check_param_shapes(params, {"w": (num_pixels, hidden), "c": (hidden,),
+                              "v": (num_pixels, hidden), "b": (num_pixels,)})
 
 
 def pixel_logits(params, x: jax.Array) -> jax.Array:

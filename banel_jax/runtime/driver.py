@@ -176,6 +176,51 @@ def _path_str(path) -> str:
   return jax.tree_util.keystr(path) or "(root)"
 
 
+# Per-round diagnostics the runner records (besides the method's own metrics):
+# signals of a collapsing or stalling run that need no successful sample.
+DIAGNOSTICS = {
+    "distinct_share": "distinct queries among each seed's scored ones, over the "
+                      "number scored (a proposal settling on a few failing "
+                      "queries drives it toward 0)",
+    "prior_mass_in_regions": "BaNEL: share of fresh samples of the pretrained model "
+                             "inside the union of the regions (how much of the "
+                             "prior the failures have ruled out)",
+    "distill_accept_rate": "BaNEL, distilled: share of the proposal's distillation "
+                           "samples outside the regions",
+}
+DIAGNOSTIC_SAMPLES = 1024  # fresh prior samples behind prior_mass_in_regions
+
+
+def distinct_shares(x: np.ndarray, evaluated: np.ndarray) -> list[float | None]:
+  """Per seed: distinct rows among the scored samples / the number scored
+  (``None`` for a seed that scored none).
+
+  >>> x = np.array([[[1, 2], [1, 2], [3, 4], [0, 0]]])
+  >>> distinct_shares(x, np.array([[True, True, True, False]]))
+  [0.6666666666666666]
+  """
+  out = []
+  for s in range(x.shape[0]):
+    rows = x[s][evaluated[s]]
+    n = len(rows)
+    out.append(len(np.unique(rows.reshape(n, -1), axis=0)) / n if n else None)
+  return out
+
+
+@functools.lru_cache(maxsize=64)
+def _prior_in_regions_fn(model, config):
+  """``(states, keys) -> f32[S]``: the share of :data:`DIAGNOSTIC_SAMPLES`
+  fresh pretrained samples inside each seed's regions. Its key is folded from
+  the round's evaluation key, so it draws nothing from the run's own streams."""
+
+  def one(state, key):
+    x = model.sample(state.prior_params, jax.random.fold_in(key, 0x5EED), DIAGNOSTIC_SAMPLES)
+    inside = posterior.rejection_mask(model, state.regions, x, config.region_strategy)
+    return jnp.mean(inside.astype(jnp.float32))
+
+  return jax.jit(jax.vmap(one))
+
+
 class BanelRunner:
   """Runs BaNEL for several seeds side by side, one round per :meth:`step`.
 
@@ -280,6 +325,8 @@ class BanelRunner:
     fns = _compiled(self.banel, self.mesh)
     self._init, self._propose, self._update = fns["init"], fns["propose"], fns["update"]
     self._keys = _ROUND_KEYS
+    self._prior_in_regions = (_prior_in_regions_fn(model, config)
+                              if method is None else None)
     self.states: BanelState = self._init(roots, prior_params)
     self.run_dir: RunDirectory | None = None
     ledger = None
@@ -511,6 +558,7 @@ class BanelRunner:
     except OracleError as e:
       raise self._stopped(e) from e
     self.round_samples.update(train=x_host, train_evaluated=evaluated)
+    distinct = distinct_shares(x_host, evaluated)
     batch = RoundBatch(x=x, rewards=jnp.asarray(rewards),
                        evaluated=jnp.asarray(evaluated), log_norm=log_norm)
     self.states, metrics = self._update(self.states, batch, keys["update"])
@@ -534,15 +582,23 @@ class BanelRunner:
     record = {"round": t + 1, "nre": self.keeper.spent.tolist(),
               "proposal_acceptance_rate": np.asarray(info.acceptance_rate)}
     record.update({k: v for k, v in metrics.items() if k != "params_finite"})
+    # Signals of collapse that need no success (DIAGNOSTICS).
+    record["distinct_share"] = distinct
+    if self._prior_in_regions is not None:
+      record["prior_mass_in_regions"] = np.asarray(
+          self._prior_in_regions(self.states, keys["eval"]))
     if (t + 1) % c.eval_every == 0 or self.done:
       self._record_eval(record)
     self._emit(record)
     self._save()
     if self._bar is not None:
       self._bar.update(1)
+      shares = [d for d in record["distinct_share"] if d is not None]
+      postfix = {"nre": int(self.keeper.spent.max()),
+                 "distinct": f"{min(shares):.2f}" if shares else "-"}
       if "success_rate" in record:
-        self._bar.set_postfix(nre=int(self.keeper.spent.max()),
-                              success=f"{np.mean(record['success_rate']):.3f}")
+        postfix["success"] = f"{np.mean(record['success_rate']):.3f}"
+      self._bar.set_postfix(**postfix)
     return record
 
   def run(self) -> RunResult:

@@ -41,7 +41,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from banel_jax.core.types import GenerativeModel
+from banel_jax.core.types import GenerativeModel, check_param_shapes
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -155,13 +155,7 @@ def make_sequence_model(seq_len: int, vocab_size: int, hidden: int, *,
   shapes = _sequence_shapes(l, v, h)
 
   def check(params):
-    if not isinstance(params, dict) or set(params) != set(shapes):
-      keys = sorted(params) if isinstance(params, dict) else type(params).__name__
-      raise ValueError(f"params must be a dict with keys {sorted(shapes)}, got "
-                       f"{keys}")
-    for name, shape in shapes.items():
-      chex.assert_shape(params[name], shape,
-                        custom_message=f"params[{name!r}] must have shape {shape}")
+    check_param_shapes(params, shapes)
 
   def init(key):
     ke, kp, kw, ko = jax.random.split(key, 4)

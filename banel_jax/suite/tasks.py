@@ -224,6 +224,23 @@ def _toy_params(settings):
       "note": "analytic: the logits -x^2/2 of a discretised N(0, 1)"}
 
 
+def _state_rate(prior_rate: Callable, rejection_rate: Callable) -> Callable:
+  """``state -> exact success rate`` of one seed's state, for every method:
+  BaNEL's proposal, a policy-gradient baseline's policy (both through
+  ``prior_rate(params)``), exact rejection (``rejection_rate(state)``)."""
+
+  def exact_rate(state) -> float:
+    if hasattr(state, "proposal"):
+      return prior_rate(state.proposal.params)
+    if hasattr(state, "policy"):
+      return prior_rate(state.policy.params)
+    if hasattr(state, "failures"):
+      return rejection_rate(state)
+    return float("nan")
+
+  return exact_rate
+
+
 def _toy_exact():
   from banel_jax.core import sample_set
   task = _toy()
@@ -234,19 +251,13 @@ def _toy_exact():
 
   prior_logp = np.asarray(jax.nn.log_softmax(task.prior_logits()), np.float64)
 
-  def exact_rate(state) -> float:
-    if hasattr(state, "proposal"):
-      return prior_rate(state.proposal.params)
-    if hasattr(state, "policy"):
-      return prior_rate(state.policy.params)
-    if hasattr(state, "failures"):  # exact rejection: prior minus seen failures
-      p = np.exp(prior_logp)
-      bins = jnp.arange(task.num_bins, dtype=jnp.int32)
-      p[np.asarray(sample_set.contains(state.failures, bins))] = 0.0
-      return float(p[task.target_bins].sum() / p.sum())
-    return float("nan")
+  def rejection_rate(state) -> float:  # the prior minus the seen failures
+    p = np.exp(prior_logp)
+    bins = jnp.arange(task.num_bins, dtype=jnp.int32)
+    p[np.asarray(sample_set.contains(state.failures, bins))] = 0.0
+    return float(p[task.target_bins].sum() / p.sum())
 
-  return prior_rate, exact_rate
+  return prior_rate, _state_rate(prior_rate, rejection_rate)
 
 
 def _toy_fast_sample(params, key, n):
@@ -311,19 +322,13 @@ def _hp_exact():
   def prior_rate(params):
     return float(np.exp(np.asarray(log_prob(params, wins), np.float64)).sum())
 
-  def exact_rate(state) -> float:
-    if hasattr(state, "proposal"):
-      return prior_rate(state.proposal.params)
-    if hasattr(state, "policy"):
-      return prior_rate(state.policy.params)
-    if hasattr(state, "failures"):  # exact rejection: prior minus seen failures
-      all_x = jnp.asarray(configs)
-      p = np.exp(np.asarray(log_prob(state.prior_params, all_x), np.float64))
-      p[np.asarray(sample_set.contains(state.failures, all_x))] = 0.0
-      return float(p[success].sum() / p.sum())
-    return float("nan")
+  def rejection_rate(state) -> float:  # the prior minus the seen failures
+    all_x = jnp.asarray(configs)
+    p = np.exp(np.asarray(log_prob(state.prior_params, all_x), np.float64))
+    p[np.asarray(sample_set.contains(state.failures, all_x))] = 0.0
+    return float(p[success].sum() / p.sum())
 
-  return prior_rate, exact_rate
+  return prior_rate, _state_rate(prior_rate, rejection_rate)
 
 
 # --- motif_tokens -----------------------------------------------------------
