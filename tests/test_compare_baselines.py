@@ -172,6 +172,13 @@ def test_tiny_comparison_writes_its_table_and_resumes(tmp_path):
   assert "| BaNEL (paper) |" in table and "| REINFORCE |" in table
   assert (out / "success_vs_nre.png").stat().st_size > 0
   assert (tmp_path / "run" / "banel" / compare.RESULT_FILE).exists()
+  canonical = json.loads((out / "summary.json").read_text())["tasks"]["toy1d"]
+  banel, reinforce = canonical["methods"]["banel_paper"], canonical["methods"]["reinforce"]
+  assert banel["seeds"] == [0, 1] and banel["uses_successes"] is False
+  assert "mann_whitney_p_vs_banel" in reinforce["statistics_final"]
+  assert 0.0 <= reinforce["statistics_final"]["mann_whitney_p_vs_banel"] <= 1.0
+  lo, hi = banel["statistics_final"]["median_ci95"]
+  assert lo <= banel["statistics_final"]["median"] <= hi
   # a rerun loads every finished method instead of running it again
   again = compare.run(config, tmp_path / "again", progress=False)
   assert [r["final_per_seed"] for r in again["rows"]] == \
@@ -194,3 +201,23 @@ def test_command_line_runs_a_tiny_comparison(tmp_path):
   assert saved["command"].startswith("banel compare --preset toy1d-tiny")
   assert saved["preset"] == "toy1d-tiny"
   assert [r["key"] for r in saved["rows"]] == ["banel"]
+
+
+def test_addition_tables_divide_by_the_shipped_calibration():
+  """One pretrained rate per target: the calibration shipped with it."""
+  for preset, successes in (("addition", 52), ("addition-msb", 122)):
+    config = compare.PRESETS[preset]()
+    rate = compare.shipped_pretrained_rate(config)
+    assert rate["estimate"]["successes"] == successes
+    assert rate["estimate"]["trials"] == 200_704
+  assert compare.task_id(compare.addition_msb_config()) == "addition_msb"
+  assert compare.addition_msb_config().seeds == tuple(range(10))
+  assert compare.shipped_pretrained_rate(compare.toy1d_config()) is None
+
+
+def test_statistics_of_a_method_against_banel():
+  stats = compare.statistics([1.0, 2.0, 3.0], reference=[10.0, 20.0, 30.0])
+  assert stats["median"] == 2.0 and stats["mean"] == 2.0
+  assert stats["mann_whitney_p_vs_banel"] == pytest.approx(0.1, abs=1e-9)
+  assert compare.statistics([1.0, 1.0], reference=[1.0, 1.0])[
+      "mann_whitney_p_vs_banel"] == 1.0

@@ -100,9 +100,18 @@ seeds. On the addition attack RND at lr 1e-4 is the best point of any method's
 grid (10x the pretrained rate on the tuning seeds, against BaNEL's 3.7x).
 
 Presets: ``toy1d`` (NRE 1,000, m = 100, 5 seeds; about 10 minutes on 2 CPU
-cores), ``toy1d-tiny`` (seconds), ``addition`` (NRE 7,500, m = 500, as in the
-paper's table; hours) and ``addition-tiny`` (minutes). The task comes with the
-preset.
+cores), ``toy1d-tiny`` (seconds), ``addition`` (the reversed-order target,
+NRE 7,500, m = 500, as in the paper's table; hours), ``addition-msb`` (the
+same on the normal-order target with 10 seeds, the paper's comparison) and
+``addition-tiny`` (minutes). The task comes with the preset. The addition
+presets divide every rate by the pretrained rate of the calibration shipped
+with the target (one figure per target).
+
+``summary.json`` (the canonical form, task ``toy1d``, ``addition_msb`` or
+``addition_lsb``) adds per method the mean, median and std of the final
+improvement, bootstrap 95% intervals of its mean and median, the share of
+seeds at least 10x and below 1x, and the two-sided Mann-Whitney p-value
+against BaNEL (paper).
 
 Examples:
   banel compare                                    # the toy, every method
@@ -433,8 +442,19 @@ def addition_tiny_config() -> CompareConfig:
       tuning_eval_every=0, pretrained_samples=1024, final_eval_samples=1024)
 
 
+def addition_msb_config() -> CompareConfig:
+  """The paper's table on the normal-order target (``target_msb``): 10
+  reported seeds (0-9), the grids on tuning seeds 100-102 at NRE 2,500, every
+  ratio against the shipped calibration (122 / 200,704). Hours on 2 CPU cores
+  per method: run it with ``--run-dir`` (resumable), on a GPU where one is
+  lent."""
+  return addition_config().replace(target="target_msb", seeds=tuple(range(10)),
+                                   tuning_seeds=(100, 101, 102))
+
+
 PRESETS = {"toy1d": toy1d_config, "toy1d-tiny": toy1d_tiny_config,
-           "addition": addition_config, "addition-tiny": addition_tiny_config}
+           "addition": addition_config, "addition-msb": addition_msb_config,
+           "addition-tiny": addition_tiny_config}
 
 _ADDITION_ONLY = ("target", "attacker", "leading_zeros_malformed")
 # BanelConfig's fields that ``run`` sets for every method
@@ -750,8 +770,25 @@ def pretrained_rate(setup: TaskSetup, config: CompareConfig,
               "samples": config.pretrained_samples,
               "m": config.run.samples_per_round, **_checkpoints(config)}
   path = None if run_dir is None else os.path.join(run_dir, PRETRAINED_FILE)
+  shipped = shipped_pretrained_rate(config)
+  if shipped is not None:
+    return shipped
   return harness.cached(path, settings, "the pretrained rate", lambda: measure_pretrained(
       setup, config.pretrained_samples, config.run.samples_per_round))
+
+
+def shipped_pretrained_rate(config: CompareConfig) -> dict | None:
+  """The addition task's pretrained rate from the calibration shipped with
+  its checkpoints (the one figure every table of that target divides by), or
+  ``None`` (the toy, or checkpoints without a shipped calibration)."""
+  if config.task != "addition":
+    return None
+  from banel_jax.experiments import attack
+  a = config.attack_config()
+  est, source = attack.reuse_calibration(a, a.task_config())
+  if est is None:
+    return None
+  return {"estimate": est.as_dict(), "rate": est.rate, "source": source}
 
 
 # ---------------------------------------------------------------------------
@@ -810,6 +847,76 @@ def tune(setup: TaskSetup, config: CompareConfig, methods, progress: bool,
                                "points": points, "chosen": best["overrides"]}
     chosen = apply_overrides(chosen, best["overrides"])
   return chosen, record
+
+
+# ---------------------------------------------------------------------------
+# The canonical summary and its statistics.
+
+# compare's method names -> the ids of summary.json
+METHOD_IDS = {"banel": "banel_paper", "banel_support": "banel_support",
+              "reinforce": "reinforce", "rnd": "rnd", "pseudo_count": "pseudo_counts",
+              "exact_count": "exact_counts", "unlikelihood": "unlikelihood",
+              "exact_rejection": "exact_rejection", "self_imitation": "self_imitation"}
+
+
+def task_id(config: CompareConfig) -> str:
+  """``toy1d``, ``addition_msb`` or ``addition_lsb`` (by the target's order)."""
+  if config.task == "toy1d":
+    return "toy1d"
+  return "addition_msb" if config.target == "target_msb" else "addition_lsb"
+
+
+def final_rates(run: dict) -> list[float]:
+  """Each seed's final rate: the large final evaluation where there is one."""
+  if run.get("final_large_eval"):
+    return [e["rate"] for e in run["final_large_eval"]]
+  return list(run["final_success_rate"])
+
+
+def statistics(values, reference=None) -> dict:
+  """Mean, median, std, bootstrap 95% intervals of the mean and the median,
+  and the Mann-Whitney U test (two-sided) against ``reference``."""
+  v = np.asarray(values, np.float64)
+  out = {"mean": float(v.mean()), "median": float(np.median(v)),
+         "std": float(v.std()),
+         "mean_ci95": list(harness.bootstrap_ci(v, np.mean)),
+         "median_ci95": list(harness.bootstrap_ci(v, np.median))}
+  if reference is not None:
+    from scipy.stats import mannwhitneyu
+    ref = np.asarray(reference, np.float64)
+    if np.ptp(np.concatenate([v, ref])) == 0:
+      out["mann_whitney_p_vs_banel"] = 1.0
+    else:
+      out["mann_whitney_p_vs_banel"] = float(
+          mannwhitneyu(ref, v, alternative="two-sided").pvalue)
+  return out
+
+
+def canonical_task(config: CompareConfig, runs: dict, pretrained: dict) -> dict:
+  """The comparison's task entry of ``summary.json``, with statistics of the
+  final improvement per method (Mann-Whitney against BaNEL (paper))."""
+  rate0 = pretrained["rate"]
+  methods = {}
+  reference = None
+  if "banel" in runs:
+    reference = np.asarray(final_rates(runs["banel"])) / rate0
+  for name, run in runs.items():
+    entry = common.method_entry(
+        label=LABELS[name], uses_successes=name == "self_imitation",
+        task_knowledge=name == "banel_support", seeds=config.seeds,
+        final=final_rates(run), best=run["best_success_rate"], pretrained_rate=rate0)
+    imp = entry["improvement_final"]
+    entry["statistics_final"] = statistics(
+        imp, None if name == "banel" else reference)
+    entry["statistics_best"] = statistics(entry["improvement_best"])
+    entry["share_10x"] = float(np.mean(np.asarray(imp) >= 10.0))
+    entry["share_below_1x"] = float(np.mean(np.asarray(imp) < 1.0))
+    methods[METHOD_IDS[name]] = entry
+  return {"nre_budget": config.run.nre_budget,
+          "pretrained_rate": rate0,
+          "pretrained_samples": pretrained["estimate"]["trials"],
+          "pretrained_source": pretrained.get("source", "measured here"),
+          "methods": methods}
 
 
 # ---------------------------------------------------------------------------
@@ -976,8 +1083,9 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
     common.write_json(out / "tuning.json", tuning)
 
   pretrained = pretrained_rate(setup, config, config.run_dir)
-  print(f"pretrained: {pretrained['rate']:.4g} on {config.pretrained_samples} "
-        "samples", flush=True)
+  print(f"pretrained: {pretrained['rate']:.4g} on "
+        f"{pretrained['estimate']['trials']} samples"
+        + (f" ({pretrained['source']})" if "source" in pretrained else ""), flush=True)
   runs, rows = {}, []
   for name in methods:
     print(f"running {LABELS[name]} ...", flush=True)
@@ -1005,6 +1113,10 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
                     {**summary, "runs": {k: {"history": v["history"]}
                                          for k, v in runs.items()}})
   (out / "comparison.md").write_text(table + "\n")
+  common.write_summary(out, name=out.name,
+                       command=invocation().get("command", "banel compare"),
+                       wall_time_s=summary["total_wall_time_s"],
+                       tasks={task_id(config): canonical_task(config, runs, pretrained)})
   plot(runs, pretrained, out / "success_vs_nre.png",
        f"{config.task}: success rate vs NRE (same budget, m, evaluation)")
   print(table)
