@@ -33,7 +33,7 @@ run's config; ``seed_index``: its position in the run):
 * ``success``: the success rate with its Clopper-Pearson interval.
 
 It is the tool that showed why the 5-seed attack peaks and then declines: the
-proposal drifts into malformed queries (``results/README.md``, "Why it peaks,
+proposal drifts into malformed queries (``results/README.md`` at commit 3a3529a, "Why it peaks,
 then declines").
 
 Writes ``--out``: ``drift.json`` (the command and every row) and ``drift.png``

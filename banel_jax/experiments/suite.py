@@ -15,8 +15,9 @@ means:
   band).
 
 Methods (ids as in ``summary.json``): ``banel_paper`` (the paper's algorithm,
-:meth:`BanelConfig.paper`), ``banel_default`` (``BanelConfig()``: the
-library's defaults), ``rnd``, ``pseudo_counts``, ``reinforce``,
+:meth:`BanelConfig.paper`), ``banel_tuned`` (the negatives-only settings that
+``--tune`` picked on the tuning half), ``banel_default`` (``BanelConfig()``:
+the library's defaults; not run unless named, as they are the paper's), ``rnd``, ``pseudo_counts``, ``reinforce``,
 ``unlikelihood``, ``exact_rejection`` (reject every failure already seen) and
 ``self_imitation``, which learns from the successes it finds and is reported
 in its own rows.
@@ -52,27 +53,35 @@ from banel_jax.experiments import common, harness
 from banel_jax.experiments.registry import (Command, ExperimentError, invocation,
                                             register)
 
-MethodId = Literal["banel_paper", "banel_default", "rnd", "pseudo_counts",
+MethodId = Literal["banel_paper", "banel_tuned", "banel_default", "rnd",
+                   "pseudo_counts",
                    "reinforce", "unlikelihood", "exact_rejection", "self_imitation"]
 METHODS: tuple[str, ...] = get_args(MethodId)
-LABELS = {"banel_paper": "BaNEL (paper)", "banel_default": "BaNEL (defaults)",
+LABELS = {"banel_paper": "BaNEL (paper)",
+          "banel_tuned": "BaNEL, suite-tuned (failures only)",
+          "banel_default": "BaNEL (defaults)",
           "rnd": "RND", "pseudo_counts": "pseudo-counts", "reinforce": "REINFORCE",
           "unlikelihood": "unlikelihood", "exact_rejection": "exact rejection",
           "self_imitation": "self-imitation (uses successes)"}
 USES_SUCCESSES = {"self_imitation"}
 # the method names of banel_jax.experiments.compare.build_method
-_BUILD_NAME = {"banel_paper": "banel", "banel_default": "banel", "rnd": "rnd",
+_BUILD_NAME = {"banel_paper": "banel", "banel_tuned": "banel",
+               "banel_default": "banel", "rnd": "rnd",
                "pseudo_counts": "pseudo_count", "reinforce": "reinforce",
                "unlikelihood": "unlikelihood", "exact_rejection": "exact_rejection",
                "self_imitation": "self_imitation"}
 # the config sections each method reads (recorded and compared on resume)
-_SECTIONS = {"banel_paper": ("banel_paper",), "banel_default": ("banel_default",),
+_SECTIONS = {"banel_paper": ("banel_paper",), "banel_tuned": ("banel_tuned",),
+             "banel_default": ("banel_default",),
              "rnd": ("rnd", "rnd_bonus"),
              "pseudo_counts": ("pseudo_counts", "pseudo_counts_bonus"),
              "reinforce": ("reinforce",), "unlikelihood": ("unlikelihood",),
              "exact_rejection": ("exact_rejection",),
              "self_imitation": ("self_imitation",)}
 FINAL_EVAL_KEY = 30_000
+# The changes to BanelConfig.paper() that ``banel suite --tune`` picked on the
+# tuning half (results/suite/tuning.json, "chosen_changes").
+TUNED: dict = {}
 TEN_X = 10.0
 
 # One setting for every policy-gradient baseline, fixed before any suite run.
@@ -94,7 +103,10 @@ class SuiteConfig:
     eval_every: evaluate every this many rounds (and after the last one).
     final_eval_samples: fresh samples per seed that measure the final rate.
     banel_paper: the paper's algorithm (its run fields come from the task).
-    banel_default: the library's defaults (its run fields come from the task).
+    banel_tuned: the grid point :data:`TUNED` picked on the tuning half
+      (``tuning.json``); uses no successful sample.
+    banel_default: the library's defaults (its run fields come from the task;
+      the same as ``banel_paper`` while the defaults are the paper's).
     reinforce, rnd, pseudo_counts, unlikelihood, self_imitation: the
       baselines' policy updates; rnd_bonus, pseudo_counts_bonus: their bonuses;
       exact_rejection: the exact-rejection reference.
@@ -108,12 +120,13 @@ class SuiteConfig:
 
   tasks: tuple[str, ...] = ()
   half: Literal["all", "tuning", "held_out"] = "all"
-  methods: tuple[MethodId, ...] = METHODS
+  methods: tuple[MethodId, ...] = tuple(m for m in METHODS if m != "banel_default")
   seeds: tuple[int, ...] = tuple(range(10))
   n_eval: int = 10_000
   eval_every: int = 5
   final_eval_samples: int = 50_000
   banel_paper: BanelConfig = BanelConfig.paper()
+  banel_tuned: BanelConfig = BanelConfig.paper(**TUNED)
   banel_default: BanelConfig = BanelConfig()
   reinforce: PolicyGradientConfig = _PG
   rnd: PolicyGradientConfig = _PG
@@ -201,7 +214,8 @@ def run_config(config: SuiteConfig, method: str, task) -> RunConfig | BanelConfi
 
 def _sections(config: SuiteConfig, method: str, task) -> types.SimpleNamespace:
   """The attributes :func:`banel_jax.experiments.compare.build_method` reads."""
-  banel = config.banel_paper if method == "banel_paper" else config.banel_default
+  banel = {"banel_paper": config.banel_paper,
+           "banel_tuned": config.banel_tuned}.get(method, config.banel_default)
   return types.SimpleNamespace(
       run=run_config(config, method, task), banel=banel, reinforce=config.reinforce,
       rnd=config.rnd, rnd_bonus=config.rnd_bonus, pseudo_count=config.pseudo_counts,
@@ -354,6 +368,8 @@ def plot(runs: dict, tasks: dict, methods, path: pathlib.Path) -> None:
       if res is None:
         continue
       recs = [h for h in res["history"] if "success_rate" in h]
+      if not recs:  # a stopped run
+        continue
       nre = np.array([np.mean(h["nre"]) for h in recs], float)
       rate = np.array([h["success_rate"] for h in recs], float)
       q1, med, q3 = np.percentile(rate, [25, 50, 75], axis=1)
@@ -388,6 +404,12 @@ DEFAULTS_GRID: tuple[dict, ...] = (
     {**_LR, "tau_mode": "calibrated", "calibrated_reject_fraction": 0.3},
     {"failure_learning_rate": 0.01, "distill_learning_rate": 0.01,
      "distill_prior_share": 0.5},
+    # added after points 0-7 had run: the defensive share with reset was the
+    # least collapsing; does a stronger, scale-free threshold keep it?
+    {**_LR, "distill_prior_share": 0.5, "distill_reset": True,
+     "tau_mode": "calibrated", "calibrated_reject_fraction": 0.3},
+    {**_LR, "distill_prior_share": 0.5, "distill_reset": True,
+     "filter_factor": 1.2},
 )
 TUNING_CRITERION = ("fewest seeds below the pretrained rate over every (tuning "
                     "task, tuning seed) pair; ties: the highest median "
@@ -397,7 +419,11 @@ TUNING_CRITERION = ("fewest seeds below the pretrained rate over every (tuning "
 def tune(config: SuiteConfig, run_root: pathlib.Path, progress: bool) -> dict:
   """Runs every point of :data:`DEFAULTS_GRID` on the tuning half at the
   tuning seeds (resumable in ``run_root/tune/<i>/<task>``); returns the record
-  with every point's figures and the pick by :data:`TUNING_CRITERION`."""
+  with every point's figures and the pick by :data:`TUNING_CRITERION`. A
+  point that stops a run (no acceptance left, non-finite values) counts as 0x
+  on every seed of that task."""
+  from banel_jax.core.posterior import AcceptanceRateError
+  from banel_jax.runtime.driver import NonFiniteError
   from banel_jax.suite import TASKS, get_task
   names = [n for n, t in TASKS.items() if t.half == "tuning"]
   tuning = config.replace(seeds=config.tuning_seeds, tuning_seeds=(10_000,))
@@ -408,8 +434,17 @@ def tune(config: SuiteConfig, run_root: pathlib.Path, progress: bool) -> dict:
     for name in names:
       task = get_task(name)
       rate = pretrained(task)["rate"]
-      res = run_pair(cfg, task, "banel_default", run_root / "tune" / str(i) / name,
-                     progress)
+      try:
+        res = run_pair(cfg, task, "banel_default", run_root / "tune" / str(i) / name,
+                       progress)
+      except (AcceptanceRateError, NonFiniteError) as e:
+        # a setting that stops a run has failed it on every seed of the batch
+        imp = [0.0] * len(config.tuning_seeds)
+        per_task[name] = {"improvement_final": imp, **robustness(imp),
+                          "stopped": stopped_record(e, len(imp))["stopped"]}
+        print(f"  tune {i} {name}: stopped ({type(e).__name__})", flush=True)
+        pooled_values += imp
+        continue
       imp = [e["rate"] / rate for e in res["final_eval"]]
       per_task[name] = {"improvement_final": imp, **robustness(imp),
                         "wall_time_s": res["wall_time_s"]}
@@ -430,9 +465,23 @@ def tune(config: SuiteConfig, run_root: pathlib.Path, progress: bool) -> dict:
 # The command.
 
 
+def stopped_record(error: Exception, n_seeds: int) -> dict:
+  """The record of a run that a setting stopped (no acceptance left, or
+  non-finite values): it counts as 0 on every seed of its batch."""
+  zeros = [0.0] * n_seeds
+  return {"history": [], "final_eval": [{"rate": 0.0}] * n_seeds,
+          "best_success_rate": zeros, "final_success_rate": zeros,
+          "wall_time_s": 0.0, "n_successes_found_in_training": 0,
+          "stopped": f"{type(error).__name__}: {error}"}
+
+
 def run(config: SuiteConfig, out: str | os.PathLike, progress: bool = True) -> dict:
   """Runs the suite of ``config``; writes the files of the module docstring to
-  ``out`` and returns the summary."""
+  ``out`` and returns the summary. A (task, method) pair that stops (no
+  acceptance left, non-finite values) counts as 0 on every seed, with the
+  reason recorded."""
+  from banel_jax.core.posterior import AcceptanceRateError
+  from banel_jax.runtime.driver import NonFiniteError
   from banel_jax.suite import get_task
   if not isinstance(config, SuiteConfig):
     raise TypeError(f"config must be a SuiteConfig, got {type(config).__name__}")
@@ -456,9 +505,15 @@ def run(config: SuiteConfig, out: str | os.PathLike, progress: bool = True) -> d
                    "pretrained": rate, "methods": {}}
     for method in config.methods:
       print(f"{name}: {LABELS[method]} ...", flush=True)
-      res = run_pair(config, task, method, run_root / name / method, progress)
+      try:
+        res = run_pair(config, task, method, run_root / name / method, progress)
+      except (AcceptanceRateError, NonFiniteError) as e:
+        res = stopped_record(e, len(config.seeds))
+        print(f"  stopped: {res['stopped']}", flush=True)
       runs[(name, method)] = res
       entry = method_entry(method, res, config.seeds, rate["rate"])
+      if "stopped" in res:
+        entry["stopped"] = res["stopped"]
       tasks[name]["methods"][method] = entry
       r = entry["robustness_final"]
       print(f"  median {r['median']:.3g}x, below 1x {r['collapse_share']:.0%}, "
