@@ -142,3 +142,36 @@ def set_cpu_devices(count: int) -> tuple[bool, str]:
   except RuntimeError:
     return False, "JAX had started in this process already"
   return True, ""
+
+
+OBSERVATIONS_START = "<!-- observations:start -->"
+OBSERVATIONS_END = "<!-- observations:end -->"
+
+
+def kept_observations(readme: pathlib.Path) -> str:
+  """The hand-written observations block of an existing generated README
+  (between :data:`OBSERVATIONS_START` and :data:`OBSERVATIONS_END`), kept when
+  a rerun writes the README anew; a placeholder block when there is none."""
+  import re
+  if readme.exists():
+    text = readme.read_text()
+    m = re.search(re.escape(OBSERVATIONS_START) + r".*?" + re.escape(OBSERVATIONS_END),
+                  text, re.S)
+    if m:
+      return m.group(0)
+  return (f"{OBSERVATIONS_START}\n(No observations recorded yet: look at the "
+          f"figures and write them here.)\n{OBSERVATIONS_END}")
+
+
+def check_seeds(owner: str, field: str, seeds) -> None:
+  """Raises :class:`~banel_jax.experiments.registry.ExperimentError` unless
+  ``seeds`` is a non-empty tuple of distinct integers >= 0, naming
+  ``owner.field``."""
+  from banel_jax.experiments.registry import ExperimentError
+  if not isinstance(seeds, tuple) or not seeds or not all(
+      isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+    raise ExperimentError(f"{owner}.{field}={seeds!r} must be a non-empty tuple of "
+                          "integers >= 0")
+  if len(set(seeds)) != len(seeds):
+    raise ExperimentError(f"{owner}.{field}={seeds!r} names a seed twice")
+

@@ -302,13 +302,7 @@ class CompareConfig:
     if len(set(self.methods)) != len(self.methods):
       raise ExperimentError(f"{name}.methods={self.methods!r} names a method twice")
     for field in ("seeds", "tuning_seeds"):
-      seeds = getattr(self, field)
-      if not isinstance(seeds, tuple) or not seeds or not all(
-          isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise ExperimentError(f"{name}.{field}={seeds!r} must be a non-empty "
-                              "tuple of integers >= 0")
-      if len(set(seeds)) != len(seeds):
-        raise ExperimentError(f"{name}.{field}={seeds!r} names a seed twice")
+      common.check_seeds(name, field, getattr(self, field))
     for field, low in (("pretrained_samples", 1), ("final_eval_samples", 0),
                        ("tuning_nre_budget", 0), ("tuning_eval_every", 0)):
       v = getattr(self, field)

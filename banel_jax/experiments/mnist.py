@@ -72,7 +72,6 @@ import json
 import os
 import pathlib
 import platform
-import re
 import time
 from typing import Callable, Literal, get_args
 
@@ -93,8 +92,8 @@ LABELS = {"banel_paper": "BaNEL (paper)", "rnd": "RND",
           "pseudo_counts": "pseudo-counts"}
 COLORS = {"banel_paper": "C0", "rnd": "C1", "pseudo_counts": "C2"}
 PRETRAINED_FILE = "pretrained.json"
-OBSERVATIONS_START = "<!-- observations:start -->"
-OBSERVATIONS_END = "<!-- observations:end -->"
+OBSERVATIONS_START = common.OBSERVATIONS_START
+OBSERVATIONS_END = common.OBSERVATIONS_END
 # PRNG roots of the measurements outside the runners (the runners use the seeds).
 PRETRAINED_KEY = 40_000
 FINAL_EVAL_KEY = 30_000
@@ -243,13 +242,7 @@ class MnistConfig:
     if len(set(self.methods)) != len(self.methods):
       raise ExperimentError(f"{name}.methods={self.methods!r} names a method twice")
     for field in ("seeds", "tuning_seeds"):
-      seeds = getattr(self, field)
-      if not isinstance(seeds, tuple) or not seeds or not all(
-          isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise ExperimentError(f"{name}.{field}={seeds!r} must be a non-empty tuple "
-                              "of integers >= 0")
-      if len(set(seeds)) != len(seeds):
-        raise ExperimentError(f"{name}.{field}={seeds!r} names a seed twice")
+      common.check_seeds(name, field, getattr(self, field))
     shared = sorted(set(self.seeds) & set(self.tuning_seeds))
     if shared:
       raise ExperimentError(f"{name}: seeds {shared} are both reported seeds and "
@@ -889,18 +882,6 @@ def plot_final_samples(runs: dict, config: MnistConfig, path: pathlib.Path) -> N
   _save(fig, path, dpi=110)
 
 
-def _observations(readme: pathlib.Path) -> str:
-  """The hand-written observations block of an existing README (kept on rerun)."""
-  if readme.exists():
-    text = readme.read_text()
-    m = re.search(re.escape(OBSERVATIONS_START) + r".*?" + re.escape(OBSERVATIONS_END),
-                  text, re.S)
-    if m:
-      return m.group(0)
-  return (f"{OBSERVATIONS_START}\n(No observations recorded yet: look at the "
-          f"figures and write them here.)\n{OBSERVATIONS_END}")
-
-
 def write_readme(out: pathlib.Path, summary: dict, table: str, tuning: dict | None,
                  config: MnistConfig) -> None:
   """``out/README.md`` from the summary (keeps the observations block)."""
@@ -933,7 +914,7 @@ def write_readme(out: pathlib.Path, summary: dict, table: str, tuning: dict | No
   lines += ["", "![success rate vs NRE](success_vs_nre.png)", "",
             "![BaNEL round by round](rounds_grid.png)", "",
             "![final samples](final_samples.png)", "",
-            "## What the figures show", "", _observations(out / "README.md"), "",
+            "## What the figures show", "", common.kept_observations(out / "README.md"), "",
             "## Setup", "",
             f"* Budget: NRE {run.nre_budget:,} per seed, m = "
             f"{run.samples_per_round} per round "

@@ -160,12 +160,7 @@ class SuiteConfig:
       raise ExperimentError(f"{name}.half={self.half!r} must be all, tuning or "
                             "held_out")
     for field in ("seeds", "tuning_seeds"):
-      seeds = getattr(self, field)
-      if not isinstance(seeds, tuple) or not seeds or not all(
-          isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) \
-          or len(set(seeds)) != len(seeds):
-        raise ExperimentError(f"{name}.{field}={seeds!r} must be distinct integers "
-                              ">= 0")
+      common.check_seeds(name, field, getattr(self, field))
     if set(self.seeds) & set(self.tuning_seeds):
       raise ExperimentError(f"{name}: seeds and tuning_seeds share "
                             f"{sorted(set(self.seeds) & set(self.tuning_seeds))}: "
@@ -545,9 +540,46 @@ def write_outputs(out: pathlib.Path, config: SuiteConfig, tasks: dict, runs: dic
                          for (t, m), r in runs.items()}})
   (out / "table.md").write_text(table + "\n")
   plot(runs, done, config.methods, out / "success_vs_nre.png")
+  write_readme(out, config, record, table, wall)
   if final:
     print(table)
   return record
+
+
+def _settings_line(cfg: BanelConfig) -> str:
+  changed = {k: v for k, v in config_to_dict(cfg).items()
+             if k not in ("nre_budget", "samples_per_round", "n_eval", "eval_every")
+             and v != config_to_dict(BanelConfig.paper())[k]}
+  return ", ".join(f"{k}={v}" for k, v in changed.items()) or "the paper's settings"
+
+
+def write_readme(out: pathlib.Path, config: SuiteConfig, record: dict, table: str,
+                 wall: float) -> None:
+  """``out/README.md`` from the figures (keeps the observations block)."""
+  inv = record.get("command", "banel suite")
+  lines = [
+      "# The sparse-reward suite", "",
+      "**What.** Every method on the suite's small tasks (`docs/suite.md`), "
+      f"seeds {list(config.seeds)} side by side at each task's NRE budget; the "
+      "final rate of each seed is measured on "
+      f"{config.final_eval_samples:,} fresh samples and divided by the task's one "
+      "pretrained rate. The tuning half chose the settings of `banel_tuned` "
+      f"(`tuning.json`, seeds {list(config.tuning_seeds)}); the held-out half "
+      "never chose anything.", "",
+      "**Command.**", "", "```", inv, "```", "",
+      "**Config.** BaNEL (paper): `BanelConfig.paper()`. BaNEL, suite-tuned: "
+      f"{_settings_line(config.banel_tuned)}. Policy-gradient baselines: Adam "
+      f"{config.rnd.learning_rate}, KL weight {config.rnd.kl_weight} (one setting "
+      "for every baseline, fixed before any run; not tuned). Evaluation every "
+      f"{config.eval_every} rounds on {config.n_eval:,} samples. Full record: "
+      "`suite.json`.", "",
+      "**Table** (`table.md`).", "", table, "",
+      "![success vs NRE](success_vs_nre.png)", "",
+      "## Observations", "", common.kept_observations(out / "README.md"), "",
+      f"**Wall time and machine.** {wall / 60:.0f} minutes of runs (summed over "
+      f"the (task, method) pairs, final evaluations included) on "
+      f"{common.machine()}.", ""]
+  (out / "README.md").write_text("\n".join(lines))
 
 
 COMMAND = register(Command(

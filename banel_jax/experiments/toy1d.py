@@ -81,7 +81,7 @@ class Toy1DConfig:
     if self.mode not in (*MODES, "both"):
       raise ExperimentError(f"Toy1DConfig.mode={self.mode!r} must be 'distilled', "
                        "'exact' or 'both'")
-    _check_seeds("Toy1DConfig", self.seeds)
+    common.check_seeds("Toy1DConfig", "seeds", self.seeds)
     if not isinstance(self.banel, BanelConfig):
       raise ExperimentError(f"Toy1DConfig.banel must be a BanelConfig, got "
                       f"{type(self.banel).__name__}")
@@ -93,15 +93,6 @@ class Toy1DConfig:
 
   def replace(self, **changes) -> "Toy1DConfig":
     return dataclasses.replace(self, **changes)
-
-
-def _check_seeds(owner: str, seeds) -> None:
-  if not isinstance(seeds, tuple) or not seeds or not all(
-      isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-    raise ExperimentError(f"{owner}.seeds={seeds!r} must be a non-empty tuple of "
-                     "integers >= 0")
-  if len(set(seeds)) != len(seeds):
-    raise ExperimentError(f"{owner}.seeds={seeds!r} names a seed twice")
 
 
 def default_config() -> Toy1DConfig:
