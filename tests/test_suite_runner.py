@@ -30,7 +30,7 @@ def test_pooled_figures_keep_the_halves_apart():
 @pytest.mark.parametrize("changes, message", [
     ({"tasks": ("no_such_task",)}, "unknown"),
     ({"methods": ("banel_paper", "banel_paper")}, "twice"),
-    ({"seeds": (0, 0)}, "distinct"),
+    ({"seeds": (0, 0)}, "twice"),
     ({"half": "both"}, "half"),
     ({"final_eval_samples": 0}, "final_eval_samples"),
 ])
@@ -56,9 +56,31 @@ def test_a_small_suite_writes_the_canonical_summary_and_resumes(tmp_path, capsys
     assert entry["improvement_final"] == pytest.approx(
         [r / task["pretrained_rate"] for r in entry["final_rate"]])
     assert entry["uses_successes"] is False and entry["task_knowledge"] is False
-  for f in ("table.md", "suite.json", "success_vs_nre.png"):
+  for f in ("table.md", "suite.json", "success_vs_nre.png", "README.md"):
     assert (tmp_path / "out" / f).exists()
   # a rerun loads every finished pair instead of paying for it again
   capsys.readouterr()
   suite.run(config, tmp_path / "out", progress=False)
   assert capsys.readouterr().out.count("; loaded)") == 2
+
+
+def test_a_stopped_pair_counts_zero_on_every_seed():
+  from banel_jax.core.posterior import AcceptanceRateError
+  res = suite.stopped_record(AcceptanceRateError("no acceptance left"), 3)
+  entry = suite.method_entry("banel_paper", res, (0, 1, 2), 1e-3)
+  assert entry["improvement_final"] == [0.0, 0.0, 0.0]
+  assert entry["robustness_final"]["collapse_share"] == 1.0
+  assert "AcceptanceRateError" in res["stopped"]
+
+
+def test_the_tuned_settings_are_the_committed_tuning_pick():
+  """``banel_tuned`` runs the grid point that ``--tune`` picked on the tuning
+  half, as committed in results/suite/tuning.json."""
+  import pathlib
+  path = pathlib.Path(__file__).resolve().parents[1] / "results" / "suite" / "tuning.json"
+  record = json.loads(path.read_text())
+  assert record["chosen_changes"] == suite.TUNED
+  assert record["points"][record["chosen"]]["changes"] == suite.TUNED
+  assert set(record["tasks"]) == {n for n, t in __import__(
+      "banel_jax.suite", fromlist=["TASKS"]).TASKS.items() if t.half == "tuning"}
+  assert all(s >= 100 for s in record["seeds"])  # never the reported seeds

@@ -81,7 +81,9 @@ _SECTIONS = {"banel_paper": ("banel_paper",), "banel_tuned": ("banel_tuned",),
 FINAL_EVAL_KEY = 30_000
 # The changes to BanelConfig.paper() that ``banel suite --tune`` picked on the
 # tuning half (results/suite/tuning.json, "chosen_changes").
-TUNED: dict = {}
+TUNED: dict = {"failure_learning_rate": 0.03, "distill_learning_rate": 0.03,
+               "distill_prior_share": 0.5, "distill_reset": True,
+               "filter_factor": 1.2}
 TEN_X = 10.0
 
 # One setting for every policy-gradient baseline, fixed before any suite run.
