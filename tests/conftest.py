@@ -180,6 +180,19 @@ SLOW_TESTS = (
     "tests/test_adapters.py::test_log_prob_normalises_and_samples_follow_it",
     "tests/test_bad_input.py::test_rounds_without_failures_add_no_region",
     "tests/test_compare_baselines.py::test_tiny_comparison_writes_its_table_and_resumes",
+    "tests/test_mnist_experiment.py::",
+    "tests/test_baselines.py::test_seeds_under_vmap_equal_single_seed_runs",
+    # with the two above, every user of test_baselines.py's 25 s `runs` fixture
+    "tests/test_baselines.py::test_exact_counts_equal_the_counts_of_the_scored",
+    "tests/test_baselines.py::test_reinforce_gradient_is_zero_without_bonus_and_kl",
+    "tests/test_baselines.py::test_exact_rejection_never_proposes_a_seen_failure",
+    "tests/test_suite_runner.py::test_a_small_suite_writes_the_canonical_summary",
+    "tests/test_reliability.py::test_every_ledger_line_carries_its_request_id",
+    "tests/test_suite_tasks.py::test_pretrain_reproduces_the_shipped_params",
+    "tests/test_transformer.py::test_kv_cache_matches_full_recomputation",
+    "banel_jax/runtime/driver.py::banel_jax.runtime.driver.run_banel",
+    "tests/test_mnist.py::test_oracle_reads_six_probability_of_a_constant",
+    "tests/test_addition.py::test_oracle_smoke_with_a_real_tiny_target",
 )
 
 

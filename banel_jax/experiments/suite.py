@@ -322,6 +322,11 @@ def pooled(tasks: dict, half: str, methods) -> dict:
   return out
 
 
+def _x(v: float) -> str:
+  """An improvement factor for the table: ``0.35x``, ``4.1x``, ``420x``."""
+  return f"{v:.0f}x" if v >= 10 else f"{v:.2g}x"
+
+
 def markdown_table(tasks: dict, methods, pools: dict) -> str:
   """Median final improvement (collapse share) per task and method, and the
   pooled figures per half."""
@@ -334,11 +339,11 @@ def markdown_table(tasks: dict, methods, pools: dict) -> str:
     for n in names:
       e = tasks[n]["methods"].get(m)
       cells.append("" if e is None else
-                   f"{e['robustness_final']['median']:.2g}x "
+                   f"{_x(e['robustness_final']['median'])} "
                    f"({e['robustness_final']['collapse_share']:.0%})")
     for half in ("tuning", "held_out"):
       p = pools[half].get(m)
-      cells.append("" if p is None else f"{p['median']:.2g}x / "
+      cells.append("" if p is None else f"{_x(p['median'])} / "
                    f"{p['collapse_share']:.0%} / {p['share_10x']:.0%}")
     lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
   rates = ", ".join(f"{n} {tasks[n]['pretrained_rate']:.2e}" for n in names)
@@ -374,6 +379,7 @@ def plot(runs: dict, tasks: dict, methods, path: pathlib.Path) -> None:
       ax.fill_between(nre, q1, q3, color=f"C{i}", alpha=0.12)
     ax.axhline(tasks[name]["pretrained_rate"], color="k", ls=":", lw=1)
     ax.set_yscale("symlog", linthresh=tasks[name]["pretrained_rate"] / 2)
+    ax.set_ylim(bottom=0)
     ax.set_title(f"{name} ({tasks[name]['half'].replace('_', '-')})", fontsize=9)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
