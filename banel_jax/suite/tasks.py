@@ -495,6 +495,16 @@ def _seq_model(name: str, length: int, vocab: int) -> Callable[[], GenerativeMod
   return lambda: models.make_sequence_model(length, vocab, _SETTINGS[name]["hidden"])
 
 
+def _trained(name: str, model: Callable[[], GenerativeModel], num_values: int,
+             oracle: Callable, grammar, make_data: Callable[[dict], np.ndarray],
+             finalize: Callable[[dict, dict], dict] = _tempered) -> _Definition:
+  """A task whose model is fitted to ``make_data(settings)`` minus its
+  successes (:func:`_with_data`), at the settings of :data:`_SETTINGS`."""
+  return _Definition(model=model, num_values=num_values, oracle=oracle,
+                     grammar=grammar, settings=_SETTINGS[name],
+                     make_params=_with_data(make_data, oracle, model, finalize))
+
+
 def _definitions() -> dict[str, _Definition]:
   motif_model = _seq_model("motif_tokens", MOTIF_LEN, MOTIF_VOCAB)
   addition_model = _seq_model("addition_small", ADDITION_LEN,
@@ -511,45 +521,24 @@ def _definitions() -> dict[str, _Definition]:
           model=toy.model, num_values=toy.num_bins, oracle=toy.oracle, grammar=None,
           settings=_SETTINGS["toy1d_far"], make_params=_toy_params,
           exact=_toy_exact, fast_sample=_toy_fast_sample),
-      "motif_tokens": _Definition(
-          model=motif_model, num_values=MOTIF_VOCAB, oracle=motif_success,
-          grammar=None, settings=_SETTINGS["motif_tokens"],
-          make_params=_with_data(_motif_data, motif_success, motif_model,
-                                 _tempered)),
-      "addition_small": _Definition(
-          model=addition_model, num_values=len(rules.ADDITION_TOKENS),
-          oracle=rules.addition_success, grammar=rules.ADDITION,
-          settings=_SETTINGS["addition_small"],
-          make_params=_with_data(_addition_data, rules.addition_success,
-                                 addition_model, _tempered)),
-      "stack_program": _Definition(
-          model=stack_model, num_values=len(rules.STACK_TOKENS),
-          oracle=rules.stack_success, grammar=rules.STACK,
-          settings=_SETTINGS["stack_program"],
-          make_params=_with_data(_stack_data, rules.stack_success, stack_model,
-                                 _tempered)),
+      "motif_tokens": _trained("motif_tokens", motif_model, MOTIF_VOCAB,
+                               motif_success, None, _motif_data),
+      "addition_small": _trained("addition_small", addition_model,
+                                 len(rules.ADDITION_TOKENS), rules.addition_success,
+                                 rules.ADDITION, _addition_data),
+      "stack_program": _trained("stack_program", stack_model, len(rules.STACK_TOKENS),
+                                rules.stack_success, rules.STACK, _stack_data),
       "hidden_product": _Definition(
           model=_hp_model, num_values=HP_VALUES, oracle=hidden_product_success,
           grammar=None, settings=_SETTINGS["hidden_product"],
           make_params=_with_data(_hp_data, hidden_product_success, _hp_model),
           exact=_hp_exact),
-      "brackets": _Definition(
-          model=brackets_model, num_values=len(rules.BRACKET_TOKENS),
-          oracle=rules.brackets_success, grammar=rules.BRACKETS,
-          settings=_SETTINGS["brackets"],
-          make_params=_with_data(_brackets_data, rules.brackets_success,
-                                 brackets_model, _tempered)),
-      "lattice_path": _Definition(
-          model=lattice_model, num_values=2, oracle=lattice_success, grammar=None,
-          settings=_SETTINGS["lattice_path"],
-          make_params=_with_data(_lattice_data, lattice_success, lattice_model,
-                                 _lattice_tempered)),
-      "smiles_like": _Definition(
-          model=smiles_model, num_values=len(rules.SMILES_TOKENS),
-          oracle=rules.smiles_success, grammar=rules.SMILES,
-          settings=_SETTINGS["smiles_like"],
-          make_params=_with_data(_smiles_data, rules.smiles_success, smiles_model,
-                                 _tempered)),
+      "brackets": _trained("brackets", brackets_model, len(rules.BRACKET_TOKENS),
+                           rules.brackets_success, rules.BRACKETS, _brackets_data),
+      "lattice_path": _trained("lattice_path", lattice_model, 2, lattice_success,
+                               None, _lattice_data, _lattice_tempered),
+      "smiles_like": _trained("smiles_like", smiles_model, len(rules.SMILES_TOKENS),
+                              rules.smiles_success, rules.SMILES, _smiles_data),
   }
 
 
