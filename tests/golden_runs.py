@@ -55,10 +55,11 @@ def _summary(result) -> dict:
 
 def toy_run(mode: str) -> dict:
   task = Toy1DTask(num_bins=21)
-  config = bj.BanelConfig(mode=mode, nre_budget=300, samples_per_round=100,
-                          failure_batch_size=50, failure_epochs=5,
-                          distill_samples=256, distill_batch_size=64,
-                          distill_epochs=3, n_eval=500)
+  # the paper's settings, whatever BanelConfig()'s defaults become
+  config = bj.BanelConfig.paper(mode=mode, nre_budget=300, samples_per_round=100,
+                                failure_batch_size=50, failure_epochs=5,
+                                distill_samples=256, distill_batch_size=64,
+                                distill_epochs=3, n_eval=500)
   result = bj.run_banel(task.model(), task.prior_params(), task.oracle, config,
                         seeds=(0, 1), progress=False)
   return _summary(result)
@@ -76,11 +77,12 @@ def tiny_attack_run() -> dict:
 
   attacker = tfm.make_transformer(tfm.TransformerConfig(max_len=task.max_len, **small))
   prior = attacker.model.init(jax.random.key(1))
-  config = bj.BanelConfig(nre_budget=48, samples_per_round=16, failure_batch_size=8,
-                          failure_epochs=2, failure_learning_rate=1e-3,
-                          distill_samples=32, distill_batch_size=16,
-                          distill_learning_rate=1e-3, n_eval=64,
-                          tau_mode="calibrated", calibration_samples=32)
+  config = bj.BanelConfig.paper(nre_budget=48, samples_per_round=16,
+                                failure_batch_size=8, failure_epochs=2,
+                                failure_learning_rate=1e-3, distill_samples=32,
+                                distill_batch_size=16, distill_learning_rate=1e-3,
+                                n_eval=64, tau_mode="calibrated",
+                                calibration_samples=32)
   result = bj.run_banel(attacker.model, prior, oracle, config, seeds=(0, 1),
                         progress=False)
   return _summary(result)
