@@ -202,11 +202,10 @@ PRESETS = {"default": default_config, "tiny": tiny_config}
 # Runs.
 
 
-def run_config(config: SuiteConfig, method: str, task) -> RunConfig | BanelConfig:
-  """The runner's budget and evaluation for ``method`` on ``task``."""
-  run = RunConfig(nre_budget=task.nre_budget, samples_per_round=task.samples_per_round,
-                  n_eval=config.n_eval, eval_every=config.eval_every)
-  return run
+def run_config(config: SuiteConfig, task) -> RunConfig:
+  """The runner's budget and evaluation on ``task`` (every method's)."""
+  return RunConfig(nre_budget=task.nre_budget, samples_per_round=task.samples_per_round,
+                   n_eval=config.n_eval, eval_every=config.eval_every)
 
 
 def _sections(config: SuiteConfig, method: str, task) -> types.SimpleNamespace:
@@ -214,7 +213,7 @@ def _sections(config: SuiteConfig, method: str, task) -> types.SimpleNamespace:
   banel = {"banel_paper": config.banel_paper,
            "banel_tuned": config.banel_tuned}.get(method, config.banel_default)
   return types.SimpleNamespace(
-      run=run_config(config, method, task), banel=banel, reinforce=config.reinforce,
+      run=run_config(config, task), banel=banel, reinforce=config.reinforce,
       rnd=config.rnd, rnd_bonus=config.rnd_bonus, pseudo_count=config.pseudo_counts,
       pseudo_count_bonus=config.pseudo_counts_bonus, exact_count=None,
       unlikelihood=config.unlikelihood, exact_rejection=config.exact_rejection,
