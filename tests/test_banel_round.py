@@ -159,6 +159,16 @@ def test_round_without_failures_adds_no_region(fns, round_input):
 SEEDS = (0, 1, 2)
 
 
+def assert_metric_equal(batched, single, name):
+  """Exact equality, except the reported training losses: XLA may order the
+  loss's reduction differently for a batch of seeds (a float rounding of the
+  metric; the parameters it reports on are compared exactly)."""
+  if name.endswith("_loss"):
+    np.testing.assert_allclose(batched, single, rtol=1e-6, err_msg=name)
+  else:
+    np.testing.assert_array_equal(batched, single, err_msg=name)
+
+
 def test_vmapped_round_equals_single_runs(fns, round_input, toy_runs):
   """jit(vmap(init/propose/update)) over 3 seeds equals each seed run alone.
 
@@ -193,7 +203,7 @@ def test_vmapped_round_equals_single_runs(fns, round_input, toy_runs):
                             ukeys[i])
     assert_trees_equal(jax.tree.map(lambda a: a[i], new), new1, False)
     for k in met1:
-      np.testing.assert_array_equal(metrics[k][i], met1[k], err_msg=k)
+      assert_metric_equal(metrics[k][i], met1[k], k)
     np.testing.assert_array_equal(x_next[i], fns.propose(new1, pkeys[i], M)[0])
   assert int(new.nre[2]) == 30 and int(new.nre[0]) == M
   assert not np.array_equal(xs[0], xs[1])  # seeds really differ
@@ -219,7 +229,7 @@ def test_runner_seed_results_equal_single_seed_run(toy_runs):
       if k in ("round", "wall_time_s", "eval_calls"):
         continue
       assert isinstance(v, list) and len(v) == 1, k
-      np.testing.assert_array_equal(h3[k][1], v[0], err_msg=k)
+      assert_metric_equal(h3[k][1], v[0], k)
       per_seed += 1
   assert per_seed > 20
   assert_trees_equal(jax.tree.map(lambda a: a[1], res.states),

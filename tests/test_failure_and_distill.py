@@ -45,7 +45,7 @@ def round_batch():
 @functools.lru_cache(maxsize=None)
 def _fitter(**changes):
   """Jitted fitter of a config, built once per config (compiles are slow)."""
-  cfg = BanelConfig(samples_per_round=M, **changes)
+  cfg = BanelConfig.paper(samples_per_round=M, **changes)
   return jax.jit(make_failure_fitter(MODEL, cfg))
 
 
@@ -113,7 +113,7 @@ DISTILL = dict(distill_samples=8192, distill_batch_size=1024, distill_epochs=30)
 
 @functools.lru_cache(maxsize=None)
 def _distiller(reset):
-  return jax.jit(make_distiller(MODEL, BanelConfig(distill_reset=reset, **DISTILL)))
+  return jax.jit(make_distiller(MODEL, BanelConfig.paper(distill_reset=reset, **DISTILL)))
 
 
 _TX = optax.adam(0.1)
@@ -170,7 +170,7 @@ def test_prior_share_pulls_a_collapsed_proposal_back_onto_the_prior(central_bank
   collapsed = {"logits": jnp.where(XS == 0, 8.0, -8.0)}
   out = {}
   for share in (0.0, 0.5):
-    distill = jax.jit(make_distiller(MODEL, BanelConfig(
+    distill = jax.jit(make_distiller(MODEL, BanelConfig.paper(
         distill_prior_share=share, **DISTILL)))
     state, _ = distill(_proposal_state(collapsed), PRIOR, bank, jax.random.key(0))
     out[share] = _probs(state.params)
@@ -195,7 +195,7 @@ def test_support_keeps_distillation_off_known_zero_samples(central_bank):
   outside_support = XS <= 2
   support = lambda x: x > 2  # noqa: E731
   drifted = {"logits": PRIOR["logits"].at[:3].add(3.0)}
-  cfg = BanelConfig(distill_reset=False, **DISTILL)
+  cfg = BanelConfig.paper(distill_reset=False, **DISTILL)
   distill = jax.jit(functools.partial(make_distiller(MODEL, cfg),
                                       accept=(("support", support),)))
   state, metrics = distill(_proposal_state(drifted), PRIOR, bank, jax.random.key(0))
@@ -320,9 +320,9 @@ def test_config_microbatch_fits_the_same_failure_model(round_batch):
   fitter's program holds one more loop (the microbatches')."""
   x, _, _, failure_mask = round_batch
   key = jax.random.key(5)
-  one = make_failure_fitter(MODEL, BanelConfig(samples_per_round=M, failure_epochs=3,
+  one = make_failure_fitter(MODEL, BanelConfig.paper(samples_per_round=M, failure_epochs=3,
                                                failure_batch_size=M))
-  micro = make_failure_fitter(MODEL, BanelConfig(
+  micro = make_failure_fitter(MODEL, BanelConfig.paper(
       samples_per_round=M, failure_epochs=3, failure_batch_size=M, train_microbatch=30))
   args = (PRIOR, jnp.asarray(x), jnp.asarray(failure_mask), key)
   (s1, _), (s2, _) = one(*args), micro(*args)

@@ -438,10 +438,10 @@ def test_log_norm_compares_the_posteriors_density():
 
 @pytest.fixture(scope="module")
 def exact_run():
-  cfg = BanelConfig(mode="exact", nre_budget=200, samples_per_round=100,
-                    failure_batch_size=50, failure_epochs=20, filter_factor=1.1,
-                    exact_batch_size=1024, exact_max_batches=16, n_eval=100,
-                    eval_every=100, max_regions=CAP)
+  cfg = BanelConfig.paper(mode="exact", nre_budget=200, samples_per_round=100,
+                          failure_batch_size=50, failure_epochs=20, filter_factor=1.1,
+                          exact_batch_size=1024, exact_max_batches=16, n_eval=100,
+                          eval_every=100, max_regions=CAP)
   runner = BanelRunner(MODEL, PRIOR, TASK.oracle, cfg, seeds=(0,), progress=False)
   return runner.run()
 

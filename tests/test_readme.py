@@ -58,7 +58,8 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
   result = namespace["result"]
   assert result.nre_spent == [namespace["config"].nre_budget] * 3
-  assert min(result.final_success_rates()) > 0.5  # the quickstart's claim
+  # the quickstart's claim: every seed at least 10x the prior's 2e-3
+  assert min(result.final_success_rates()) > 0.02
   assert (tmp_path / "runs" / "my_run" / "ledger.jsonl").exists()
   assert int(namespace["state"].round) == 1
 

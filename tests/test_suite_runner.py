@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from banel_jax import BanelConfig
 from banel_jax.experiments import suite
 from banel_jax.experiments.registry import ExperimentError
 
@@ -73,14 +74,17 @@ def test_a_stopped_pair_counts_zero_on_every_seed():
   assert "AcceptanceRateError" in res["stopped"]
 
 
-def test_the_tuned_settings_are_the_committed_tuning_pick():
-  """``banel_tuned`` runs the grid point that ``--tune`` picked on the tuning
-  half, as committed in results/suite/tuning.json."""
+def test_the_defaults_are_the_committed_tuning_pick():
+  """``BanelConfig()`` (the suite's ``banel_default``) is the grid point that
+  ``--tune`` picked on the tuning half, as committed in
+  results/suite/tuning.json."""
   import pathlib
   path = pathlib.Path(__file__).resolve().parents[1] / "results" / "suite" / "tuning.json"
   record = json.loads(path.read_text())
   assert record["chosen_changes"] == suite.TUNED
   assert record["points"][record["chosen"]]["changes"] == suite.TUNED
+  assert BanelConfig() == BanelConfig.paper(**suite.TUNED)
+  assert suite.SuiteConfig().banel_default == BanelConfig()
   assert set(record["tasks"]) == {n for n, t in __import__(
       "banel_jax.suite", fromlist=["TASKS"]).TASKS.items() if t.half == "tuning"}
   assert all(s >= 100 for s in record["seeds"])  # never the reported seeds

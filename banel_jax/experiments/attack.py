@@ -133,7 +133,7 @@ class AttackConfig:
 
   method: Literal["banel", "self-imitation"] = "banel"
   seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-  banel: BanelConfig = BanelConfig(
+  banel: BanelConfig = BanelConfig.paper(
       mode="distilled", nre_budget=7500, samples_per_round=500,
       tau_mode="calibrated", calibrated_reject_fraction=0.5, filter_factor=2.0,
       failure_init="proposal", failure_epochs=30, failure_batch_size=100,

@@ -165,7 +165,7 @@ class TuningGrid:
 # seed 100 (a fixed filter factor f = 2 rejected about a tenth of the proposal
 # per round and the distilled proposal sharpened onto its zeros, hence the
 # calibrated threshold).
-DEFAULT_BANEL = BanelConfig(
+DEFAULT_BANEL = BanelConfig.paper(
     mode="distilled", tau_mode="calibrated", calibrated_reject_fraction=0.3,
     calibration_samples=1024, failure_init="proposal", failure_epochs=10,
     failure_batch_size=50, failure_learning_rate=1e-2, distill_samples=1024,

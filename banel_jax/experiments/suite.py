@@ -15,9 +15,9 @@ means:
   band).
 
 Methods (ids as in ``summary.json``): ``banel_paper`` (the paper's algorithm,
-:meth:`BanelConfig.paper`), ``banel_tuned`` (the negatives-only settings that
-``--tune`` picked on the tuning half), ``banel_default`` (``BanelConfig()``:
-the library's defaults; not run unless named, as they are the paper's), ``rnd``, ``pseudo_counts``, ``reinforce``,
+:meth:`BanelConfig.paper`), ``banel_default`` (``BanelConfig()``: the
+library's defaults, the negatives-only settings that ``--tune`` picked on the
+tuning half, :data:`TUNED`), ``rnd``, ``pseudo_counts``, ``reinforce``,
 ``unlikelihood``, ``exact_rejection`` (reject every failure already seen) and
 ``self_imitation``, which learns from the successes it finds and is reported
 in its own rows.
@@ -53,26 +53,22 @@ from banel_jax.experiments import common, harness
 from banel_jax.experiments.registry import (Command, ExperimentError, invocation,
                                             register)
 
-MethodId = Literal["banel_paper", "banel_tuned", "banel_default", "rnd",
-                   "pseudo_counts",
+MethodId = Literal["banel_paper", "banel_default", "rnd", "pseudo_counts",
                    "reinforce", "unlikelihood", "exact_rejection", "self_imitation"]
 METHODS: tuple[str, ...] = get_args(MethodId)
 LABELS = {"banel_paper": "BaNEL (paper)",
-          "banel_tuned": "BaNEL, suite-tuned (failures only)",
-          "banel_default": "BaNEL (defaults)",
+          "banel_default": "BaNEL (defaults: suite-tuned, failures only)",
           "rnd": "RND", "pseudo_counts": "pseudo-counts", "reinforce": "REINFORCE",
           "unlikelihood": "unlikelihood", "exact_rejection": "exact rejection",
           "self_imitation": "self-imitation (uses successes)"}
 USES_SUCCESSES = {"self_imitation"}
 # the method names of banel_jax.experiments.compare.build_method
-_BUILD_NAME = {"banel_paper": "banel", "banel_tuned": "banel",
-               "banel_default": "banel", "rnd": "rnd",
+_BUILD_NAME = {"banel_paper": "banel", "banel_default": "banel", "rnd": "rnd",
                "pseudo_counts": "pseudo_count", "reinforce": "reinforce",
                "unlikelihood": "unlikelihood", "exact_rejection": "exact_rejection",
                "self_imitation": "self_imitation"}
 # the config sections each method reads (recorded and compared on resume)
-_SECTIONS = {"banel_paper": ("banel_paper",), "banel_tuned": ("banel_tuned",),
-             "banel_default": ("banel_default",),
+_SECTIONS = {"banel_paper": ("banel_paper",), "banel_default": ("banel_default",),
              "rnd": ("rnd", "rnd_bonus"),
              "pseudo_counts": ("pseudo_counts", "pseudo_counts_bonus"),
              "reinforce": ("reinforce",), "unlikelihood": ("unlikelihood",),
@@ -80,7 +76,8 @@ _SECTIONS = {"banel_paper": ("banel_paper",), "banel_tuned": ("banel_tuned",),
              "self_imitation": ("self_imitation",)}
 FINAL_EVAL_KEY = 30_000
 # The changes to BanelConfig.paper() that ``banel suite --tune`` picked on the
-# tuning half (results/suite/tuning.json, "chosen_changes").
+# tuning half (results/suite/tuning.json, "chosen_changes"): BanelConfig()'s
+# defaults (a test holds the two equal).
 TUNED: dict = {"failure_learning_rate": 0.03, "distill_learning_rate": 0.03,
                "distill_prior_share": 0.5, "distill_reset": True,
                "filter_factor": 1.2}
@@ -105,10 +102,9 @@ class SuiteConfig:
     eval_every: evaluate every this many rounds (and after the last one).
     final_eval_samples: fresh samples per seed that measure the final rate.
     banel_paper: the paper's algorithm (its run fields come from the task).
-    banel_tuned: the grid point :data:`TUNED` picked on the tuning half
-      (``tuning.json``); uses no successful sample.
-    banel_default: the library's defaults (its run fields come from the task;
-      the same as ``banel_paper`` while the defaults are the paper's).
+    banel_default: the library's defaults, ``BanelConfig()`` (its run fields
+      come from the task): the grid point :data:`TUNED` that ``--tune`` picked
+      on the tuning half (``tuning.json``); uses no successful sample.
     reinforce, rnd, pseudo_counts, unlikelihood, self_imitation: the
       baselines' policy updates; rnd_bonus, pseudo_counts_bonus: their bonuses;
       exact_rejection: the exact-rejection reference.
@@ -122,13 +118,12 @@ class SuiteConfig:
 
   tasks: tuple[str, ...] = ()
   half: Literal["all", "tuning", "held_out"] = "all"
-  methods: tuple[MethodId, ...] = tuple(m for m in METHODS if m != "banel_default")
+  methods: tuple[MethodId, ...] = METHODS
   seeds: tuple[int, ...] = tuple(range(10))
   n_eval: int = 10_000
   eval_every: int = 5
   final_eval_samples: int = 50_000
   banel_paper: BanelConfig = BanelConfig.paper()
-  banel_tuned: BanelConfig = BanelConfig.paper(**TUNED)
   banel_default: BanelConfig = BanelConfig()
   reinforce: PolicyGradientConfig = _PG
   rnd: PolicyGradientConfig = _PG
@@ -210,8 +205,7 @@ def run_config(config: SuiteConfig, task) -> RunConfig:
 
 def _sections(config: SuiteConfig, method: str, task) -> types.SimpleNamespace:
   """The attributes :func:`banel_jax.experiments.compare.build_method` reads."""
-  banel = {"banel_paper": config.banel_paper,
-           "banel_tuned": config.banel_tuned}.get(method, config.banel_default)
+  banel = config.banel_paper if method == "banel_paper" else config.banel_default
   return types.SimpleNamespace(
       run=run_config(config, task), banel=banel, reinforce=config.reinforce,
       rnd=config.rnd, rnd_bonus=config.rnd_bonus, pseudo_count=config.pseudo_counts,
@@ -570,12 +564,12 @@ def write_readme(out: pathlib.Path, config: SuiteConfig, record: dict, table: st
       f"seeds {list(config.seeds)} side by side at each task's NRE budget; the "
       "final rate of each seed is measured on "
       f"{config.final_eval_samples:,} fresh samples and divided by the task's one "
-      "pretrained rate. The tuning half chose the settings of `banel_tuned` "
+      "pretrained rate. The tuning half chose the library's defaults "
       f"(`tuning.json`, seeds {list(config.tuning_seeds)}); the held-out half "
       "never chose anything.", "",
       "**Command.**", "", "```", inv, "```", "",
-      "**Config.** BaNEL (paper): `BanelConfig.paper()`. BaNEL, suite-tuned: "
-      f"{_settings_line(config.banel_tuned)}. Policy-gradient baselines: Adam "
+      "**Config.** BaNEL (paper): `BanelConfig.paper()`. BaNEL (defaults): "
+      f"{_settings_line(config.banel_default)}. Policy-gradient baselines: Adam "
       f"{config.rnd.learning_rate}, KL weight {config.rnd.kl_weight} (one setting "
       "for every baseline, fixed before any run; not tuned). Evaluation every "
       f"{config.eval_every} rounds on {config.n_eval:,} samples. Full record: "

@@ -69,7 +69,7 @@ class Toy1DConfig:
   mode: Literal["distilled", "exact", "both"] = "both"
   seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
   task: Toy1DTask = Toy1DTask()
-  banel: BanelConfig = BanelConfig(
+  banel: BanelConfig = BanelConfig.paper(
       nre_budget=1000, samples_per_round=100, filter_factor=1.032,
       failure_init="proposal", failure_epochs=50, failure_batch_size=50,
       failure_learning_rate=0.1, distill_samples=4096, distill_epochs=5,
