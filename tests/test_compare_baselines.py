@@ -179,6 +179,15 @@ def test_tiny_comparison_writes_its_table_and_resumes(tmp_path):
   assert 0.0 <= reinforce["statistics_final"]["mann_whitney_p_vs_banel"] <= 1.0
   lo, hi = banel["statistics_final"]["median_ci95"]
   assert lo <= banel["statistics_final"]["median"] <= hi
+  readme = (out / "README.md").read_text()
+  assert "| BaNEL (paper) | 2 |" in readme and "| REINFORCE | 2 |" in readme
+  assert "Observations" in readme and "Wall time and machine" in readme
+  # a rerun keeps the README's hand-written observations
+  (out / "README.md").write_text(readme.replace(
+      "(No observations recorded yet: look at the figures and write them here.)",
+      "BaNEL moved; REINFORCE did not."))
+  compare.run(config, out, progress=False)
+  assert "BaNEL moved; REINFORCE did not." in (out / "README.md").read_text()
   # a rerun loads every finished method instead of running it again
   again = compare.run(config, tmp_path / "again", progress=False)
   assert [r["final_per_seed"] for r in again["rows"]] == \

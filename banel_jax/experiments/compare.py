@@ -19,8 +19,11 @@ Writes to ``--out``:
   the task defines it, distinct samples per round), every method's per-round
   history;
 * ``comparison.md``: the table (also printed);
-* ``success_vs_nre.png``: success rate against NRE, mean over seeds with the
-  min-max band;
+* ``success_vs_nre.png``: success rate against NRE, median over seeds with
+  the inter-quartile band;
+* ``summary.json`` (the canonical form, below) and ``README.md`` (command,
+  config, the statistics and the table, the plot, wall time and machine; its
+  observations block is kept when a rerun writes it anew);
 * ``tuning.json`` (with ``--tune``): every grid point of every method.
 
 With ``--run-dir DIR`` the comparison is resumable: each method runs in
@@ -1029,8 +1032,64 @@ def markdown_table(rows: list[dict], pretrained: dict, config: CompareConfig) ->
   return "\n".join(lines)
 
 
+def statistics_table(task: dict) -> str:
+  """The reviewer's table from a ``summary.json`` task entry: per method the
+  median and mean final improvement with bootstrap 95% intervals, the shares
+  of seeds at least 10x and below 1x, the median best-so-far, and the
+  Mann-Whitney p-value against BaNEL (paper)."""
+  def ci(stats, key):
+    lo, hi = stats[f"{key}_ci95"]
+    return f"{stats[key]:.3g}x [{lo:.3g}, {hi:.3g}]"
+  lines = ["| method | seeds | median improvement [95% CI] | mean improvement "
+           "[95% CI] | >= 10x | < 1x | best-so-far median | p vs BaNEL (paper) |",
+           "|---|---|---|---|---|---|---|---|"]
+  for entry in task["methods"].values():
+    st = entry["statistics_final"]
+    p = st.get("mann_whitney_p_vs_banel")
+    lines.append(
+        f"| {entry['label']} | {len(entry['seeds'])} | {ci(st, 'median')} | "
+        f"{ci(st, 'mean')} | {entry['share_10x']:.0%} | "
+        f"{entry['share_below_1x']:.0%} | "
+        f"{entry['statistics_best']['median']:.3g}x | "
+        + ("-" if p is None else f"{p:.2g}") + " |")
+  return "\n".join(lines)
+
+
+def write_readme(out: pathlib.Path, config: CompareConfig, summary: dict,
+                 task: dict, table: str, wall: float) -> None:
+  """``out/README.md`` from the figures (keeps the observations block)."""
+  run = config.run
+  source = task.get("pretrained_source", "measured here")
+  lines = [
+      f"# {config.task}: BaNEL against the baselines", "",
+      f"**What.** Every method in the same harness on `{task_id(config)}`: NRE "
+      f"budget {run.nre_budget:,}, m = {run.samples_per_round}, evaluation on "
+      f"{run.n_eval:,} fresh samples every {run.eval_every} round(s), seeds "
+      f"{list(config.seeds)} side by side. Improvement = final rate / the one "
+      f"pretrained rate {task['pretrained_rate']:.4g} "
+      f"({task['pretrained_samples']:,} samples; {source}).", "",
+      "**Command.**", "", "```", summary.get("command", "banel compare"), "```",
+      "",
+      "**Config.** `comparison.json` holds every setting. Tuning: "
+      + (f"the grids ran on seeds {list(config.tuning_seeds)} (`tuning.json`)."
+         if isinstance(summary.get("tuning"), dict) else
+         "no grid ran here: every method used the picks its preset holds "
+         "(`banel compare --help` lists them and where they were made)."), "",
+      "**Statistics** (final improvement over seeds).", "",
+      statistics_table(task), "",
+      "**Table** (`comparison.md`; rates on fresh samples).", "", table, "",
+      "![success vs NRE](success_vs_nre.png)", "",
+      "## Observations", "", common.kept_observations(out / "README.md"), "",
+      "**Wall time and machine.** "
+      + (f"{wall / 3600:.1f} hours" if wall >= 3600 else f"{wall / 60:.1f} minutes")
+      + " of runs (summed over "
+      f"the methods, resumed runs included) on {common.machine()}.", ""]
+  (out / "README.md").write_text("\n".join(lines))
+
+
 def plot(runs: dict, pretrained: dict, path: str | os.PathLike, title: str) -> None:
-  """Success rate against NRE of every method: mean over seeds, min-max band."""
+  """Success rate against NRE of every method: median over seeds with the
+  inter-quartile band."""
   from banel_jax import plotting
   fig, ax = plotting.new_axes(figsize=(7, 4.5))
   colors = [f"C{i}" for i in range(10)]
@@ -1039,12 +1098,13 @@ def plot(runs: dict, pretrained: dict, path: str | os.PathLike, title: str) -> N
     nre = np.array([np.mean(h["nre"]) for h in recs], float)
     rate = np.array([h["success_rate"] for h in recs], float)
     c = colors[i % len(colors)]
-    ax.plot(nre, rate.mean(axis=1), marker=".", color=c, label=LABELS[name])
-    ax.fill_between(nre, rate.min(axis=1), rate.max(axis=1), color=c, alpha=0.12)
+    ax.plot(nre, np.median(rate, axis=1), marker=".", color=c, label=LABELS[name])
+    ax.fill_between(nre, np.percentile(rate, 25, axis=1),
+                    np.percentile(rate, 75, axis=1), color=c, alpha=0.12)
   ax.axhline(pretrained["rate"], color="k", ls=":", lw=1, label="pretrained")
   ax.set_yscale("log")
   ax.set_xlabel("reward evaluations spent on learning (NRE)")
-  ax.set_ylabel("success rate (mean over seeds; band: min-max)")
+  ax.set_ylabel("success rate (median over seeds; band: quartiles)")
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
@@ -1107,10 +1167,13 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
                     {**summary, "runs": {k: {"history": v["history"]}
                                          for k, v in runs.items()}})
   (out / "comparison.md").write_text(table + "\n")
+  # the runs' own time, summed over the processes that resumed them
+  wall = float(sum(r["wall_time_s"] for r in runs.values()))
+  task = canonical_task(config, runs, pretrained)
   common.write_summary(out, name=out.name,
                        command=invocation().get("command", "banel compare"),
-                       wall_time_s=summary["total_wall_time_s"],
-                       tasks={task_id(config): canonical_task(config, runs, pretrained)})
+                       wall_time_s=wall, tasks={task_id(config): task})
+  write_readme(out, config, summary, task, table, wall)
   plot(runs, pretrained, out / "success_vs_nre.png",
        f"{config.task}: success rate vs NRE (same budget, m, evaluation)")
   print(table)
