@@ -11,6 +11,8 @@ by the driver and reported, never used for learning.
 * :func:`make_pseudo_count`: REINFORCE with a density-model pseudo-count bonus.
 * :func:`make_exact_count`: REINFORCE with an exact-count bonus (small spaces).
 * :func:`make_unlikelihood`: unlikelihood training on failures.
+* :func:`make_nsr`: negative-sample reinforcement (a policy gradient that
+  pushes down the failures' log-probabilities only).
 * :func:`make_exact_rejection`: reject every failure already seen (a reference).
 * :func:`make_self_imitation`: fit the successes found so far, upweighted (what
   BaNEL's success replay is when no region rejects anything).
@@ -40,6 +42,8 @@ from banel_jax.baselines.policy_gradient import (NoveltyBonus, PolicyGradientCon
                                                  make_reinforce, ppo_clip_loss,
                                                  ppo_clip_sums,
                                                  zero_bonus)
+from banel_jax.baselines.nsr import (NSRConfig, NSRState, completion_mask, make_nsr,
+                                     nsr_terms)
 from banel_jax.baselines.pseudo_counts import (ExactCountState, PseudoCountConfig,
                                                PseudoCountState,
                                                count_bonus,
@@ -68,6 +72,7 @@ __all__ = [
     "NoveltyBonus", "PolicyGradientConfig", "PolicyGradientState",
     "leave_one_out_advantages", "make_policy_gradient", "make_policy_tx",
     "make_reinforce", "ppo_clip_loss", "ppo_clip_sums", "zero_bonus",
+    "NSRConfig", "NSRState", "completion_mask", "make_nsr", "nsr_terms",
     "ExactCountState", "PseudoCountConfig", "PseudoCountState", "count_bonus",
     "count_bonus_from_prediction_gain", "empirical_frequency", "make_exact_count",
     "make_exact_count_bonus", "make_pseudo_count", "make_pseudo_count_bonus",
