@@ -8,6 +8,12 @@ adapter pytrees; BaNEL runs two rounds on adapters and its region bank holds
 adapters only; a run directory's checkpoint of that state resumes the run
 bit for bit. The memory figures at Qwen2.5-0.5B's shapes come from
 ``jax.eval_shape`` (nothing allocated).
+
+``BanelRunner`` given the ``LoraModel`` passes the base to its programs as an
+argument (no program embeds it; the closure path's every program does), runs
+the very rounds of ``lm.jit``, matches the closure path, checkpoints the
+adapters' state only and resumes; with the seeds sharded over 4 devices the
+base is replicated on each.
 """
 
 import functools
@@ -364,3 +370,219 @@ def test_checkpoint_round_trip_resumes_the_run(tmp_path, two_rounds):
       tmp_path / "adapters", expected_metadata={"rank": 2},
       like=jax.eval_shape(two_rounds.lm.model.init, jax.random.key(0)))
   _assert_trees_equal(loaded, proposal)
+
+
+# --- the runner: the base as an argument of every program it compiles ------------------
+
+
+def _without_wall_time(history):
+  return [{k: v for k, v in h.items() if k != "wall_time_s"} for h in history]
+
+
+def _disk_bytes(path):
+  return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _lowered_texts(runner, m):
+  """The StableHLO text of the runner's round programs (propose, update, the
+  prior-mass diagnostic), lowered for the current state."""
+  states = runner.states
+  keys = runner._keys(states)
+  x, _ = runner._propose(states, keys["propose"], m)
+  s = len(runner.seeds)
+  batch = bj.RoundBatch(x=x, rewards=jnp.zeros((s, m)),
+                        evaluated=jnp.ones((s, m), bool), log_norm=jnp.zeros(s))
+  return {"propose": runner._propose.lower(states, keys["propose"], m).as_text(),
+          "update": runner._update.lower(states, batch, keys["update"]).as_text(),
+          "prior_mass": runner._prior_in_regions.lower(states, keys["eval"]).as_text()}
+
+
+def _embedded_leaves(text, base):
+  """How many of the base's larger leaves appear in ``text`` as constants
+  (MLIR prints a dense constant's bytes as upper-case hex)."""
+  return sum(np.asarray(w).tobytes().hex().upper() in text
+             for w in jax.tree.leaves(base) if np.size(w) >= 64)
+
+
+def _main_args(text):
+  return next(line for line in text.splitlines()
+              if "func.func public @main" in line).count("%arg")
+
+
+@pytest.fixture(scope="module")
+def runner_run(tmp_path_factory, two_rounds):
+  """The two rounds of ``two_rounds`` through ``BanelRunner``, given the
+  ``LoraModel`` itself (the base passed to its programs as an argument), in a
+  run directory."""
+  path = tmp_path_factory.mktemp("lora_runner") / "run"
+  runner = bj.BanelRunner(two_rounds.lm, two_rounds.prior, _oracle, two_rounds.config,
+                          seeds=(11,), progress=False, run_dir=path)
+  result = runner.run()
+  runner.close()
+  return types.SimpleNamespace(runner=runner, result=result, path=path)
+
+
+def test_runner_takes_the_lora_model_and_passes_its_base_as_an_argument(
+    tiny, two_rounds, runner_run):
+  runner, result = runner_run.runner, runner_run.result
+  assert runner.model is two_rounds.lm.model
+  assert runner.frozen.params is tiny.base
+  assert [h["round"] for h in result.history] == [0, 1, 2]
+  assert result.nre_spent == [2 * M]
+  # the very run of ``two_rounds`` (``lm.jit`` of another bundle's functions:
+  # the same leaves)
+  got = _leaves(jax.tree.map(lambda a: a[0], result.states))
+  want = _leaves(two_rounds.states[-1])
+  assert len(got) == len(want)
+  for x, y in zip(got, want):
+    np.testing.assert_array_equal(x, y)
+  # no program embeds the base (the closure path's do: see below)
+  for name, text in _lowered_texts(runner, M).items():
+    assert _embedded_leaves(text, tiny.base) == 0, name
+
+
+def test_runner_results_equal_the_closure_path(tiny, two_rounds, runner_run):
+  """The same run given ``lm.model`` (its functions close over the base, which
+  every program then embeds): the same samples and history; the params agree
+  up to float rounding (XLA folds the embedded base's constants its own way;
+  Adam's normalised steps carry a last-bit difference to about 1e-5)."""
+  base_leaves = sum(np.size(w) >= 64 for w in jax.tree.leaves(tiny.base))
+  closure = bj.BanelRunner(two_rounds.lm.model, two_rounds.prior, _oracle,
+                           two_rounds.config, seeds=(11,), progress=False)
+  assert closure.frozen is None
+  res = closure.run()
+  assert _without_wall_time(res.history) == _without_wall_time(
+      runner_run.result.history)
+  assert [h["success_rate"] for h in res.history if "success_rate" in h] == [
+      h["success_rate"] for h in runner_run.result.history if "success_rate" in h]
+  for x, y in zip(_leaves(res.states), _leaves(runner_run.result.states)):
+    np.testing.assert_allclose(x, y, rtol=0, atol=1e-4)
+  # each closure-path program holds the base as constants; the runner given
+  # the LoraModel takes it as arguments instead (every program runs the whole
+  # decoder, so uses every base leaf)
+  base_bytes = sum(x.nbytes for x in jax.tree.leaves(tiny.base))
+  passed = _lowered_texts(runner_run.runner, M)
+  for name, text in _lowered_texts(closure, M).items():
+    assert _embedded_leaves(text, tiny.base) == base_leaves, name
+    assert len(text) > len(passed[name]) + base_bytes, name
+    assert _main_args(passed[name]) == _main_args(text) + len(jax.tree.leaves(tiny.base))
+
+
+def test_runner_checkpoints_adapters_only_and_resumes(tmp_path, tiny, two_rounds,
+                                                      runner_run):
+  """The run directory's checkpoints hold the adapters' state, not the base;
+  a run stopped after round 1 resumes to the uninterrupted run's end."""
+  state_bytes = sum(x.nbytes for x in _leaves(runner_run.result.states))
+  base_bytes = sum(x.nbytes for x in jax.tree.leaves(tiny.base))
+  step, arrays, host = bj.read_checkpoint(runner_run.path)
+  assert step == 2
+  assert sum(a.nbytes for a in arrays.values()) == state_bytes
+  base_shapes = {np.shape(w) for w in jax.tree.leaves(tiny.base)}
+  adapter_shapes = {np.shape(a) for a in jax.tree.leaves(two_rounds.prior)}
+  assert not {a.shape[1:] for a in arrays.values()} & (base_shapes - adapter_shapes)
+  # on disk: the same checkpoint with the base beside the state is larger by
+  # about the base's bytes (a checkpoint's own files weigh more than this tiny
+  # state, so the size is compared with that one, not with the state's bytes)
+  disk = _disk_bytes(runner_run.path / "checkpoints" / "2")
+  with bj.RunDirectory(tmp_path / "with_base", {"config": "lora"}) as run_dir:
+    run_dir.save(2, {"state": runner_run.result.states, "base": tiny.base}, host)
+  assert disk + base_bytes / 2 < _disk_bytes(tmp_path / "with_base" / "checkpoints")
+
+  path = tmp_path / "run"
+  kwargs = {"seeds": (11,), "progress": False, "run_dir": path}
+  with bj.BanelRunner(two_rounds.lm, two_rounds.prior, _oracle, two_rounds.config,
+                      **kwargs) as first:
+    first.evaluate_start()
+    first.step()
+  calls = []
+  counting = lambda x: calls.append(len(x)) or _oracle(x)
+  with bj.BanelRunner(two_rounds.lm, two_rounds.prior, counting, two_rounds.config,
+                      **kwargs) as resumed:
+    assert resumed.round == 1
+    res = resumed.run()
+  assert sum(calls) == M + two_rounds.config.n_eval  # round 2 only
+  assert _without_wall_time(res.history) == _without_wall_time(
+      runner_run.result.history)
+  _assert_trees_equal(res.states, runner_run.result.states)
+
+
+def _categorical_model(k=8):
+  """A categorical over ``k`` values, logits ``kernel.sum(0)`` (a kernel the
+  merged LoRA adapts)."""
+  return bj.GenerativeModel(
+      init=lambda key: {"w": {"kernel": 0.3 * jax.random.normal(key, (16, k))}},
+      log_prob=lambda p, x: jax.nn.log_softmax(p["w"]["kernel"].sum(0))[x],
+      sample=lambda p, key, n: jax.random.categorical(
+          key, p["w"]["kernel"].sum(0), shape=(n,)).astype(jnp.int32),
+      event_shape=(), dtype=jnp.int32)
+
+
+def _sharded_main():
+  """Run in a process with 4 CPU devices by
+  :func:`test_runner_replicates_the_base_over_the_seed_mesh`; prints one JSON
+  line. A merged LoRA of a categorical, 4 seeds: sharded over the devices,
+  on one device, and sharded through the closure path."""
+  import json
+  base_model = _categorical_model()
+  base = base_model.init(jax.random.key(0))
+  lm = lora.lora_model(base_model, base, rank=1,
+                       targets=lambda path, leaf: path[-1] == "kernel")
+  prior = lm.model.init(jax.random.key(1))
+  config = bj.BanelConfig(nre_budget=64, samples_per_round=32, failure_epochs=2,
+                          failure_batch_size=16, distill_samples=64,
+                          distill_batch_size=32, distill_epochs=1, n_eval=64)
+  oracle = lambda x: (np.asarray(x) == 5).astype(np.float32)
+  run = lambda model, shard: bj.BanelRunner(model, prior, oracle, config,
+                                            seeds=(0, 1, 2, 3), progress=False,
+                                            shard_seeds=shard)
+  sharded, single, closure = run(lm, True), run(lm, False), run(lm.model, True)
+  frozen = jax.tree.leaves(sharded._update.params)
+  out = {"mesh": int(sharded.mesh.devices.size),
+         "frozen_devices": sorted({len(x.sharding.device_set) for x in frozen}),
+         "frozen_replicated": all(x.sharding.is_fully_replicated for x in frozen),
+         "embedded": {name: _embedded_leaves(text, base)
+                      for name, text in _lowered_texts(sharded, 32).items()},
+         "closure_embedded": {name: _embedded_leaves(text, base)
+                              for name, text in _lowered_texts(closure, 32).items()}}
+  results = {"sharded": sharded.run(), "single": single.run(), "closure": closure.run()}
+  out["histories"] = {k: _without_wall_time(r.history) for k, r in results.items()}
+  out["state_devices"] = sorted({len(x.sharding.device_set)
+                                 for x in jax.tree.leaves(results["sharded"].states)})
+  out["max_state_diff"] = max(
+      float(np.max(np.abs(x.astype(np.float64) - y), initial=0.0))
+      for x, y in zip(_leaves(results["sharded"].states),
+                      _leaves(results["single"].states)))
+  print(json.dumps(out))
+
+
+def test_runner_replicates_the_base_over_the_seed_mesh(four_cpu_devices_env):
+  import json
+  import pathlib
+  import subprocess
+  import sys
+  here = pathlib.Path(__file__).resolve().parent
+  done = subprocess.run([sys.executable, "-c", "import test_lora; test_lora._sharded_main()"],
+                        cwd=here, env=four_cpu_devices_env, check=True,
+                        capture_output=True, text=True)
+  r = json.loads(done.stdout.strip().splitlines()[-1])
+  assert r["mesh"] == 4 and r["state_devices"] == [4]
+  assert r["frozen_devices"] == [4] and r["frozen_replicated"]
+  assert set(r["embedded"].values()) == {0}
+  assert set(r["closure_embedded"].values()) == {1}  # the one kernel, as a constant
+  h = r["histories"]
+  assert len(h["sharded"]) == 3 and h["sharded"] == h["closure"]
+  # one device runs the 4 seeds in one vmap, each of 4 devices a lone seed: the
+  # same samples, float rounding apart (as without LoRA)
+  for key in ("nre", "success_rate", "n_failures", "distinct_share"):
+    assert [x.get(key) for x in h["sharded"]] == [x.get(key) for x in h["single"]]
+  assert r["max_state_diff"] < 1e-5
+
+
+def test_frozen_hook_is_read_from_wrappers_only(tiny):
+  from banel_jax.runtime import frozen
+  lm = lora.lora_model(tiny.gen.model, tiny.base, rank=2)
+  model, hook = frozen.split_frozen(lm)
+  assert model is lm.model and hook.params is tiny.base and hook.bind is lm.with_base
+  assert frozen.split_frozen(tiny.gen.model) == (tiny.gen.model, None)
+  with pytest.raises(ValueError, match="no frozen-params wrapper"):
+    frozen.split_frozen(types.SimpleNamespace(model=lm.model, frozen=tiny.base))

@@ -32,16 +32,29 @@ Two ways to apply the adapters (``mode``):
 adapted kernel used by an ``nn.Dense`` layer, else ``"merge"``.
 
 The base parameters reach compiled programs one of two ways. The model's
-functions close over ``base_params``, so ``jax.jit(banel.update)`` and the
-:class:`~banel_jax.BanelRunner` work unchanged, but JAX embeds closed-over
-arrays into each executable as constants: a copy of the base in every
-compiled program. :attr:`LoraModel.jit` passes them as an argument of the
-compiled function instead; use it for large bases::
+functions close over ``base_params``, so ``jax.jit(banel.update)`` works
+unchanged, but JAX embeds closed-over arrays into each executable as
+constants: a copy of the base in every compiled program (for a 0.5B-parameter
+decoder, 2 GB per program). Passed as an argument of the compiled function
+instead, the base is one buffer that every program reads:
 
-  lm = lora.lora_model(gen.model, base_params, rank=8)
-  banel = bj.make_banel(lm.model, config)
-  update = lm.jit(banel.update)          # like jax.jit(banel.update)
-  state = lm.jit(banel.init)(key, lm.model.init(key))
+* :class:`~banel_jax.BanelRunner` and :func:`~banel_jax.run_banel` do so when
+  given the ``LoraModel`` itself in place of the model (its
+  :attr:`LoraModel.frozen` hook): the prior params are then adapters, and the
+  base is an argument of every program the runner compiles (the round's
+  sampling and update, the evaluation, the diagnostics), not mapped over the
+  seeds and replicated over the seed mesh's devices. The run directory's
+  checkpoints hold the adapters' state only (the base is the user's
+  checkpoint: reload it to resume), and a run resumes as any other. Given
+  ``lm.model``, the runner runs the same rounds with the base embedded in
+  each program (results equal up to float rounding).
+* :attr:`LoraModel.jit` for functions of your own::
+
+    lm = lora.lora_model(gen.model, base_params, rank=8)
+    res = bj.run_banel(lm, lm.model.init(key), oracle, config)   # the runner
+    banel = bj.make_banel(lm.model, config)
+    update = lm.jit(banel.update)          # like jax.jit(banel.update)
+    state = lm.jit(banel.init)(key, lm.model.init(key))
 
 Memory of one region (two adapters) at Qwen2.5-0.5B's shapes (494,032,768
 parameters, tied embeddings; :func:`lora_memory`, from shapes only), with
@@ -95,6 +108,7 @@ import numpy as np
 
 from banel_jax.core.protocol import check_params
 from banel_jax.core.types import GenerativeModel, Params, PRNGKey, SplitLogProb
+from banel_jax.runtime import frozen as frozen_lib
 
 Path = tuple[str, ...]
 TargetFn = Callable[[Path, Any], bool]
@@ -383,6 +397,11 @@ class LoraModel(NamedTuple):
       an argument instead of embedded in it as constants. ``fn`` calls the
       model's functions (e.g. ``banel.update``) as usual. The result is called
       like ``fn`` and has ``.lower(*args)``.
+    frozen: (property) the base as a :class:`~banel_jax.runtime.frozen.Frozen`
+      hook, ``Frozen(base_params, with_base)``: what
+      :class:`~banel_jax.BanelRunner` reads when given the ``LoraModel`` in
+      place of ``model``, to pass the base to its compiled programs as an
+      argument.
   """
 
   model: GenerativeModel
@@ -395,6 +414,10 @@ class LoraModel(NamedTuple):
   with_base: Callable[[Params], contextlib.AbstractContextManager]
   jit: Callable[..., Callable]
 
+  @property
+  def frozen(self) -> frozen_lib.Frozen:
+    return frozen_lib.Frozen(self.base_params, self.with_base)
+
 
 def _get(tree, path: Path):
   for name in path:
@@ -406,13 +429,6 @@ def _set(tree: dict, path: Path, value) -> None:
   for name in path[:-1]:
     tree = tree.setdefault(name, {})
   tree[path[-1]] = value
-
-
-def _shift(argnums) -> tuple[int, ...]:
-  if argnums is None:
-    return ()
-  argnums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
-  return tuple(i + 1 for i in argnums)
 
 
 def lora_model(model: GenerativeModel, base_params: Params, rank: int, *,
@@ -586,17 +602,9 @@ def lora_model(model: GenerativeModel, base_params: Params, rank: int, *,
 
   def jit(fn: Callable, static_argnums: int | Sequence[int] = (),
           donate_argnums: int | Sequence[int] = (), **jit_kwargs) -> Callable:
-    def bound(params, *args, **kwargs):
-      with with_base(params):
-        return fn(*args, **kwargs)
-
-    jitted = jax.jit(bound, static_argnums=_shift(static_argnums),
-                     donate_argnums=_shift(donate_argnums), **jit_kwargs)
-
-    def call(*args, **kwargs):
-      return jitted(base_params, *args, **kwargs)
-
-    call.lower = lambda *args, **kwargs: jitted.lower(base_params, *args, **kwargs)
+    call = frozen_lib.jit(fn, frozen_lib.Frozen(base_params, with_base),
+                          static_argnums=static_argnums,
+                          donate_argnums=donate_argnums, **jit_kwargs)
     call.__wrapped__ = fn
     return call
 

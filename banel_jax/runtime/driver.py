@@ -37,6 +37,7 @@ from banel_jax.core.extension import Extension, describe
 from banel_jax.core.metrics import clopper_pearson
 from banel_jax.core.protocol import RoundBatch, check_params, round_keys
 from banel_jax.core.types import GenerativeModel, Oracle, Params
+from banel_jax.runtime import frozen as frozen_lib
 from banel_jax.runtime import sharding as seed_sharding
 from banel_jax.runtime.budget import BudgetKeeper, OracleError, OraclePolicy
 from banel_jax.runtime.ledger import Ledger
@@ -83,13 +84,13 @@ class RunResult:
 
 # jit(vmap(...)) of a method's functions, shared by every runner of that method
 # bundle (keyed weakly by its ``update`` function; then by mesh, None for one
-# device), so that several runners of one bundle (e.g. a run resumed in the same
-# process) compile once.
+# device, and the model's frozen-params binder, None for none), so that several
+# runners of one bundle (e.g. a run resumed in the same process) compile once.
 _COMPILED: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
 _ROUND_KEYS = jax.jit(batching.vmap(round_keys))
 
 
-def _seed_jit(fn, in_axes, mesh, static_argnums=(), donate_argnums=()):
+def _seed_jit(fn, in_axes, mesh, static_argnums=(), donate_argnums=(), bind=None):
   """``jit`` of ``fn`` mapped over the leading seed axis of the ``in_axes == 0``
   arguments (``batching.vmap``: a lone seed runs unbatched, as XLA's CPU
   programs with a batch axis of size 1 ran up to 2.8x slower).
@@ -102,7 +103,17 @@ def _seed_jit(fn, in_axes, mesh, static_argnums=(), donate_argnums=()):
   outputs (the round state, replaced by ``update``'s result: its region bank
   holds two parameter copies per slot and seed, so a round would otherwise
   hold two banks at once).
+
+  ``bind``: a model's :class:`~banel_jax.runtime.frozen.Frozen` binder; the
+  compiled function then takes the frozen params as its first argument, not
+  mapped over the seeds (replicated on every device of the mesh), and ``fn``
+  is traced with them bound (so they are no constants of the program).
   """
+  if bind is not None:
+    fn = frozen_lib.bound(fn, bind)
+    in_axes = (None,) + tuple(in_axes)
+    static_argnums = frozen_lib.shift_argnums(static_argnums)
+    donate_argnums = frozen_lib.shift_argnums(donate_argnums)
   local = batching.vmap(fn, in_axes=in_axes)
   if mesh is None:
     return jax.jit(local, static_argnums=static_argnums,
@@ -125,17 +136,21 @@ def _seed_jit(fn, in_axes, mesh, static_argnums=(), donate_argnums=()):
   return jax.jit(call, static_argnums=static_argnums, donate_argnums=donate_argnums)
 
 
-def _compiled(method, mesh=None) -> dict:
+def _compiled(method, mesh=None, bind=None) -> dict:
+  """The method's seed-mapped ``init``, ``propose`` and ``update``; with a
+  ``bind``, each takes the model's frozen params first (see :func:`_seed_jit`)."""
   try:
     by_mesh = _COMPILED.setdefault(method.update, {})
   except TypeError:  # not weak-referenceable
     by_mesh = {}
-  fns = by_mesh.get(mesh)
+  fns = by_mesh.get((mesh, bind))
   if fns is None:
-    fns = {"init": _seed_jit(method.init, (0, None), mesh),
-           "propose": _seed_jit(method.propose, (0, 0, None), mesh, static_argnums=(2,)),
-           "update": _seed_jit(method.update, (0, 0, 0), mesh, donate_argnums=(0,))}
-    by_mesh[mesh] = fns
+    fns = {"init": _seed_jit(method.init, (0, None), mesh, bind=bind),
+           "propose": _seed_jit(method.propose, (0, 0, None), mesh,
+                                static_argnums=(2,), bind=bind),
+           "update": _seed_jit(method.update, (0, 0, 0), mesh, donate_argnums=(0,),
+                               bind=bind)}
+    by_mesh[(mesh, bind)] = fns
   return fns
 
 
@@ -155,21 +170,29 @@ def _default_method(model: GenerativeModel, config: BanelConfig, extensions=()):
     return make_banel(model, config, extensions)
 
 
+def _bound_jit(fn: Callable, bind: Callable | None) -> Callable:
+  """``jax.jit(fn)``; with a frozen-params ``bind``, of ``(frozen_params,
+  *args)`` with them bound while ``fn`` is traced."""
+  return jax.jit(fn if bind is None else frozen_lib.bound(fn, bind))
+
+
 @functools.lru_cache(maxsize=16)
-def _jitted_prior_sampler(sample: Callable, log_prob: Callable) -> Callable:
+def _jitted_prior_sampler(sample: Callable, log_prob: Callable,
+                          bind: Callable | None = None) -> Callable:
   def sample_and_score(params, key):
     x = sample(params, key, 8)
     return x, log_prob(params, x)
 
-  return jax.jit(sample_and_score)
+  return _bound_jit(sample_and_score, bind)
 
 
-def _prior_sampler(model: GenerativeModel) -> Callable:
-  """``jit((params, key) -> (x[8], log_prob(params, x)))``, one per model."""
+def _prior_sampler(model: GenerativeModel, bind: Callable | None = None) -> Callable:
+  """``jit((params, key) -> (x[8], log_prob(params, x)))``, one per model (with a
+  ``bind``, of ``(frozen_params, params, key)``)."""
   try:
-    return _jitted_prior_sampler(model.sample, model.log_prob)
+    return _jitted_prior_sampler(model.sample, model.log_prob, bind)
   except TypeError:  # unhashable functions
-    return _jitted_prior_sampler.__wrapped__(model.sample, model.log_prob)
+    return _jitted_prior_sampler.__wrapped__(model.sample, model.log_prob, bind)
 
 
 def _path_str(path) -> str:
@@ -208,25 +231,34 @@ def distinct_shares(x: np.ndarray, evaluated: np.ndarray) -> list[float | None]:
 
 
 @functools.lru_cache(maxsize=64)
-def _prior_in_regions_fn(model, config):
+def _prior_in_regions_fn(model, config, bind=None):
   """``(states, keys) -> f32[S]``: the share of :data:`DIAGNOSTIC_SAMPLES`
   fresh pretrained samples inside each seed's regions. Its key is folded from
-  the round's evaluation key, so it draws nothing from the run's own streams."""
+  the round's evaluation key, so it draws nothing from the run's own streams.
+  With a frozen-params ``bind``: ``(frozen_params, states, keys)``."""
 
   def one(state, key):
     x = model.sample(state.prior_params, jax.random.fold_in(key, 0x5EED), DIAGNOSTIC_SAMPLES)
     inside = posterior.rejection_mask(model, state.regions, x, config.region_strategy)
     return jnp.mean(inside.astype(jnp.float32))
 
-  return jax.jit(jax.vmap(one))
+  return _bound_jit(jax.vmap(one), bind)
 
 
 class BanelRunner:
   """Runs BaNEL for several seeds side by side, one round per :meth:`step`.
 
   Args:
-    model: the generator's family.
-    prior_params: pretrained params ``theta_0``.
+    model: the generator's family: a
+      :class:`~banel_jax.core.types.GenerativeModel`, or a wrapper with a
+      :class:`~banel_jax.runtime.frozen.Frozen` hook (``.model`` and
+      ``.frozen``), such as a :class:`~banel_jax.models.lora.LoraModel`: the
+      run then trains ``wrapper.model``'s params (e.g. LoRA adapters) and
+      passes the frozen params (the base) to every program it compiles as an
+      argument, not as constants embedded in each; they are not part of the
+      state, so never checkpointed. :attr:`model` is ``wrapper.model``.
+    prior_params: pretrained params ``theta_0`` (for a LoRA model: the
+      adapters, e.g. ``lm.model.init(key)``, which stand for the base).
     oracle: batched host callable ``oracle(x[n, ...]) -> rewards[n]`` in {0, 1}.
     config: the run's :class:`BanelConfig`.
     seeds: one integer per seed; seeds run under ``vmap`` in one program.
@@ -301,7 +333,12 @@ class BanelRunner:
         or keep_checkpoints < 1:
       raise ValueError(f"keep_checkpoints must be an integer >= 1, got "
                        f"{keep_checkpoints!r}")
+    model, frozen = frozen_lib.split_frozen(model)
     self.model, self.config = model, config
+    # the model's frozen params (None for a plain model): an argument of every
+    # program compiled here, replicated over the seed mesh
+    self.frozen: frozen_lib.Frozen | None = frozen
+    bind = None if frozen is None else frozen.bind
     self.seeds = [int(s) for s in seeds]
     if method is not None and extensions:
       raise ValueError("extensions apply to BaNEL (the default method); build the "
@@ -322,11 +359,16 @@ class BanelRunner:
     roots = jax.vmap(jax.random.key)(jnp.asarray(self.seeds, jnp.uint32))
     roots = seed_sharding.shard_seeds(roots, self.mesh)
     prior_params = seed_sharding.replicate(prior_params, self.mesh)
-    fns = _compiled(self.banel, self.mesh)
-    self._init, self._propose, self._update = fns["init"], fns["propose"], fns["update"]
+    frozen_params = (None if frozen is None
+                     else seed_sharding.replicate(frozen.params, self.mesh))
+    fns = _compiled(self.banel, self.mesh, bind)
+    self._init, self._propose, self._update = (
+        frozen_lib.with_params(fns[name], frozen_params)
+        for name in ("init", "propose", "update"))
     self._keys = _ROUND_KEYS
-    self._prior_in_regions = (_prior_in_regions_fn(model, config)
-                              if method is None else None)
+    self._prior_in_regions = (
+        frozen_lib.with_params(_prior_in_regions_fn(model, config, bind), frozen_params)
+        if method is None else None)
     self.states: BanelState = self._init(roots, prior_params)
     self.run_dir: RunDirectory | None = None
     ledger = None
@@ -436,7 +478,10 @@ class BanelRunner:
     if bad:
       raise NonFiniteError(f"the pretrained params hold NaN or infinite values in "
                            f"{', '.join(sorted(bad))}")
-    x, lp = _prior_sampler(self.model)(prior_params, jax.random.key(0))
+    bind = None if self.frozen is None else self.frozen.bind
+    sampler = frozen_lib.with_params(_prior_sampler(self.model, bind),
+                                     None if self.frozen is None else self.frozen.params)
+    x, lp = sampler(prior_params, jax.random.key(0))
     lp = np.asarray(lp)
     if lp.shape != (8,):
       raise ValueError(f"model.log_prob returned shape {lp.shape} for 8 samples; "
@@ -646,7 +691,9 @@ class BanelRunner:
 def run_banel(model: GenerativeModel, prior_params: Params, oracle: Oracle,
               config: BanelConfig, seeds: Sequence[int] = (0,), **kwargs: Any
               ) -> RunResult:
-  """Runs BaNEL to the end of its budget; see :class:`BanelRunner` for arguments.
+  """Runs BaNEL to the end of its budget; see :class:`BanelRunner` for arguments
+  (``model`` may be a :class:`~banel_jax.models.lora.LoraModel`: its base is
+  then an argument of the compiled programs, not a constant of each).
 
   With ``run_dir=...`` the run checkpoints every round and resumes when rerun
   with the same directory (see :class:`BanelRunner`).
