@@ -46,7 +46,7 @@ def _summary(result) -> dict:
     # paper's numbers are compared without them
     history.append({k: v for k, v in rec.items()
                     if k not in ("wall_time_s", "eval_calls", "distinct_share",
-                                 "prior_mass_in_regions")})
+                                 "prior_mass_in_regions", "proposal_entropy")})
   return {"history": history, "nre_spent": list(result.nre_spent),
           "proposal_sha256": _digest(result.states.proposal.params),
           "failure_sha256": _digest(result.states.failure.params),

@@ -210,6 +210,11 @@ DIAGNOSTICS = {
                              "prior the failures have ruled out)",
     "distill_accept_rate": "BaNEL, distilled: share of the proposal's distillation "
                            "samples outside the regions",
+    "proposal_entropy": "BaNEL: estimate of the proposal's entropy in nats, "
+                        "-mean log q(x) over the round's drawn samples (exact "
+                        "mode: q is the prior restricted to the outside of the "
+                        "regions, log q = log p0 - log acceptance); a collapsing "
+                        "proposal drives it down",
 }
 DIAGNOSTIC_SAMPLES = 1024  # fresh prior samples behind prior_mass_in_regions
 
@@ -241,6 +246,20 @@ def _prior_in_regions_fn(model, config, bind=None):
     x = model.sample(state.prior_params, jax.random.fold_in(key, 0x5EED), DIAGNOSTIC_SAMPLES)
     inside = posterior.rejection_mask(model, state.regions, x, config.region_strategy)
     return jnp.mean(inside.astype(jnp.float32))
+
+  return _bound_jit(jax.vmap(one), bind)
+
+
+@functools.lru_cache(maxsize=64)
+def _proposal_entropy_fn(model, bind=None):
+  """``(states, x, log_norm) -> f32[S]``: each seed's Monte Carlo estimate of
+  its proposal's entropy, ``log_norm - mean log p_proposal(x)`` over the
+  round's samples ``x`` drawn from it (``log_norm``: the log acceptance of
+  rejection sampling, 0 in distilled mode). With a frozen-params ``bind``:
+  ``(frozen_params, states, x, log_norm)``."""
+
+  def one(state, x, log_norm):
+    return log_norm - jnp.mean(model.log_prob(state.proposal.params, x))
 
   return _bound_jit(jax.vmap(one), bind)
 
@@ -368,6 +387,9 @@ class BanelRunner:
     self._keys = _ROUND_KEYS
     self._prior_in_regions = (
         frozen_lib.with_params(_prior_in_regions_fn(model, config, bind), frozen_params)
+        if method is None else None)
+    self._proposal_entropy = (
+        frozen_lib.with_params(_proposal_entropy_fn(model, bind), frozen_params)
         if method is None else None)
     self.states: BanelState = self._init(roots, prior_params)
     self.run_dir: RunDirectory | None = None
@@ -604,6 +626,9 @@ class BanelRunner:
       raise self._stopped(e) from e
     self.round_samples.update(train=x_host, train_evaluated=evaluated)
     distinct = distinct_shares(x_host, evaluated)
+    # before the update, which donates the states
+    entropy = (None if self._proposal_entropy is None else
+               self._proposal_entropy(self.states, x, log_norm))
     batch = RoundBatch(x=x, rewards=jnp.asarray(rewards),
                        evaluated=jnp.asarray(evaluated), log_norm=log_norm)
     self.states, metrics = self._update(self.states, batch, keys["update"])
@@ -629,6 +654,8 @@ class BanelRunner:
     record.update({k: v for k, v in metrics.items() if k != "params_finite"})
     # Signals of collapse that need no success (DIAGNOSTICS).
     record["distinct_share"] = distinct
+    if entropy is not None:
+      record["proposal_entropy"] = np.asarray(entropy)
     if self._prior_in_regions is not None:
       record["prior_mass_in_regions"] = np.asarray(
           self._prior_in_regions(self.states, keys["eval"]))
