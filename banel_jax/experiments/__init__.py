@@ -11,7 +11,9 @@ presets, run from the command line by ``banel <command>``
 * :mod:`~banel_jax.experiments.mnist`: ``banel mnist``, MNIST 0-to-6 (BaNEL,
   RND and pseudo-counts), where present;
 * :mod:`~banel_jax.experiments.suite`: ``banel suite``, the sparse-reward
-  suite (every method on small tasks, robustness over seeds).
+  suite (every method on small tasks, robustness over seeds);
+* :mod:`~banel_jax.experiments.reason`: ``banel reason``, LM reasoning per
+  question on a local decoder checkpoint (BaNEL, RND, NSR).
 
 Importing this package registers every command whose module is present.
 """
@@ -20,7 +22,7 @@ import importlib
 
 # Modules that register commands; one that is not present is skipped.
 EXPERIMENT_MODULES = ("toy1d", "attack", "train", "compare", "scaling", "bench",
-                      "mnist", "suite")
+                      "mnist", "suite", "reason")
 
 
 def _import_experiments() -> None:
