@@ -163,6 +163,35 @@ def kept_observations(readme: pathlib.Path) -> str:
           f"figures and write them here.)\n{OBSERVATIONS_END}")
 
 
+def readme_tail(out: pathlib.Path, table: str, *, table_note: str, wall: str,
+                summed_over: str) -> list[str]:
+  """The closing lines every generated results README shares: the table, the
+  success-vs-NRE plot, the kept observations block, wall time and machine.
+
+  Args:
+    out: the results folder (its ``README.md`` holds the observations kept).
+    table: the Markdown table.
+    table_note: what follows "**Table**", e.g. ``"(`table.md`)"``.
+    wall: the wall time as written, e.g. ``"65 minutes"``.
+    summed_over: what the wall time sums, e.g. ``"the (task, method) pairs"``.
+  """
+  return ["**Table** " + table_note + ".", "", table, "",
+          "![success vs NRE](success_vs_nre.png)", "",
+          "## Observations", "", kept_observations(out / "README.md"), "",
+          f"**Wall time and machine.** {wall} of runs (summed over {summed_over}) "
+          f"on {machine()}.", ""]
+
+
+def changed_from_paper(cfg) -> dict:
+  """The algorithm fields of a :class:`~banel_jax.BanelConfig` that differ
+  from :meth:`BanelConfig.paper` (the run fields left out)."""
+  from banel_jax.core.config import BanelConfig, config_to_dict
+  paper = config_to_dict(BanelConfig.paper())
+  return {k: v for k, v in config_to_dict(cfg).items()
+          if k not in ("nre_budget", "samples_per_round", "n_eval", "eval_every")
+          and v != paper[k]}
+
+
 def check_seeds(owner: str, field: str, seeds) -> None:
   """Raises :class:`~banel_jax.experiments.registry.ExperimentError` unless
   ``seeds`` is a non-empty tuple of distinct integers >= 0, naming

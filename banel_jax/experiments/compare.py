@@ -1077,13 +1077,11 @@ def write_readme(out: pathlib.Path, config: CompareConfig, summary: dict,
          "(`banel compare --help` lists them and where they were made)."), "",
       "**Statistics** (final improvement over seeds).", "",
       statistics_table(task), "",
-      "**Table** (`comparison.md`; rates on fresh samples).", "", table, "",
-      "![success vs NRE](success_vs_nre.png)", "",
-      "## Observations", "", common.kept_observations(out / "README.md"), "",
-      "**Wall time and machine.** "
-      + (f"{wall / 3600:.1f} hours" if wall >= 3600 else f"{wall / 60:.1f} minutes")
-      + " of runs (summed over "
-      f"the methods, resumed runs included) on {common.machine()}.", ""]
+      *common.readme_tail(
+          out, table, table_note="(`comparison.md`; rates on fresh samples)",
+          wall=(f"{wall / 3600:.1f} hours" if wall >= 3600
+                else f"{wall / 60:.1f} minutes"),
+          summed_over="the methods, resumed runs included")]
   (out / "README.md").write_text("\n".join(lines))
 
 

@@ -986,12 +986,8 @@ def plot(runs: dict, tasks: dict, methods, path: pathlib.Path) -> None:
 
 
 def _changes(cfg: BanelConfig) -> str:
-  paper = config_to_dict(BanelConfig.paper())
-  changed = {k: v for k, v in config_to_dict(cfg).items()
-             if k not in ("nre_budget", "samples_per_round", "n_eval", "eval_every")
-             and v != paper[k]}
   return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                   for k, v in changed.items()) or "none"
+                   for k, v in common.changed_from_paper(cfg).items()) or "none"
 
 
 def write_readme(out: pathlib.Path, config: ReasonConfig, checkpoint: dict,
@@ -1026,12 +1022,9 @@ def write_readme(out: pathlib.Path, config: ReasonConfig, checkpoint: dict,
       f"{config.nsr.steps} steps per round. Evaluation every {config.eval_every} "
       f"rounds on {config.n_eval:,} samples. None of these settings was tuned "
       "on these questions. Full record: `reason.json`.", "",
-      "**Table** (`table.md`).", "", table, "",
-      "![success vs NRE](success_vs_nre.png)", "",
-      "## Observations", "", common.kept_observations(out / "README.md"), "",
-      f"**Wall time and machine.** {wall / 60:.1f} minutes of runs (summed over "
-      f"the (question, method) pairs, final evaluations included) on "
-      f"{common.machine()}.", ""]
+      *common.readme_tail(
+          out, table, table_note="(`table.md`)", wall=f"{wall / 60:.1f} minutes",
+          summed_over="the (question, method) pairs, final evaluations included")]
   (out / "README.md").write_text("\n".join(lines))
 
 

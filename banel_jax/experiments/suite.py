@@ -548,10 +548,8 @@ def write_outputs(out: pathlib.Path, config: SuiteConfig, tasks: dict, runs: dic
 
 
 def _settings_line(cfg: BanelConfig) -> str:
-  changed = {k: v for k, v in config_to_dict(cfg).items()
-             if k not in ("nre_budget", "samples_per_round", "n_eval", "eval_every")
-             and v != config_to_dict(BanelConfig.paper())[k]}
-  return ", ".join(f"{k}={v}" for k, v in changed.items()) or "the paper's settings"
+  return ", ".join(f"{k}={v}" for k, v in common.changed_from_paper(cfg).items()
+                   ) or "the paper's settings"
 
 
 def write_readme(out: pathlib.Path, config: SuiteConfig, record: dict, table: str,
@@ -574,12 +572,9 @@ def write_readme(out: pathlib.Path, config: SuiteConfig, record: dict, table: st
       "for every baseline, fixed before any run; not tuned). Evaluation every "
       f"{config.eval_every} rounds on {config.n_eval:,} samples. Full record: "
       "`suite.json`.", "",
-      "**Table** (`table.md`).", "", table, "",
-      "![success vs NRE](success_vs_nre.png)", "",
-      "## Observations", "", common.kept_observations(out / "README.md"), "",
-      f"**Wall time and machine.** {wall / 60:.0f} minutes of runs (summed over "
-      f"the (task, method) pairs, final evaluations included) on "
-      f"{common.machine()}.", ""]
+      *common.readme_tail(
+          out, table, table_note="(`table.md`)", wall=f"{wall / 60:.0f} minutes",
+          summed_over="the (task, method) pairs, final evaluations included")]
   (out / "README.md").write_text("\n".join(lines))
 
 
