@@ -16,6 +16,7 @@ import pytest
 from banel_jax import RoundBatch, make_banel
 from banel_jax.extensions import success_replay
 from banel_jax.tasks.toy1d import Toy1DTask
+from tree_utils import leaves_as_numpy as _leaves
 
 K = 11
 TASK = Toy1DTask(num_bins=K)
@@ -35,13 +36,6 @@ def fns(toy_runs):
                                update=jax.jit(banel.update))
 
 
-def _leaves(tree):
-  """Leaves as numpy arrays, typed PRNG keys as their raw data."""
-  def conv(a):
-    if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
-      a = jax.random.key_data(a)
-    return np.asarray(a)
-  return [conv(a) for a in jax.tree.leaves(tree)]
 
 
 def assert_trees_equal(a, b, same_structure=True):

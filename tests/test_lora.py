@@ -26,6 +26,7 @@ import pytest
 
 import banel_jax as bj
 from banel_jax.models import hf, lora
+from tree_utils import leaves_as_numpy as _leaves
 
 TINY = {"model_type": "llama", "vocab_size": 13, "hidden_size": 16,
         "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -42,13 +43,6 @@ C = 3  # completion length
 M = 16  # samples per round
 
 
-def _leaves(tree):
-  """Leaves as numpy arrays, typed PRNG keys as their raw data."""
-  def conv(a):
-    if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
-      a = jax.random.key_data(a)
-    return np.asarray(a)
-  return [conv(a) for a in jax.tree.leaves(tree)]
 
 
 def _assert_trees_equal(a, b):
