@@ -36,8 +36,6 @@ def fns(toy_runs):
                                update=jax.jit(banel.update))
 
 
-
-
 def assert_trees_equal(a, b, same_structure=True):
   """Leaf-wise exact equality. States of two ``make_banel`` calls hold different
   (equivalent) optimizer objects as static fields: compare their leaves only."""

@@ -43,8 +43,6 @@ C = 3  # completion length
 M = 16  # samples per round
 
 
-
-
 def _assert_trees_equal(a, b):
   assert jax.tree.structure(a) == jax.tree.structure(b)
   for x, y in zip(_leaves(a), _leaves(b)):
