@@ -268,3 +268,29 @@ def test_tiny_run_writes_the_canonical_summary_and_resumes(tmp_path, capsys):
   reason.run(config, out, progress=False)
   assert capsys.readouterr().out.count("; loaded)") == 4
   assert json.loads((out / "summary.json").read_text())["tasks"] == summary["tasks"]
+
+
+@pytest.mark.slow
+def test_lora_rank_trains_adapters_of_the_banel_methods(tmp_path):
+  with pytest.raises(ExperimentError, match="lora_rank=-1"):
+    reason.ReasonConfig(lora_rank=-1)
+  assert reason.gsm8k_config().lora_rank == 8
+  ck = reason.write_tiny_checkpoint(tmp_path / "ck")
+  config = reason.tiny_config().replace(
+      model_dir=str(ck), methods=("banel_paper",), seeds=(0, 1), lora_rank=2,
+      nre_budget=BUDGET, samples_per_round=20, n_eval=20, max_new_tokens=4,
+      final_eval_samples=100, pretrained_samples=300, sample_chunk=100)
+  out = tmp_path / "out"
+  reason.run(config, out, progress=False)
+  run_dir = out / "runs" / "pens" / "banel_paper"
+  recorded = json.loads((run_dir / "config.json").read_text())
+  assert recorded["extra"]["study"]["lora_rank"] == 2
+  spent = collections.Counter(r["seed"] for r in read_ledger(run_dir / LEDGER_FILE)
+                              if r["kind"] == "train")
+  assert spent == {0: BUDGET, 1: BUDGET}
+  e = json.loads((out / "summary.json").read_text())["tasks"]["reasoning_pens"][
+      "methods"]["banel_paper"]
+  assert [f["trials"] for f in e["final_eval"]] == [100, 100]
+  # A too-large rank is named.
+  with pytest.raises(ExperimentError, match="--lora-rank 4096"):
+    reason.run(config.replace(lora_rank=4096), tmp_path / "big", progress=False)

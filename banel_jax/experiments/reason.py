@@ -31,7 +31,10 @@ with numeric answers. For each question:
   random-network-distillation bonus on a fixed random embedding of the
   completion's tokens) and ``nsr`` (negative-sample reinforcement,
   :mod:`banel_jax.baselines.nsr`, token-level loss). None learns from a
-  successful sample.
+  successful sample. With ``--lora-rank r`` the BaNEL methods train rank-r
+  LoRA adapters of the attention projections over the frozen checkpoint
+  (:mod:`banel_jax.models.lora`), so a region stores two adapters instead of
+  two copies of the decoder; RND and NSR keep one copy and train it whole.
 * **Final rate.** Each seed's final generator on ``final_eval_samples`` fresh
   samples (counted apart from the NRE, like every evaluation).
 
@@ -64,7 +67,8 @@ tiny random Llama written to ``OUT/tiny_checkpoint``, one of its two
 questions, 2 seeds, NRE 80: a smoke test of a minute or two, mostly
 compilation) and ``gsm8k`` (the recipe for a GPU: a
 local instruct checkpoint such as Qwen2.5-0.5B-Instruct, named with
-``--model-dir``, and GSM8K questions, bfloat16, 256 new tokens).
+``--model-dir``, and GSM8K questions, bfloat16, 256 new tokens, BaNEL on
+rank-8 LoRA adapters: ``--lora-rank``).
 
 Examples:
   banel reason                                            # the package's decoder
@@ -103,6 +107,7 @@ LABELS = {"banel_paper": "BaNEL (paper)",
           "banel_default": "BaNEL defaults (suite-tuned, failures only)",
           "rnd": "RND", "nsr": "NSR (negative samples only)"}
 USES_SUCCESSES: frozenset[str] = frozenset()  # none of the methods learns from one
+BANEL_METHODS = ("banel_paper", "banel_default")  # what --lora-rank applies to
 # the config sections each method reads (recorded and compared on resume)
 SECTIONS = {"banel_paper": ("banel_paper",), "banel_default": ("banel_default",),
             "rnd": ("rnd", "rnd_bonus", "rnd_embed_dim"), "nsr": ("nsr",)}
@@ -121,6 +126,7 @@ CHAT_TEMPLATE = ("<|im_start|>user\n{question}\nReason step by step, then write 
 MEASUREMENT_CONDITIONS = ("max_new_tokens", "temperature")
 PRETRAINED_KEY = 10_000
 FINAL_EVAL_KEY = 30_000
+LORA_INIT_KEY = 0  # the adapters' random ``a`` (``b = 0``: the checkpoint exactly)
 
 # Adam's learning rate of both BaNEL fits on a pretrained decoder: the paper's
 # 0.1 (BanelConfig.paper) is a toy's free logits' rate and wrecks a decoder.
@@ -201,6 +207,12 @@ class ReasonConfig:
     rnd_embed_dim: width of the fixed random embedding of each completion
       token that RND reads (its features are the completion's embeddings,
       flattened).
+    lora_rank: 0: the BaNEL methods train every parameter of the decoder
+      (each region stores two full copies); ``r >= 1``: they train rank-``r``
+      LoRA adapters of its attention projections over the frozen checkpoint
+      (:func:`banel_jax.models.lora.lora_model`; a region stores two
+      adapters). RND and NSR always train every parameter: they keep one
+      copy, no regions.
     nsr: NSR's update.
     run_dir: where every (question, method) runs, resumably; ``None``:
       ``OUT/runs``.
@@ -231,6 +243,7 @@ class ReasonConfig:
                                                    train_microbatch="auto")
   rnd_bonus: RNDConfig = RNDConfig(init_samples=512)
   rnd_embed_dim: int = 8
+  lora_rank: int = 0
   nsr: NSRConfig = NSRConfig(aggregation="token", learning_rate=1e-5, steps=4,
                              train_microbatch="auto")
   run_dir: str | None = None
@@ -253,6 +266,10 @@ class ReasonConfig:
       v = getattr(self, field)
       if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ExperimentError(f"{name}.{field}={v!r} must be an integer >= 1")
+    r = self.lora_rank
+    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+      raise ExperimentError(f"{name}.lora_rank={r!r} must be an integer >= 0 (0: "
+                            "no adapters)")
     t = self.temperature
     if isinstance(t, bool) or not isinstance(t, (int, float)) \
         or not math.isfinite(t) or t <= 0:
@@ -300,10 +317,13 @@ def tiny_config() -> ReasonConfig:
 def gsm8k_config() -> ReasonConfig:
   """The paper's setting on a GPU: a local instruct checkpoint (``--model-dir``
   must name it) and GSM8K questions (``--questions``), bfloat16, 256 new
-  tokens, answers graded after "the answer is" (else the last number)."""
+  tokens, answers graded after "the answer is" (else the last number); BaNEL
+  trains rank-8 LoRA adapters of the attention projections (a region of
+  Qwen2.5-0.5B: 0.44% of the base)."""
   return ReasonConfig(
       model_dir="", prompt_template=CHAT_TEMPLATE, require_marker=False,
       max_new_tokens=256, dtype="bfloat16", samples_per_round=500, n_eval=2000,
+      lora_rank=8,
       banel_paper=lm_banel(learning_rate=1e-5, train_microbatch=0),
       banel_default=lm_banel(defaults=True, learning_rate=1e-5, train_microbatch=0),
       rnd=PolicyGradientConfig(learning_rate=1e-6, kl_weight=0.0),
@@ -707,7 +727,7 @@ def build_method(method: str, config: ReasonConfig, gen) -> tuple[Any, Any]:
   prompted model ``gen``."""
   from banel_jax import baselines as B
   run = run_config(config)
-  if method in ("banel_paper", "banel_default"):
+  if method in BANEL_METHODS:
     cfg = getattr(config, method)
     return None, cfg.replace(
         nre_budget=run.nre_budget, samples_per_round=run.samples_per_round,
@@ -766,11 +786,23 @@ def run_pair(config: ReasonConfig, setup: QuestionSetup, params, method: str,
   ``run_dir``); returns :func:`banel_jax.experiments.harness.run_method`'s
   record plus ``final_eval`` (each seed's rate on fresh samples)."""
   bundle, cfg = build_method(method, config, setup.gen)
+  model, prior = setup.gen.model, params
+  lora_rank = config.lora_rank if method in BANEL_METHODS else 0
+  if lora_rank:
+    import jax
+    from banel_jax.models import lora
+    try:
+      model = lora.lora_model(setup.gen.model, params, lora_rank)
+    except ValueError as e:
+      raise ExperimentError(f"--lora-rank {lora_rank}: {e}") from e
+    prior = model.model.init(jax.random.key(LORA_INIT_KEY))
   settings = {**base_settings, "method": method,
               "seeds": [int(s) for s in config.seeds], "run": jsonable(cfg),
               "sections": {k: jsonable(getattr(config, k)) for k in SECTIONS[method]},
               "final_eval_samples": config.final_eval_samples,
               "sample_chunk": config.sample_chunk}
+  if lora_rank:  # absent at 0, so full-parameter run directories stay valid
+    settings["lora_rank"] = lora_rank
 
   def final(runner, result) -> dict:
     return {"final_eval": harness.final_rates(runner, setup.oracle,
@@ -778,7 +810,7 @@ def run_pair(config: ReasonConfig, setup: QuestionSetup, params, method: str,
                                               config.sample_chunk, FINAL_EVAL_KEY)}
 
   return harness.run_method(
-      setup.gen.model, params, setup.oracle, cfg, config.seeds, settings=settings,
+      model, prior, setup.oracle, cfg, config.seeds, settings=settings,
       what=f"{LABELS[method]} on question {setup.question.id}", method=bundle,
       run_dir=run_dir, progress=progress, keep_checkpoints=1, final=final)
 
