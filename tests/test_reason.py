@@ -278,7 +278,7 @@ def test_lora_rank_trains_adapters_of_the_banel_methods(tmp_path):
   ck = reason.write_tiny_checkpoint(tmp_path / "ck")
   config = reason.tiny_config().replace(
       model_dir=str(ck), methods=("banel_paper",), seeds=(0, 1), lora_rank=2,
-      nre_budget=BUDGET, samples_per_round=20, n_eval=20, max_new_tokens=4,
+      nre_budget=20, samples_per_round=20, n_eval=20, max_new_tokens=4,
       final_eval_samples=100, pretrained_samples=300, sample_chunk=100)
   out = tmp_path / "out"
   reason.run(config, out, progress=False)
@@ -287,10 +287,11 @@ def test_lora_rank_trains_adapters_of_the_banel_methods(tmp_path):
   assert recorded["extra"]["study"]["lora_rank"] == 2
   spent = collections.Counter(r["seed"] for r in read_ledger(run_dir / LEDGER_FILE)
                               if r["kind"] == "train")
-  assert spent == {0: BUDGET, 1: BUDGET}
+  assert spent == {0: 20, 1: 20}
   e = json.loads((out / "summary.json").read_text())["tasks"]["reasoning_pens"][
       "methods"]["banel_paper"]
   assert [f["trials"] for f in e["final_eval"]] == [100, 100]
-  # A too-large rank is named.
-  with pytest.raises(ExperimentError, match="--lora-rank 4096"):
+  # A too-large rank is named before anything is measured.
+  with pytest.raises(ExperimentError, match="--lora-rank 4096 exceeds min"):
     reason.run(config.replace(lora_rank=4096), tmp_path / "big", progress=False)
+  assert not (tmp_path / "big" / "runs").exists()

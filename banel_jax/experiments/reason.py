@@ -780,6 +780,26 @@ def pretrained_rate(config: ReasonConfig, setup: QuestionSetup, params,
           "source": source, "rate_is_upper_bound": upper}
 
 
+def check_lora_rank(params, rank: int) -> None:
+  """Refuses a LoRA rank above an adapted kernel's smaller side, naming it.
+
+  Raises:
+    ExperimentError: the rank does not fit (or the checkpoint has no
+      attention kernels to adapt).
+  """
+  from banel_jax.models import lora
+  try:
+    leaves = lora.adapted_leaves(params, "attention")
+  except ValueError as e:
+    raise ExperimentError(f"--lora-rank {rank}: {e}") from e
+  t = min(leaves, key=lambda t: min(t.fan_in, t.fan_out))
+  if rank > min(t.fan_in, t.fan_out):
+    raise ExperimentError(
+        f"--lora-rank {rank} exceeds min(in, out)={min(t.fan_in, t.fan_out)} of "
+        f"{'/'.join(t.path)} (shape [{t.fan_in}, {t.fan_out}]): such an adapter is "
+        "no smaller than the kernel")
+
+
 def run_pair(config: ReasonConfig, setup: QuestionSetup, params, method: str,
              base_settings: dict, run_dir: pathlib.Path, progress: bool) -> dict:
   """Runs ``method`` on one question for the config's seeds (resumable in
@@ -866,6 +886,8 @@ def run(config: ReasonConfig, out: str | os.PathLike, progress: bool = True) -> 
     tokenizer = hf.load_tokenizer(model_dir)
   except hf.HFCheckpointError as e:
     raise ExperimentError(str(e)) from e
+  if config.lora_rank and any(m in BANEL_METHODS for m in config.methods):
+    check_lora_rank(params, config.lora_rank)  # before any measurement
   checkpoint = {"model_dir": config.model_dir or str(model_dir),
                 "fingerprint": checkpoint_fingerprint(model_dir),
                 "model_type": decoder.config.model_type,
