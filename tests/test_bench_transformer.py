@@ -92,7 +92,7 @@ def test_rejects_a_peer_batch_it_does_not_measure():
 
 def test_comparison_table_reads_the_committed_json():
   path = os.path.join(os.path.dirname(__file__), "..", "results",
-                      "bench_transformer.json")
+                      "bench", "bench_transformer.json")
   with open(path) as f:
     attacker = json.load(f)["results"]["attacker"]
   table = bench.comparison_table(attacker).splitlines()
