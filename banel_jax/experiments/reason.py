@@ -62,7 +62,9 @@ measured pretrained rate as ``successes`` and ``samples`` (optionally
 settings than the run's is measured again).
 
 Presets: ``default`` (the package's small reasoning decoder and its hard
-questions in ``banel_jax/assets/reasoning``; 3 seeds, NRE 7,500), ``tiny`` (a
+questions in ``banel_jax/assets/reasoning``; 3 seeds, NRE 7,500), ``cpu``
+(the committed table: four of those questions, NRE 1,000, BaNEL's fits cut
+to what 2 CPU cores run in about 2 hours), ``tiny`` (a
 tiny random Llama written to ``OUT/tiny_checkpoint``, one of its two
 questions, 2 seeds, NRE 80: a smoke test of a minute or two, mostly
 compilation) and ``gsm8k`` (the recipe for a GPU: a
@@ -73,6 +75,7 @@ rank-8 LoRA adapters: ``--lora-rank``).
 Examples:
   banel reason                                            # the package's decoder
   banel reason --preset tiny                              # smoke test
+  banel reason --preset cpu --run-dir runs/reasoning --out results/reasoning
   banel reason --preset gsm8k --model-dir ckpt/Qwen2.5-0.5B-Instruct \\
       --questions gsm8k_hard.jsonl --out results/reasoning_gsm8k
   banel reason --methods banel_paper nsr --seeds 0 1 --nre-budget 2000
@@ -314,6 +317,26 @@ def tiny_config() -> ReasonConfig:
       nsr=NSRConfig(aggregation="token", learning_rate=1e-2, steps=2))
 
 
+# The cpu preset's BaNEL fits: a round of the shipped decoder at the default
+# preset's sizes takes minutes per seed on 2 CPU cores.
+CPU_FITS = dict(failure_epochs=5, failure_batch_size=50, calibration_samples=256,
+                distill_samples=512, distill_epochs=2, distill_batch_size=32)
+
+
+def cpu_config() -> ReasonConfig:
+  """The committed CPU table (``results/reasoning``): four of the shipped
+  questions (the four with the highest pretrained rates, so that 5,000 final
+  samples per seed hold a few successes), BaNEL defaults, RND and NSR, 3
+  seeds, NRE 1,000 in rounds of 250, BaNEL's fits cut (:data:`CPU_FITS`);
+  about 2 hours on 2 CPU cores."""
+  return ReasonConfig(
+      question_ids=("wp1", "wp3", "wp4", "wp5"),
+      methods=("banel_default", "rnd", "nsr"), nre_budget=1000,
+      samples_per_round=250, n_eval=500, eval_every=2, final_eval_samples=5000,
+      banel_paper=lm_banel(**CPU_FITS),
+      banel_default=lm_banel(defaults=True, **CPU_FITS))
+
+
 def gsm8k_config() -> ReasonConfig:
   """The paper's setting on a GPU: a local instruct checkpoint (``--model-dir``
   must name it) and GSM8K questions (``--questions``), bfloat16, 256 new
@@ -330,7 +353,8 @@ def gsm8k_config() -> ReasonConfig:
       nsr=NSRConfig(aggregation="token", learning_rate=1e-6, steps=4))
 
 
-PRESETS = {"default": default_config, "tiny": tiny_config, "gsm8k": gsm8k_config}
+PRESETS = {"default": default_config, "cpu": cpu_config, "tiny": tiny_config,
+           "gsm8k": gsm8k_config}
 
 
 # ---------------------------------------------------------------------------
