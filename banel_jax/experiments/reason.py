@@ -805,23 +805,20 @@ def pretrained_rate(config: ReasonConfig, setup: QuestionSetup, params,
 
 
 def check_lora_rank(params, rank: int) -> None:
-  """Refuses a LoRA rank above an adapted kernel's smaller side, naming it.
+  """Refuses a LoRA rank the checkpoint's attention kernels cannot take
+  (:func:`banel_jax.models.lora.check_rank_fits`), naming the kernel.
 
   Raises:
-    ExperimentError: the rank does not fit (or the checkpoint has no
-      attention kernels to adapt).
+    ExperimentError: the rank does not fit.
   """
   from banel_jax.models import lora
   try:
-    leaves = lora.adapted_leaves(params, "attention")
+    lora.check_rank_fits(params, rank)
   except ValueError as e:
-    raise ExperimentError(f"--lora-rank {rank}: {e}") from e
-  t = min(leaves, key=lambda t: min(t.fan_in, t.fan_out))
-  if rank > min(t.fan_in, t.fan_out):
-    raise ExperimentError(
-        f"--lora-rank {rank} exceeds min(in, out)={min(t.fan_in, t.fan_out)} of "
-        f"{'/'.join(t.path)} (shape [{t.fan_in}, {t.fan_out}]): such an adapter is "
-        "no smaller than the kernel")
+    msg = str(e)  # "rank=R exceeds ..." reads as the flag
+    raise ExperimentError(msg.replace(f"rank={rank}", f"--lora-rank {rank}", 1)
+                          if msg.startswith("rank=") else
+                          f"--lora-rank {rank}: {msg}") from e
 
 
 def run_pair(config: ReasonConfig, setup: QuestionSetup, params, method: str,

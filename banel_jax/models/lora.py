@@ -270,6 +270,25 @@ def _check_rank(rank) -> int:
   return int(rank)
 
 
+def check_rank_fits(base, rank: int, targets: str | TargetFn = "attention"
+                    ) -> tuple[AdaptedLeaf, ...]:
+  """The adapted leaves of ``base`` (:func:`adapted_leaves`), after checking
+  that ``rank`` is at most every one's ``min(in, out)``.
+
+  Raises:
+    ValueError: a bad ``rank`` or ``targets``, or a kernel too small for the
+      rank (named).
+  """
+  rank = _check_rank(rank)
+  leaves = adapted_leaves(base, targets)
+  for t in leaves:
+    if rank > min(t.fan_in, t.fan_out):
+      raise ValueError(f"rank={rank} exceeds min(in, out)={min(t.fan_in, t.fan_out)} "
+                       f"of {'/'.join(t.path)} (shape [{t.fan_in}, {t.fan_out}]): "
+                       "such an adapter is no smaller than the kernel")
+  return leaves
+
+
 def adapter_param_count(base, rank: int, targets: str | TargetFn = "attention") -> int:
   """Parameters of one adapter: ``sum(rank * (in + out))`` over adapted kernels.
 
@@ -473,12 +492,7 @@ def lora_model(model: GenerativeModel, base_params: Params, rank: int, *,
     raise ValueError(f"model must be a banel_jax GenerativeModel, got "
                      f"{type(model).__name__}")
   check_params(model, base_params, name="base_params")
-  leaves = adapted_leaves(base_params, targets)
-  for t in leaves:
-    if rank > min(t.fan_in, t.fan_out):
-      raise ValueError(f"rank={rank} exceeds min(in, out)={min(t.fan_in, t.fan_out)} "
-                       f"of {'/'.join(t.path)} (shape [{t.fan_in}, {t.fan_out}]): "
-                       "such an adapter is no smaller than the kernel")
+  leaves = check_rank_fits(base_params, rank, targets)
   scale = float(alpha) / rank
   paths = {t.path: t for t in leaves}
   adapter_dtype = {t.path: jnp.dtype(t.dtype if dtype is None else dtype)
