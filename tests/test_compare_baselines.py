@@ -99,6 +99,26 @@ def test_banel_support_is_banel_with_the_tasks_support_check():
       compare.method_settings("banel", config)
 
 
+def test_banel_default_is_banel_with_the_suites_tuned_changes():
+  from banel_jax.experiments.suite import TUNED
+  config = compare.toy1d_tiny_config()
+  setup = compare.toy_setup(config)
+  paper = compare.build_method("banel", setup, config).run_config
+  method, cfg, extensions = compare.build_method("banel_default", setup, config)
+  assert method is None and extensions == ()
+  assert cfg.distill_reset and cfg.distill_prior_share == TUNED["distill_prior_share"]
+  for k in ("failure_learning_rate", "distill_learning_rate"):
+    assert cfg.replace(**{k: getattr(paper, k)}) != cfg  # scaled, not copied
+    assert getattr(cfg, k) == pytest.approx(0.3 * getattr(paper, k))
+  assert cfg.filter_factor == TUNED["filter_factor"]
+  same = {f: getattr(cfg, f) for f in ("nre_budget", "samples_per_round",
+                                       "failure_epochs", "distill_samples")}
+  assert same == {f: getattr(paper, f) for f in same}
+  shown = compare.method_settings("banel_default", compare.addition_config())
+  assert shown["distill_prior_share"] == 0.5 and "filter_factor" not in shown
+  assert compare.LABELS["banel_default"].startswith("BaNEL (defaults")
+
+
 def test_self_imitation_grid_points_are_knobs_its_config_uses():
   for config in (compare.toy1d_config(), compare.addition_config()):
     points = compare.grid_points(dict(config.grid)["self_imitation"])
@@ -119,7 +139,8 @@ def test_config_refuses_what_the_task_cannot_run():
   with pytest.raises(ExperimentError, match="seeds=.* names a seed twice"):
     compare.toy1d_config().replace(seeds=(0, 0))
   assert compare.addition_config().method_list == (
-      "banel", "banel_support", "reinforce", "rnd", "pseudo_count", "unlikelihood",
+      "banel", "banel_default", "banel_support", "reinforce", "rnd", "pseudo_count",
+      "unlikelihood",
       "exact_rejection", "self_imitation")
 
 

@@ -8,8 +8,12 @@ exact counts (toy only: the samples must be small integers), unlikelihood, the
 exact-rejection reference (reject every failure already seen), self-imitation
 (the one method that learns from the successes it finds), and on the addition
 task BaNEL given the query grammar as a free support check (``banel_support``:
-knowledge the other methods are not given, and its row says so). The pretrained
-model is the table's first row.
+knowledge the other methods are not given, and its row says so). BaNEL runs
+twice more: as published (``banel``) and with the library's defaults on top
+(``banel_default``: the suite's tuned changes,
+:func:`~banel_jax.experiments.suite.with_tuned_defaults`, learning rates scaled
+by the same 0.3; failures only, not tuned again here). The pretrained model is
+the table's first row.
 
 Writes to ``--out``:
 
@@ -56,7 +60,8 @@ picks. The presets hold the picks below; reported runs use seeds 0-4.
 * self-imitation: ``learning_rate`` in {0.03, 0.3} (addition: {1e-4, 1e-3}) x
   ``success_weight`` in {10, 100, 1000};
 * exact rejection and the pretrained model have no knobs; ``banel_support``
-  runs at BaNEL's picks.
+  runs at BaNEL's picks, ``banel_default`` at BaNEL's picks with the suite's
+  tuned changes on top (tuned on the suite's tuning half, not on this task).
 
 Toy grid results (``results/baselines_toy1d/tuning.json``; mean final success
 rate over tuning seeds 100-104, n_eval 10,000; the pretrained rate is 0.011):
@@ -148,13 +153,15 @@ from banel_jax.experiments.toy1d import Toy1DConfig
 from banel_jax.tasks.toy1d import Toy1DTask
 
 TASKS = ("toy1d", "addition")
-Method = Literal["banel", "banel_support", "reinforce", "rnd", "pseudo_count",
-                 "exact_count", "unlikelihood", "exact_rejection", "self_imitation"]
+Method = Literal["banel", "banel_default", "banel_support", "reinforce", "rnd",
+                 "pseudo_count", "exact_count", "unlikelihood", "exact_rejection",
+                 "self_imitation"]
 METHODS: tuple[str, ...] = get_args(Method)
 # Methods a task cannot run: the toy has no free support check; exact counts
 # need small-integer samples.
 UNSUPPORTED = {"toy1d": ("banel_support",), "addition": ("exact_count",)}
 LABELS = {"pretrained": "pretrained", "banel": "BaNEL (paper)",
+          "banel_default": "BaNEL (defaults: suite-tuned, failures only)",
           "banel_support": "BaNEL + support check (task knowledge)",
           "reinforce": "REINFORCE",
           "rnd": "RND", "pseudo_count": "pseudo-count", "exact_count": "exact-count",
@@ -197,7 +204,8 @@ GRIDS = {"toy1d": TOY_GRID, "addition": ADDITION_GRID}
 
 # Config sections that each method reads (recorded in its run directory and
 # checked when it resumes).
-METHOD_SECTIONS = {"banel": ("banel",), "banel_support": ("banel",),
+METHOD_SECTIONS = {"banel": ("banel",), "banel_default": ("banel",),
+                   "banel_support": ("banel",),
                    "reinforce": ("reinforce",),
                    "rnd": ("rnd", "rnd_bonus"),
                    "pseudo_count": ("pseudo_count", "pseudo_count_bonus"),
@@ -584,7 +592,7 @@ def build_method(name: str, setup: TaskSetup, config: CompareConfig) -> MethodBu
   from banel_jax import baselines as B
   run = config.run
   model = setup.model
-  if name in ("banel", "banel_support"):
+  if name in ("banel", "banel_default", "banel_support"):
     cfg = config.banel.replace(nre_budget=run.nre_budget,
                                samples_per_round=run.samples_per_round,
                                n_eval=run.n_eval, eval_every=run.eval_every)
@@ -592,6 +600,9 @@ def build_method(name: str, setup: TaskSetup, config: CompareConfig) -> MethodBu
       cfg = cfg.replace(failure_batch_size=cfg.samples_per_round)
     if name == "banel":
       return MethodBuild(None, cfg)
+    if name == "banel_default":
+      from banel_jax.experiments.suite import with_tuned_defaults
+      return MethodBuild(None, with_tuned_defaults(cfg))
     if setup.support is None:
       raise ExperimentError(f"task {setup.name!r} has no free support check for "
                             "method 'banel_support'")
@@ -850,7 +861,8 @@ def tune(setup: TaskSetup, config: CompareConfig, methods, progress: bool,
 # The canonical summary and its statistics.
 
 # compare's method names -> the ids of summary.json
-METHOD_IDS = {"banel": "banel_paper", "banel_support": "banel_support",
+METHOD_IDS = {"banel": "banel_paper", "banel_default": "banel_default",
+              "banel_support": "banel_support",
               "reinforce": "reinforce", "rnd": "rnd", "pseudo_count": "pseudo_counts",
               "exact_count": "exact_counts", "unlikelihood": "unlikelihood",
               "exact_rejection": "exact_rejection", "self_imitation": "self_imitation"}
@@ -928,6 +940,11 @@ def method_settings(name: str, config: CompareConfig) -> dict:
   fields = dict(config.grid).get(section, ())  # banel_support: BaNEL's knobs
   cfg = getattr(config, section)
   out = {a.split(".")[1]: getattr(cfg, a.split(".")[1]) for a, _ in fields}
+  if name == "banel_default":  # BaNEL's picks and the suite's changes on top
+    from banel_jax.experiments.suite import TUNED, with_tuned_defaults
+    cfg = with_tuned_defaults(cfg)
+    out.update({k: getattr(cfg, k) for k in TUNED
+                if not (k == "filter_factor" and cfg.tau_mode == "calibrated")})
   if section == "banel" and cfg.tau_mode == "calibrated":
     # the filter factor is unused in calibrated mode: show what sets tau instead
     out.pop("filter_factor", None)

@@ -101,7 +101,7 @@ from banel_jax.core.config import BanelConfig, config_to_dict, jsonable
 from banel_jax.experiments import common, harness
 from banel_jax.experiments.registry import (Command, ExperimentError, invocation,
                                             register)
-from banel_jax.experiments.suite import TUNED
+from banel_jax.experiments.suite import with_tuned_defaults
 from banel_jax.tasks import word_problems
 
 MethodId = Literal["banel_paper", "banel_default", "rnd", "nsr"]
@@ -134,7 +134,6 @@ LORA_INIT_KEY = 0  # the adapters' random ``a`` (``b = 0``: the checkpoint exact
 # Adam's learning rate of both BaNEL fits on a pretrained decoder: the paper's
 # 0.1 (BanelConfig.paper) is a toy's free logits' rate and wrecks a decoder.
 LM_LEARNING_RATE = 1e-4
-_LR_FIELDS = ("failure_learning_rate", "distill_learning_rate")
 
 
 def lm_banel(defaults: bool = False, learning_rate: float = LM_LEARNING_RATE,
@@ -153,16 +152,12 @@ def lm_banel(defaults: bool = False, learning_rate: float = LM_LEARNING_RATE,
   >>> round(lm_banel(defaults=True, learning_rate=1e-5).failure_learning_rate, 12)
   3e-06
   """
-  paper = BanelConfig.paper()
-  base = {"failure_learning_rate": learning_rate,
-          "distill_learning_rate": learning_rate, "region_strategy": "loop",
-          "train_microbatch": "auto"}
+  base = BanelConfig.paper(failure_learning_rate=learning_rate,
+                           distill_learning_rate=learning_rate,
+                           region_strategy="loop", train_microbatch="auto")
   if defaults:
-    base.update(TUNED)
-    for k in _LR_FIELDS:
-      if k in TUNED:
-        base[k] = learning_rate * TUNED[k] / getattr(paper, k)
-  return BanelConfig.paper(**{**base, **changes})
+    base = with_tuned_defaults(base)
+  return base.replace(**changes)
 
 
 @dataclasses.dataclass(frozen=True)

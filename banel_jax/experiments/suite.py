@@ -82,6 +82,25 @@ TUNED: dict = {"failure_learning_rate": 0.03, "distill_learning_rate": 0.03,
                "distill_prior_share": 0.5, "distill_reset": True,
                "filter_factor": 1.2}
 TEN_X = 10.0
+_LR_FIELDS = ("failure_learning_rate", "distill_learning_rate")
+
+
+def with_tuned_defaults(banel: BanelConfig) -> BanelConfig:
+  """``banel`` with the library's defaults' changes (:data:`TUNED`) on top,
+  for a task whose paper config sets its own learning rates: the tuned
+  learning rates are scaled by the same factor against the paper's (0.03
+  against 0.1: 0.3 x ``banel``'s), every other tuned field is taken as is.
+
+  >>> b = with_tuned_defaults(BanelConfig.paper(failure_learning_rate=1e-3))
+  >>> round(b.failure_learning_rate, 12), b.distill_prior_share, b.distill_reset
+  (0.0003, 0.5, True)
+  """
+  paper = BanelConfig.paper()
+  changes = dict(TUNED)
+  for k in _LR_FIELDS:
+    if k in TUNED:
+      changes[k] = getattr(banel, k) * TUNED[k] / getattr(paper, k)
+  return banel.replace(**changes)
 
 # One setting for every policy-gradient baseline, fixed before any suite run.
 _PG = PolicyGradientConfig(learning_rate=0.01, kl_weight=0.0)
