@@ -921,11 +921,67 @@ def canonical_task(config: CompareConfig, runs: dict, pretrained: dict) -> dict:
     entry["share_10x"] = float(np.mean(np.asarray(imp) >= 10.0))
     entry["share_below_1x"] = float(np.mean(np.asarray(imp) < 1.0))
     methods[METHOD_IDS[name]] = entry
-  return {"nre_budget": config.run.nre_budget,
+  out = {"nre_budget": config.run.nre_budget,
           "pretrained_rate": rate0,
           "pretrained_samples": pretrained["estimate"]["trials"],
           "pretrained_source": pretrained.get("source", "measured here"),
           "methods": methods}
+  versus = against_best_bonus(methods)
+  if versus:
+    out["banel_vs_best_bonus"] = versus
+  return out
+
+
+# summary.json's ids of BaNEL's rows and of the novelty bonuses
+BANEL_IDS = ("banel_paper", "banel_default", "banel_support")
+BONUS_IDS = ("rnd", "pseudo_counts", "exact_counts")
+
+
+def against_best_bonus(methods: dict) -> dict:
+  """Every BaNEL row's median improvement against the best novelty bonus's:
+  for the final and the best-so-far rates, the bonus with the highest median
+  over seeds, both medians and their ratio (``None`` when the bonus's median
+  is 0). Empty without a BaNEL row or a bonus.
+
+  >>> m = {"banel_paper": {"improvement_final": [1, 2, 3], "improvement_best": [4, 4, 4]},
+  ...      "rnd": {"improvement_final": [4, 4, 4], "improvement_best": [2, 2, 2]},
+  ...      "pseudo_counts": {"improvement_final": [1, 1, 1], "improvement_best": [8, 8, 8]}}
+  >>> v = against_best_bonus(m)["banel_paper"]
+  >>> v["final"]["bonus"], v["final"]["ratio"], v["best"]["bonus"], v["best"]["ratio"]
+  ('rnd', 0.5, 'pseudo_counts', 0.5)
+  """
+  bonuses = [k for k in BONUS_IDS if k in methods]
+  out = {}
+  for banel in (k for k in BANEL_IDS if k in methods):
+    out[banel] = {}
+    for which in ("final", "best"):
+      med = {k: float(np.median(methods[k][f"improvement_{which}"])) for k in bonuses}
+      if not med:
+        continue
+      bonus = max(med, key=med.get)
+      own = float(np.median(methods[banel][f"improvement_{which}"]))
+      out[banel][which] = {"bonus": bonus, "banel_median": own,
+                           "bonus_median": med[bonus],
+                           "ratio": own / med[bonus] if med[bonus] > 0 else None}
+  return {k: v for k, v in out.items() if v}
+
+
+def against_best_bonus_lines(task: dict) -> list[str]:
+  """README sentences of :func:`against_best_bonus` (empty when there is none)."""
+  label = {k: e["label"] for k, e in task["methods"].items()}
+  lines = []
+  for banel, v in task.get("banel_vs_best_bonus", {}).items():
+    parts = []
+    for which, what in (("final", "final"), ("best", "best-so-far")):
+      c = v[which]
+      ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2g}"
+      parts.append(f"{what} {c['banel_median']:.3g}x against {label[c['bonus']]}'s "
+                   f"{c['bonus_median']:.3g}x (ratio {ratio})")
+    lines.append(f"- {label[banel]}: " + "; ".join(parts) + ".")
+  if lines:
+    lines = ["**Against the best novelty bonus** (median improvement over seeds; "
+             "the bonus with the higher median):", "", *lines, ""]
+  return lines
 
 
 # ---------------------------------------------------------------------------
@@ -1094,6 +1150,7 @@ def write_readme(out: pathlib.Path, config: CompareConfig, summary: dict,
          "(`banel compare --help` lists them and where they were made)."), "",
       "**Statistics** (final improvement over seeds).", "",
       statistics_table(task), "",
+      *against_best_bonus_lines(task),
       *common.readme_tail(
           out, table, table_note="(`comparison.md`; rates on fresh samples)",
           wall=(f"{wall / 3600:.1f} hours" if wall >= 3600
