@@ -1234,13 +1234,14 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
              "pretrained": pretrained, "rows": rows,
              "tuning": (tuning if tuning is not None else
                         "the grid's picks (banel_jax.experiments.compare)"),
-             "total_wall_time_s": time.perf_counter() - t_start}
+             # the runs' own time, summed over the processes that resumed them
+             "total_wall_time_s": float(sum(r["wall_time_s"] for r in runs.values())),
+             "this_invocation_wall_time_s": time.perf_counter() - t_start}
   common.write_json(out / "comparison.json",
                     {**summary, "runs": {k: {"history": v["history"]}
                                          for k, v in runs.items()}})
   (out / "comparison.md").write_text(table + "\n")
-  # the runs' own time, summed over the processes that resumed them
-  wall = float(sum(r["wall_time_s"] for r in runs.values()))
+  wall = summary["total_wall_time_s"]
   task = canonical_task(config, runs, pretrained)
   common.write_summary(out, name=out.name,
                        command=invocation().get("command", "banel compare"),
