@@ -251,3 +251,22 @@ def test_statistics_of_a_method_against_banel():
   assert stats["mann_whitney_p_vs_banel"] == pytest.approx(0.1, abs=1e-9)
   assert compare.statistics([1.0, 1.0], reference=[1.0, 1.0])[
       "mann_whitney_p_vs_banel"] == 1.0
+
+
+@pytest.mark.slow
+def test_a_method_that_stops_is_named_and_the_others_run_on(tmp_path):
+  # a floor no calibrated region leaves: BaNEL stops in its first round
+  config = compare.toy1d_tiny_config()
+  config = config.replace(methods=("banel", "reinforce"), pretrained_samples=4096,
+                          banel=config.banel.replace(tau_mode="calibrated",
+                                                     min_acceptance_rate=0.9))
+  summary = compare.run(config, tmp_path, progress=False)
+  assert list(summary["stopped"]) == ["banel"]
+  assert summary["stopped"]["banel"]["error"] == "AcceptanceRateError"
+  assert [r["key"] for r in summary["rows"]] == ["reinforce"]
+  readme = (tmp_path / "README.md").read_text()
+  assert "**Stopped**" in readme and "`AcceptanceRateError`" in readme
+  task = json.loads((tmp_path / "summary.json").read_text())["tasks"]["toy1d"]
+  assert list(task["methods"]) == ["reinforce"]
+  with pytest.raises(ExperimentError, match="every method stopped"):
+    compare.run(config.replace(methods=("banel",)), tmp_path / "none", progress=False)

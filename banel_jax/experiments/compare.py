@@ -30,6 +30,11 @@ Writes to ``--out``:
   observations block is kept when a rerun writes it anew);
 * ``tuning.json`` (with ``--tune``): every grid point of every method.
 
+A method that stops mid-run on its own failure mode (BaNEL's
+``AcceptanceRateError`` when the regions leave no distillation sample, or a
+``NonFiniteError``) has no row: ``comparison.json`` (``stopped``) and the
+README name it with its error, and the other methods run on.
+
 With ``--run-dir DIR`` the comparison is resumable: each method runs in
 ``DIR/<method>`` (checkpoints every round, ``config.json``, metrics and the
 ledger of every oracle call), and writes ``DIR/<method>/result.json`` when it
@@ -1128,6 +1133,16 @@ def statistics_table(task: dict) -> str:
   return "\n".join(lines)
 
 
+def stopped_lines(stopped: dict) -> list[str]:
+  """README lines naming the methods that stopped mid-run, and why."""
+  if not stopped:
+    return []
+  return ["**Stopped** (no final rate; the per-round records are in the run "
+          "directory):", "",
+          *(f"- {v['label']}: `{v['error']}`: {v['message']}"
+            for v in stopped.values()), ""]
+
+
 def write_readme(out: pathlib.Path, config: CompareConfig, summary: dict,
                  task: dict, table: str, wall: float) -> None:
   """``out/README.md`` from the figures (keeps the observations block)."""
@@ -1151,6 +1166,7 @@ def write_readme(out: pathlib.Path, config: CompareConfig, summary: dict,
       "**Statistics** (final improvement over seeds).", "",
       statistics_table(task), "",
       *against_best_bonus_lines(task),
+      *stopped_lines(summary.get("stopped", {})),
       *common.readme_tail(
           out, table, table_note="(`comparison.md`; rates on fresh samples)",
           wall=(f"{wall / 3600:.1f} hours" if wall >= 3600
@@ -1212,13 +1228,23 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
   print(f"pretrained: {pretrained['rate']:.4g} on "
         f"{pretrained['estimate']['trials']} samples"
         + (f" ({pretrained['source']})" if "source" in pretrained else ""), flush=True)
-  runs, rows = {}, []
+  from banel_jax.core.posterior import AcceptanceRateError
+  from banel_jax.runtime.driver import NonFiniteError
+  runs, rows, stopped = {}, [], {}
   for name in methods:
     print(f"running {LABELS[name]} ...", flush=True)
     method_dir = (None if config.run_dir is None
                   else os.path.join(config.run_dir, name))
-    runs[name] = run_method(name, setup, config, config.seeds, progress,
-                            run_dir=method_dir)
+    try:
+      runs[name] = run_method(name, setup, config, config.seeds, progress,
+                              run_dir=method_dir)
+    except (AcceptanceRateError, NonFiniteError) as err:
+      # The method's own failure mode, mid-run: it is a result, and the other
+      # methods go on. Its paid calls and rounds stay in its run directory.
+      stopped[name] = {"label": LABELS[name], "error": type(err).__name__,
+                       "message": str(err)}
+      print(f"  stopped: {type(err).__name__}: {err}", flush=True)
+      continue
     rows.append(summarize_run(name, runs[name], pretrained, config))
     loaded = runs[name].get("loaded_from")
     print(f"  final {np.round(runs[name]['final_success_rate'], 4).tolist()} "
@@ -1226,6 +1252,9 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
           + (f"; finished earlier, loaded from {loaded}" if loaded else ""),
           flush=True)
 
+  if not runs:
+    raise ExperimentError("every method stopped: " + "; ".join(
+        f"{v['label']}: {v['error']}: {v['message']}" for v in stopped.values()))
   table = markdown_table(rows, pretrained, config)
   summary = {**invocation(),
              "task": config.task, "config": config_to_dict(config),
@@ -1237,6 +1266,8 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
              # the runs' own time, summed over the processes that resumed them
              "total_wall_time_s": float(sum(r["wall_time_s"] for r in runs.values())),
              "this_invocation_wall_time_s": time.perf_counter() - t_start}
+  if stopped:
+    summary["stopped"] = stopped
   common.write_json(out / "comparison.json",
                     {**summary, "runs": {k: {"history": v["history"]}
                                          for k, v in runs.items()}})
