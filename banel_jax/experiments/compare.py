@@ -1139,7 +1139,7 @@ def stopped_lines(stopped: dict) -> list[str]:
     return []
   return ["**Stopped** (no final rate; the per-round records are in the run "
           "directory):", "",
-          *(f"- {v['label']}: `{v['error']}`: {v['message']}"
+          *(f"- {v['label']}: `{v['error']}`: {' '.join(v['message'].split())}"
             for v in stopped.values()), ""]
 
 
