@@ -83,11 +83,11 @@ class BanelConfig:
       ``ceil(nre_budget / samples_per_round)``.
     region_strategy: how a batch is tested against the union of the regions:
       ``"vmap"`` (every slot in one fused vmapped call; best for small models
-      on an accelerator), ``"loop"`` (only the filled slots, one at a time; memory of a single
-      region, for transformers and other large models), or ``"auto"``
-      (default): ``"loop"`` on a CPU (faster there, for small models too); on
-      an accelerator ``"vmap"`` while XLA's estimate of its temporary memory
-      stays under 256 MiB per seed, else ``"loop"``
+      on an accelerator), ``"loop"`` (only the filled slots, one at a time;
+      memory of a single region, for transformers and other large models), or
+      ``"auto"`` (default): ``"loop"`` on a CPU (faster there, for small
+      models too); on an accelerator ``"vmap"`` while XLA's estimate of its
+      temporary memory stays under 256 MiB per seed, else ``"loop"``
       (:func:`~banel_jax.core.posterior.auto_region_strategy`). All three give
       the same mask.
     n_eval: fresh samples scored (counted apart from the NRE) per evaluation.

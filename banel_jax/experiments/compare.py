@@ -1004,8 +1004,7 @@ def method_settings(name: str, config: CompareConfig) -> dict:
   if name == "banel_default":  # BaNEL's picks and the suite's changes on top
     from banel_jax.experiments.suite import TUNED, with_tuned_defaults
     cfg = with_tuned_defaults(cfg)
-    out.update({k: getattr(cfg, k) for k in TUNED
-                if not (k == "filter_factor" and cfg.tau_mode == "calibrated")})
+    out.update({k: getattr(cfg, k) for k in TUNED})
   if section == "banel" and cfg.tau_mode == "calibrated":
     # the filter factor is unused in calibrated mode: show what sets tau instead
     out.pop("filter_factor", None)
