@@ -75,8 +75,8 @@ class AttackConfig:
   The ``full`` preset's BaNEL settings: the threshold calibrated to reject half
   of fresh proposal samples per region, 30 failure-model epochs (the
   compute-scaling study gave 1.0x, 1.4x, 1.0x and 2.6x at 1, 3, 10 and 30
-  epochs; ``results/compute_scaling``), distillation of 2,048 samples over 2
-  epochs. ``docs/findings.md`` tells what runs made with it and its variants found.
+  epochs; ``results/compute_scaling`` at commit ``3a3529a``), distillation of
+  2,048 samples over 2 epochs. ``docs/findings.md`` tells what runs made with it and its variants found.
 
   Attributes:
     method: ``banel``, or the self-imitation baseline (fit the successes found

@@ -68,6 +68,9 @@ picks. The presets hold the picks below; reported runs use seeds 0-4.
   runs at BaNEL's picks, ``banel_default`` at BaNEL's picks with the suite's
   tuned changes on top (tuned on the suite's tuning half, not on this task).
 
+The grids' records below are in folders kept at commit ``3a3529a`` (``git show
+3a3529a:results/<folder>/tuning.json``).
+
 Toy grid results (``results/baselines_toy1d/tuning.json``; mean final success
 rate over tuning seeds 100-104, n_eval 10,000; the pretrained rate is 0.011):
 
@@ -131,7 +134,7 @@ Examples:
   banel compare --preset toy1d --tune              # the grid first
   banel compare --preset toy1d-tiny --methods banel rnd
   banel compare --preset toy1d --run-dir runs/baselines_toy1d_run
-  banel compare --preset addition --out results/baselines_addition
+  banel compare --preset addition --run-dir runs/lsb --out results/compare_lsb
 """
 
 from __future__ import annotations
