@@ -25,8 +25,8 @@ samples inside).
 
 Example:
   python research/region_lift.py --run-dir runs/attack_full30 --out results/region_lift
-  python research/region_lift.py --run-dir runs/scaling_grid_runs/epochs_1 \\
-      runs/scaling_grid_runs/epochs_100 --out results/region_lift_scaling
+  python research/region_lift.py --run-dir runs/attack_e1 runs/attack_e100 \\
+      --out runs/region_lift_epochs   # two attacks, --banel.failure-epochs 1 and 100
 """
 
 from __future__ import annotations
