@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from banel_jax.experiments import compare
+from banel_jax.experiments import compare, harness
 from banel_jax.experiments.registry import ExperimentError, commands
+from banel_jax.runtime.run_dir import RunDirError
 
 
 def test_registered_with_presets_whose_defaults_run():
@@ -270,3 +271,31 @@ def test_a_method_that_stops_is_named_and_the_others_run_on(tmp_path):
   assert list(task["methods"]) == ["reinforce"]
   with pytest.raises(ExperimentError, match="every method stopped"):
     compare.run(config.replace(methods=("banel",)), tmp_path / "none", progress=False)
+
+
+@pytest.mark.slow
+def test_a_stopped_run_is_recorded_and_not_replayed(tmp_path, capsys):
+  config = compare.toy1d_tiny_config()
+  config = config.replace(methods=("banel", "reinforce"), pretrained_samples=4096,
+                          run_dir=str(tmp_path / "runs"),
+                          banel=config.banel.replace(tau_mode="calibrated",
+                                                     min_acceptance_rate=0.9))
+  compare.run(config, tmp_path / "out", progress=False)
+  banel_dir = tmp_path / "runs" / "banel"
+  stop = json.loads((banel_dir / harness.STOPPED_FILE).read_text())
+  assert stop["result"]["error"] == "AcceptanceRateError"
+  assert stop["settings"]["method"] == "banel"
+  ledger = (banel_dir / "ledger.jsonl").read_bytes()
+  metrics = (banel_dir / "metrics.jsonl").read_bytes()
+  capsys.readouterr()
+  again = compare.run(config, tmp_path / "again", progress=False)
+  out = capsys.readouterr().out
+  assert "stopped earlier" in out and "loaded from" in out  # reinforce's result
+  assert again["stopped"]["banel"]["error"] == "AcceptanceRateError"
+  # nothing ran again: no round, no oracle call
+  assert (banel_dir / "ledger.jsonl").read_bytes() == ledger
+  assert (banel_dir / "metrics.jsonl").read_bytes() == metrics
+  # other settings are refused, as for a finished run
+  with pytest.raises(RunDirError, match="other settings"):
+    compare.run(config.replace(seeds=(5,), methods=("banel",)), tmp_path / "x",
+                progress=False)

@@ -33,7 +33,9 @@ Writes to ``--out``:
 A method that stops mid-run on its own failure mode (BaNEL's
 ``AcceptanceRateError`` when the regions leave no distillation sample, or a
 ``NonFiniteError``) has no row: ``comparison.json`` (``stopped``) and the
-README name it with its error, and the other methods run on.
+README name it with its error, and the other methods run on. With
+``--run-dir``, ``DIR/<method>/stopped.json`` keeps the stop: a rerun reports it
+without replaying the rounds (remove the file to run the method again).
 
 With ``--run-dir DIR`` the comparison is resumable: each method runs in
 ``DIR/<method>`` (checkpoints every round, ``config.json``, metrics and the

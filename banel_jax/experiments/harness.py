@@ -32,6 +32,10 @@ import numpy as np
 from banel_jax.core.config import jsonable
 
 RESULT_FILE = "result.json"
+# A run that stopped on its own failure mode (AcceptanceRateError,
+# NonFiniteError): the error, with the settings, so that a rerun of the same
+# settings raises it again at once instead of replaying the rounds to the stop.
+STOPPED_FILE = "stopped.json"
 
 
 class TaskSetup(NamedTuple):
@@ -140,7 +144,11 @@ def run_method(model, prior_params, oracle: Callable, config, seeds: Sequence[in
       ledgers every oracle call there, and ``result.json`` is written when it
       finishes. A directory holding a finished run returns its result (with
       ``"loaded_from"``) without running anything; one holding an unfinished
-      run resumes it.
+      run resumes it. A run that stops on its own failure mode
+      (:class:`~banel_jax.core.posterior.AcceptanceRateError`,
+      :class:`~banel_jax.runtime.driver.NonFiniteError`) writes
+      :data:`STOPPED_FILE` there, and a rerun of the same settings raises the
+      same error at once (remove the file to run it again).
     final: optional ``(runner, result) -> dict`` run after the last round
       (e.g. a large final evaluation; ``result`` is the run's
       :class:`~banel_jax.runtime.driver.RunResult`); its entries join the
@@ -159,10 +167,19 @@ def run_method(model, prior_params, oracle: Callable, config, seeds: Sequence[in
   """
   from banel_jax import BanelRunner
   result_path = None if run_dir is None else os.path.join(run_dir, RESULT_FILE)
+  from banel_jax.core.posterior import AcceptanceRateError
+  from banel_jax.runtime.driver import NonFiniteError
+  stops = {"AcceptanceRateError": AcceptanceRateError,
+           "NonFiniteError": NonFiniteError}
+  stopped_path = None if run_dir is None else os.path.join(run_dir, STOPPED_FILE)
   if result_path is not None:
     done = load_checked(result_path, settings, what)
     if done is not None:
       return {**done, "loaded_from": result_path}
+    stop = load_checked(stopped_path, settings, what)
+    if stop is not None:  # the same settings stop the same way: say so at once
+      raise stops[stop["error"]](f"{stop['message']} (stopped earlier: "
+                                 f"{stopped_path}; remove it to run again)")
   t0 = time.perf_counter()
   runner = BanelRunner(model, prior_params, oracle, config, list(seeds),
                        method=method, extensions=tuple(extensions),
@@ -171,7 +188,13 @@ def run_method(model, prior_params, oracle: Callable, config, seeds: Sequence[in
                        extra_config=None if run_dir is None else {record_as: settings})
   t_open = time.perf_counter() - t0
   try:
-    result = runner.run()
+    try:
+      result = runner.run()
+    except tuple(stops.values()) as err:
+      if stopped_path is not None:
+        write_json_atomic(stopped_path, {"settings": settings, "result": {
+            "error": type(err).__name__, "message": str(err)}})
+      raise
     t1 = time.perf_counter()
     extra = final(runner, result) if final is not None else {}
     final_s = time.perf_counter() - t1
