@@ -1114,14 +1114,19 @@ def markdown_table(rows: list[dict], pretrained: dict, config: CompareConfig) ->
   return "\n".join(lines)
 
 
+def ci_cell(stats: dict, key: str) -> str:
+  """``stats[key]`` with its bootstrap 95% interval (``stats[key + "_ci95"]``),
+  as a table cell: ``"3.48x [2.38, 4.86]"``."""
+  lo, hi = stats[f"{key}_ci95"]
+  return f"{stats[key]:.3g}x [{lo:.3g}, {hi:.3g}]"
+
+
 def statistics_table(task: dict) -> str:
   """The reviewer's table from a ``summary.json`` task entry: per method the
   median and mean final improvement with bootstrap 95% intervals, the shares
   of seeds at least 10x and below 1x, the median best-so-far, and the
   Mann-Whitney p-value against BaNEL (paper)."""
-  def ci(stats, key):
-    lo, hi = stats[f"{key}_ci95"]
-    return f"{stats[key]:.3g}x [{lo:.3g}, {hi:.3g}]"
+  ci = ci_cell
   lines = ["| method | seeds | median improvement [95% CI] | mean improvement "
            "[95% CI] | >= 10x | < 1x | best-so-far median | p vs BaNEL (paper) |",
            "|---|---|---|---|---|---|---|---|"]

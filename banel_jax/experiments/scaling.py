@@ -330,9 +330,7 @@ def summary_tasks(record: dict) -> dict:
 def markdown_table(record: dict) -> str:
   """One line per (E, method): median and mean final improvement with their
   bootstrap 95% intervals, the best-so-far median, every seed, wall time."""
-  def ci(stats, key):
-    lo, hi = stats[f"{key}_ci95"]
-    return f"{stats[key]:.3g}x [{lo:.3g}, {hi:.3g}]"
+  ci = compare.ci_cell
   lines = ["| E | method | seeds | final median [95% CI] | final mean [95% CI] | "
            "best-so-far median [95% CI] | final per seed | wall (s) |",
            "|---|---|---|---|---|---|---|---|"]
