@@ -120,6 +120,28 @@ def test_banel_default_is_banel_with_the_suites_tuned_changes():
   assert compare.LABELS["banel_default"].startswith("BaNEL (defaults")
 
 
+def test_banel_replay_is_banel_with_a_success_bank_and_says_it_learns_from_successes():
+  config = compare.toy1d_tiny_config()
+  setup = compare.toy_setup(config)
+  assert "banel_replay" in setup.methods
+  method, cfg, (ext,) = compare.build_method("banel_replay", setup, config)
+  assert method is None and ext.name == "success_replay" and ext.uses_successes
+  assert ext.config == config.success_replay
+  assert cfg == compare.build_method("banel", setup, config).run_config
+  shown = compare.method_settings("banel_replay", compare.addition_config())
+  assert shown == {**compare.method_settings("banel", compare.addition_config()),
+                   "replay_bank_size": 256, "replay_weight": 100.0}
+  assert "learns from successes" in compare.LABELS["banel_replay"]
+  run = compare.run_method("banel_replay", setup, config, (0, 1), progress=False)
+  assert run["nre_spent"] == [config.run.nre_budget] * 2
+  task = compare.canonical_task(config, {"banel_replay": run, "rnd": run},
+                                {"rate": 0.011, "estimate": {"trials": 1000}})
+  entry = task["methods"]["banel_replay"]
+  assert entry["uses_successes"] and not entry["task_knowledge"]
+  # a row that learns from successes is not set against the novelty bonuses
+  assert "banel_vs_best_bonus" not in task
+
+
 def test_self_imitation_grid_points_are_knobs_its_config_uses():
   for config in (compare.toy1d_config(), compare.addition_config()):
     points = compare.grid_points(dict(config.grid)["self_imitation"])
@@ -140,9 +162,8 @@ def test_config_refuses_what_the_task_cannot_run():
   with pytest.raises(ExperimentError, match="seeds=.* names a seed twice"):
     compare.toy1d_config().replace(seeds=(0, 0))
   assert compare.addition_config().method_list == (
-      "banel", "banel_default", "banel_support", "reinforce", "rnd", "pseudo_count",
-      "unlikelihood",
-      "exact_rejection", "self_imitation")
+      "banel", "banel_default", "banel_support", "banel_replay", "reinforce", "rnd",
+      "pseudo_count", "unlikelihood", "exact_rejection", "self_imitation")
 
 
 def test_check_against_preset_names_the_flags_that_do_not_apply():

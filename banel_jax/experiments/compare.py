@@ -6,11 +6,14 @@ samples per round, Clopper-Pearson intervals, counted apart from the NRE), seeds
 side by side under ``vmap``. Methods: BaNEL, REINFORCE, RND, pseudo-counts,
 exact counts (toy only: the samples must be small integers), unlikelihood, the
 exact-rejection reference (reject every failure already seen), self-imitation
-(the one method that learns from the successes it finds), and on the addition
-task BaNEL given the query grammar as a free support check (``banel_support``:
-knowledge the other methods are not given, and its row says so). BaNEL runs
-twice more: as published (``banel``) and with the library's defaults on top
-(``banel_default``: the suite's tuned changes,
+(which learns from the successes it finds), and on the addition task BaNEL
+given the query grammar as a free support check (``banel_support``: knowledge
+the other methods are not given, and its row says so). Besides BaNEL as
+published (``banel``), two more BaNEL rows: with success replay
+(``banel_replay``: the latest 256 successes join every distillation at weight
+100, :func:`~banel_jax.extensions.success_replay`; it learns from successes,
+and its row says so) and with the library's defaults on top (``banel_default``:
+the suite's tuned changes,
 :func:`~banel_jax.experiments.suite.with_tuned_defaults`, learning rates scaled
 by the same 0.3; failures only, not tuned again here). The pretrained model is
 the table's first row.
@@ -67,7 +70,8 @@ picks. The presets hold the picks below; reported runs use seeds 0-4.
 * self-imitation: ``learning_rate`` in {0.03, 0.3} (addition: {1e-4, 1e-3}) x
   ``success_weight`` in {10, 100, 1000};
 * exact rejection and the pretrained model have no knobs; ``banel_support``
-  runs at BaNEL's picks, ``banel_default`` at BaNEL's picks with the suite's
+  and ``banel_replay`` run at BaNEL's picks (the bank's size and weight are
+  those of ``banel attack``'s success-bank runs, not tuned), ``banel_default`` at BaNEL's picks with the suite's
   tuned changes on top (tuned on the suite's tuning half, not on this task).
 
 The grids' records below are in folders kept at commit ``3a3529a`` (``git show
@@ -160,10 +164,12 @@ from banel_jax.experiments.harness import RESULT_FILE, TaskSetup  # noqa: F401 (
 from banel_jax.experiments.registry import (Command, ExperimentError, invocation,
                                             register)
 from banel_jax.experiments.toy1d import Toy1DConfig
+from banel_jax.extensions.success_replay import SuccessReplayConfig
 from banel_jax.tasks.toy1d import Toy1DTask
 
 TASKS = ("toy1d", "addition")
-Method = Literal["banel", "banel_default", "banel_support", "reinforce", "rnd",
+Method = Literal["banel", "banel_default", "banel_support", "banel_replay",
+                 "reinforce", "rnd",
                  "pseudo_count", "exact_count", "unlikelihood", "exact_rejection",
                  "self_imitation"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -173,6 +179,7 @@ UNSUPPORTED = {"toy1d": ("banel_support",), "addition": ("exact_count",)}
 LABELS = {"pretrained": "pretrained", "banel": "BaNEL (paper)",
           "banel_default": "BaNEL (defaults: suite-tuned, failures only)",
           "banel_support": "BaNEL + support check (task knowledge)",
+          "banel_replay": "BaNEL + success replay (learns from successes)",
           "reinforce": "REINFORCE",
           "rnd": "RND", "pseudo_count": "pseudo-count", "exact_count": "exact-count",
           "unlikelihood": "unlikelihood", "exact_rejection": "exact rejection",
@@ -216,12 +223,15 @@ GRIDS = {"toy1d": TOY_GRID, "addition": ADDITION_GRID}
 # checked when it resumes).
 METHOD_SECTIONS = {"banel": ("banel",), "banel_default": ("banel",),
                    "banel_support": ("banel",),
+                   "banel_replay": ("banel", "success_replay"),
                    "reinforce": ("reinforce",),
                    "rnd": ("rnd", "rnd_bonus"),
                    "pseudo_count": ("pseudo_count", "pseudo_count_bonus"),
                    "exact_count": ("exact_count",), "unlikelihood": ("unlikelihood",),
                    "exact_rejection": ("exact_rejection",),
                    "self_imitation": ("self_imitation",)}
+# Methods that learn from the successes they find (their rows say so).
+USES_SUCCESSES = ("banel_replay", "self_imitation")
 PRETRAINED_FILE = "pretrained.json"
 
 
@@ -251,7 +261,10 @@ class CompareConfig:
     exact_count: the exact-count method's policy updates (toy only).
     unlikelihood: unlikelihood training.
     exact_rejection: the exact-rejection reference.
-    self_imitation: self-imitation (the one method that learns from rewards).
+    self_imitation: self-imitation (learns from the successes it finds).
+    success_replay: the success bank of ``banel_replay`` (BaNEL at its picks,
+      the latest ``bank_size`` successes joining every distillation at weight
+      ``weight``; not tuned here: the bank of ``banel attack``'s findings).
     pretrained_samples: samples that measure the pretrained rate.
     final_eval_samples: addition only: if > 0, methods with a seed whose final
       rate is below ``final_eval_threshold`` are re-evaluated on this many fresh
@@ -295,6 +308,8 @@ class CompareConfig:
   exact_rejection: ExactRejectionConfig = ExactRejectionConfig(
       capacity=1000, batch_size=65_536, max_batches=64)
   self_imitation: SelfImitationConfig = SelfImitationConfig(learning_rate=0.3)
+  success_replay: SuccessReplayConfig = SuccessReplayConfig(bank_size=256,
+                                                            weight=100.0)
   pretrained_samples: int = 200_000
   final_eval_samples: int = 0
   final_eval_threshold: float = 1e-3
@@ -394,6 +409,7 @@ def toy1d_tiny_config() -> CompareConfig:
       exact_rejection=base.exact_rejection.replace(capacity=300, batch_size=8192),
       self_imitation=base.self_imitation.replace(bank_size=16, anchor_samples=256,
                                                  batch_size=64),
+      success_replay=dataclasses.replace(base.success_replay, bank_size=16),
       seeds=(0, 1), tuning_seeds=(100, 101), pretrained_samples=20_000)
 
 
@@ -453,6 +469,7 @@ def addition_tiny_config() -> CompareConfig:
                                                    max_batches=8),
       self_imitation=base.self_imitation.replace(bank_size=16, anchor_samples=64,
                                                  batch_size=32, epochs=1),
+      success_replay=dataclasses.replace(base.success_replay, bank_size=16),
       seeds=(0, 1), tuning_seeds=(100, 101), tuning_nre_budget=0,
       tuning_eval_every=0, pretrained_samples=1024, final_eval_samples=1024)
 
@@ -602,7 +619,7 @@ def build_method(name: str, setup: TaskSetup, config: CompareConfig) -> MethodBu
   from banel_jax import baselines as B
   run = config.run
   model = setup.model
-  if name in ("banel", "banel_default", "banel_support"):
+  if name in ("banel", "banel_default", "banel_support", "banel_replay"):
     cfg = config.banel.replace(nre_budget=run.nre_budget,
                                samples_per_round=run.samples_per_round,
                                n_eval=run.n_eval, eval_every=run.eval_every)
@@ -613,6 +630,11 @@ def build_method(name: str, setup: TaskSetup, config: CompareConfig) -> MethodBu
     if name == "banel_default":
       from banel_jax.experiments.suite import with_tuned_defaults
       return MethodBuild(None, with_tuned_defaults(cfg))
+    if name == "banel_replay":
+      from banel_jax.extensions import success_replay
+      r = config.success_replay
+      return MethodBuild(None, cfg, (success_replay(
+          model, r.bank_size, distinct=r.distinct, weight=r.weight),))
     if setup.support is None:
       raise ExperimentError(f"task {setup.name!r} has no free support check for "
                             "method 'banel_support'")
@@ -872,7 +894,7 @@ def tune(setup: TaskSetup, config: CompareConfig, methods, progress: bool,
 
 # compare's method names -> the ids of summary.json
 METHOD_IDS = {"banel": "banel_paper", "banel_default": "banel_default",
-              "banel_support": "banel_support",
+              "banel_support": "banel_support", "banel_replay": "banel_replay",
               "reinforce": "reinforce", "rnd": "rnd", "pseudo_count": "pseudo_counts",
               "exact_count": "exact_counts", "unlikelihood": "unlikelihood",
               "exact_rejection": "exact_rejection", "self_imitation": "self_imitation"}
@@ -921,7 +943,7 @@ def canonical_task(config: CompareConfig, runs: dict, pretrained: dict) -> dict:
     reference = np.asarray(final_rates(runs["banel"])) / rate0
   for name, run in runs.items():
     entry = common.method_entry(
-        label=LABELS[name], uses_successes=name == "self_imitation",
+        label=LABELS[name], uses_successes=name in USES_SUCCESSES,
         task_knowledge=name == "banel_support", seeds=config.seeds,
         final=final_rates(run), best=run["best_success_rate"], pretrained_rate=rate0)
     imp = entry["improvement_final"]
@@ -1006,6 +1028,9 @@ def method_settings(name: str, config: CompareConfig) -> dict:
   fields = dict(config.grid).get(section, ())  # banel_support: BaNEL's knobs
   cfg = getattr(config, section)
   out = {a.split(".")[1]: getattr(cfg, a.split(".")[1]) for a, _ in fields}
+  if name == "banel_replay":  # BaNEL's picks and the bank's settings
+    r = config.success_replay
+    out.update(replay_bank_size=r.bank_size, replay_weight=r.weight)
   if name == "banel_default":  # BaNEL's picks and the suite's changes on top
     from banel_jax.experiments.suite import TUNED, with_tuned_defaults
     cfg = with_tuned_defaults(cfg)
@@ -1044,7 +1069,7 @@ def summarize_run(name: str, run: dict, pretrained: dict,
   }
   if name == "banel_support":
     row["task_knowledge"] = True  # the grammar, which no other method is given
-  if name == "self_imitation":
+  if name in USES_SUCCESSES:
     row["uses_successes"] = True
   if run.get("final_large_eval"):
     large = np.asarray([e["rate"] for e in run["final_large_eval"]])
