@@ -62,7 +62,8 @@ def _run(ctx, tmp_path, name, run_dir, log, cache, pause_at=None):
 
 def _without_wall_times(v):
   if isinstance(v, dict):
-    return {k: _without_wall_times(x) for k, x in v.items() if "wall_time" not in k}
+    return {k: _without_wall_times(x) for k, x in v.items()
+            if "wall_time" not in k and k != "final_s"}  # timings
   if isinstance(v, list):
     return [_without_wall_times(x) for x in v]
   return v

@@ -237,6 +237,33 @@ def test_tiny_comparison_writes_its_table_and_resumes(tmp_path):
       [r["final_per_seed"] for r in summary["rows"]]
 
 
+def test_a_table_grows_by_a_row_from_its_own_record(tmp_path, capsys):
+  """Without a run directory a rerun into the same folder loads what its
+  comparison.json holds (same settings), runs only the new method, and runs a
+  method again when one of its settings changed."""
+  config = compare.toy1d_tiny_config().replace(methods=("banel", "reinforce"),
+                                               pretrained_samples=4096)
+  out = tmp_path / "out"
+  first = compare.run(config, out, progress=False)
+  saved = json.loads((out / "comparison.json").read_text())
+  assert saved["runs"]["reinforce"]["settings"]["method"] == "reinforce"
+  capsys.readouterr()
+  grown = compare.run(config.replace(methods=("banel", "reinforce", "rnd")), out,
+                      progress=False)
+  printed = capsys.readouterr().out
+  assert printed.count(f"loaded from {out / 'comparison.json'}") == 2
+  assert [r["key"] for r in grown["rows"]] == ["banel", "reinforce", "rnd"]
+  for old, new in zip(first["rows"], grown["rows"]):
+    assert new == old  # the same record: rates, wall time, settings
+  history = json.loads((out / "comparison.json").read_text())["runs"]
+  assert history["banel"] == saved["runs"]["banel"]
+  slower = config.reinforce.replace(learning_rate=0.01)
+  compare.run(config.replace(methods=("reinforce",), reinforce=slower), out,
+              progress=False)
+  assert "loaded from" not in capsys.readouterr().out
+  assert compare.recorded_runs(tmp_path / "nothing") == {}
+
+
 @pytest.mark.slow
 def test_command_line_runs_a_tiny_comparison(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -316,6 +343,13 @@ def test_a_stopped_run_is_recorded_and_not_replayed(tmp_path, capsys):
   # nothing ran again: no round, no oracle call
   assert (banel_dir / "ledger.jsonl").read_bytes() == ledger
   assert (banel_dir / "metrics.jsonl").read_bytes() == metrics
+  # the folder's own record keeps the stop too, for a rerun without the runs
+  capsys.readouterr()
+  compare.run(config.replace(run_dir=None), tmp_path / "out", progress=False)
+  record = tmp_path / "out" / "comparison.json"
+  assert f"stopped earlier: {record}" in capsys.readouterr().out
+  assert json.loads(record.read_text())["stopped"]["banel"]["settings"] == \
+      stop["settings"]
   # other settings are refused, as for a finished run
   with pytest.raises(RunDirError, match="other settings"):
     compare.run(config.replace(seeds=(5,), methods=("banel",)), tmp_path / "x",

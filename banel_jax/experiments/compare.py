@@ -23,8 +23,8 @@ Writes to ``--out``:
 * ``comparison.json``: the config, the pretrained rate, one row per method
   (final and best-so-far success rates with mean / median / std over seeds,
   improvement factors, wall time, malformed fraction of the scored samples where
-  the task defines it, distinct samples per round), every method's per-round
-  history;
+  the task defines it, distinct samples per round), every method's run record
+  (per-round history, final rates, settings);
 * ``comparison.md``: the table (also printed);
 * ``success_vs_nre.png``: success rate against NRE, median over seeds with
   the inter-quartile band;
@@ -50,6 +50,13 @@ one that was running from its newest checkpoint, and asks the oracle nothing
 its ledger already holds. The per-round diagnostics (distinct and malformed
 samples) are computed from the round's samples, so a replayed round records the
 same ones.
+
+``--out``'s ``comparison.json`` keeps every finished run (and every stop) with
+its settings, so the output folder is a record of its own: rerunning its
+command with one more method, on any machine and without the run directories,
+loads the methods it holds whose settings are unchanged and runs only the new
+one (a method whose settings changed runs again). A committed table grows by a
+row this way.
 
 **Equal tuning effort.** Every tuned method gets a grid of 6 configurations
 (2 x 3, :data:`TOY_GRID`, :data:`ADDITION_GRID`), run on the tuning seeds
@@ -739,7 +746,8 @@ def run_settings(name: str, setup: TaskSetup, config: CompareConfig, seeds,
 
 def run_method(name: str, setup: TaskSetup, config: CompareConfig, seeds,
                progress: bool, final_eval_only: bool = False,
-               run_dir: str | os.PathLike | None = None) -> dict:
+               run_dir: str | os.PathLike | None = None,
+               recorded: dict | None = None) -> dict:
   """Runs one method for ``seeds`` side by side; returns its history and timings.
 
   Args:
@@ -753,6 +761,15 @@ def run_method(name: str, setup: TaskSetup, config: CompareConfig, seeds,
       round and ledgers every oracle call there, and ``result.json`` is written
       when it finishes. A directory holding a finished run returns its result
       without running anything; one holding an unfinished run resumes it.
+    recorded: this method's entry in an earlier ``comparison.json``
+      (:func:`recorded_runs`): a finished run (or a stop) of the same settings
+      is returned (or raised again) without running anything, unless
+      ``run_dir`` holds a finished run or a stop, which comes first. Other
+      settings: ignored (the method runs).
+
+  Returns:
+    The run's record (:func:`banel_jax.experiments.harness.run_method`), with
+    ``"settings"`` (:func:`run_settings`) added.
 
   Raises:
     RunDirError: ``run_dir`` holds a run of other settings.
@@ -762,6 +779,20 @@ def run_method(name: str, setup: TaskSetup, config: CompareConfig, seeds,
     rounds = -(-cfg.nre_budget // cfg.samples_per_round)
     cfg = dataclasses.replace(cfg, eval_every=rounds + 1)
   settings = run_settings(name, setup, config, seeds, cfg)
+  in_run_dir = run_dir is not None and any(
+      os.path.exists(os.path.join(run_dir, f))
+      for f in (harness.RESULT_FILE, harness.STOPPED_FILE))
+  if recorded is not None and not in_run_dir:
+    from banel_jax.runtime.run_dir import diff_records
+    if not diff_records(recorded["settings"], jsonable(settings)):
+      if "error" in recorded:  # the same settings stop the same way
+        err = STOPS[recorded["error"]](
+            f"{recorded['message']}{_STOPPED_EARLIER}{recorded['source']}; "
+            "run it again with another --out)")
+        err.settings = settings
+        raise err
+      return {**recorded["result"], "settings": settings,
+              "loaded_from": recorded["source"]}
 
   def final(runner, result) -> dict:
     n_large = config.final_eval_samples
@@ -770,11 +801,58 @@ def run_method(name: str, setup: TaskSetup, config: CompareConfig, seeds,
       large = large_evaluation(runner, setup, n_large, cfg.n_eval)
     return {"final_large_eval": large}
 
-  return harness.run_method(
-      setup.model, setup.prior_params, setup.oracle, cfg, seeds, settings=settings,
-      what=f"{LABELS[name]}'s result", method=method, extensions=extensions,
-      run_dir=run_dir, on_round=round_diagnostics(setup, len(seeds)),
-      progress=progress, final=final, record_as="comparison")
+  try:
+    out = harness.run_method(
+        setup.model, setup.prior_params, setup.oracle, cfg, seeds, settings=settings,
+        what=f"{LABELS[name]}'s result", method=method, extensions=extensions,
+        run_dir=run_dir, on_round=round_diagnostics(setup, len(seeds)),
+        progress=progress, final=final, record_as="comparison")
+  except tuple(STOPS.values()) as err:
+    err.settings = settings  # recorded with the stop in comparison.json
+    raise
+  return {**out, "settings": settings}
+
+
+def _stops() -> dict:
+  from banel_jax.core.posterior import AcceptanceRateError
+  from banel_jax.runtime.driver import NonFiniteError
+  return {"AcceptanceRateError": AcceptanceRateError,
+          "NonFiniteError": NonFiniteError}
+
+
+# A method's own failure modes mid-run (a result, not a crash: the table names
+# the stop and the other methods run on).
+STOPS = _stops()
+_STOPPED_EARLIER = " (stopped earlier: "
+
+
+def recorded_runs(out: str | os.PathLike) -> dict:
+  """The finished runs and stops recorded in ``out/comparison.json``, by
+  method: ``{"settings", "result", "source"}`` or ``{"settings", "error",
+  "message", "source"}``. Empty without the file; a record without settings
+  (written by an older version) is left out.
+
+  So a committed table grows by a row without rerunning the others: rerunning
+  its command with one more method on a fresh machine (no run directory) runs
+  only the new method.
+  """
+  path = pathlib.Path(out) / "comparison.json"
+  if not path.is_file():
+    return {}
+  import json
+  saved = json.loads(path.read_text())
+  found = {}
+  for name, run in saved.get("runs", {}).items():
+    if "settings" in run:
+      result = {k: v for k, v in run.items() if k != "settings"}
+      found[name] = {"settings": run["settings"], "result": result,
+                     "source": str(path)}
+  for name, stop in saved.get("stopped", {}).items():
+    if "settings" in stop:
+      found[name] = {"settings": stop["settings"], "error": stop["error"],
+                     "message": stop["message"].split(_STOPPED_EARLIER)[0],
+                     "source": str(path)}
+  return found
 
 
 def large_evaluation(runner, setup: TaskSetup, n: int, chunk: int) -> list[dict]:
@@ -1191,7 +1269,9 @@ def write_readme(out: pathlib.Path, config: CompareConfig, summary: dict,
       f"pretrained rate {task['pretrained_rate']:.4g} "
       f"({task['pretrained_samples']:,} samples; {source}).", "",
       "**Command.**", "", "```", summary.get("command", "banel compare"), "```",
-      "",
+      "", "Rerun into this folder, it loads the runs `comparison.json` records "
+      "(unchanged settings) and runs only the methods it lacks; with another "
+      "`--out` it runs every method again.", "",
       "**Config.** `comparison.json` holds every setting. Tuning: "
       + (f"the grids ran on seeds {list(config.tuning_seeds)} (`tuning.json`)."
          if isinstance(summary.get("tuning"), dict) else
@@ -1262,8 +1342,7 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
   print(f"pretrained: {pretrained['rate']:.4g} on "
         f"{pretrained['estimate']['trials']} samples"
         + (f" ({pretrained['source']})" if "source" in pretrained else ""), flush=True)
-  from banel_jax.core.posterior import AcceptanceRateError
-  from banel_jax.runtime.driver import NonFiniteError
+  recorded = recorded_runs(out)
   runs, rows, stopped = {}, [], {}
   for name in methods:
     print(f"running {LABELS[name]} ...", flush=True)
@@ -1271,12 +1350,13 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
                   else os.path.join(config.run_dir, name))
     try:
       runs[name] = run_method(name, setup, config, config.seeds, progress,
-                              run_dir=method_dir)
-    except (AcceptanceRateError, NonFiniteError) as err:
+                              run_dir=method_dir, recorded=recorded.get(name))
+    except tuple(STOPS.values()) as err:
       # The method's own failure mode, mid-run: it is a result, and the other
       # methods go on. Its paid calls and rounds stay in its run directory.
       stopped[name] = {"label": LABELS[name], "error": type(err).__name__,
-                       "message": str(err)}
+                       "message": str(err).split(_STOPPED_EARLIER)[0],
+                       "settings": err.settings}
       print(f"  stopped: {type(err).__name__}: {err}", flush=True)
       continue
     rows.append(summarize_run(name, runs[name], pretrained, config))
@@ -1302,9 +1382,11 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
              "this_invocation_wall_time_s": time.perf_counter() - t_start}
   if stopped:
     summary["stopped"] = stopped
-  common.write_json(out / "comparison.json",
-                    {**summary, "runs": {k: {"history": v["history"]}
-                                         for k, v in runs.items()}})
+  # every run's whole record, with its settings: a rerun into this folder
+  # loads what it holds (recorded_runs)
+  common.write_json(out / "comparison.json", {**summary, "runs": {
+      k: {f: x for f, x in v.items() if f != "loaded_from"}
+      for k, v in runs.items()}})
   (out / "comparison.md").write_text(table + "\n")
   wall = summary["total_wall_time_s"]
   task = canonical_task(config, runs, pretrained)
