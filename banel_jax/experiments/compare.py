@@ -1269,9 +1269,9 @@ def write_readme(out: pathlib.Path, config: CompareConfig, summary: dict,
       f"pretrained rate {task['pretrained_rate']:.4g} "
       f"({task['pretrained_samples']:,} samples; {source}).", "",
       "**Command.**", "", "```", summary.get("command", "banel compare"), "```",
-      "", "Rerun into this folder, it loads the runs `comparison.json` records "
-      "(unchanged settings) and runs only the methods it lacks; with another "
-      "`--out` it runs every method again.", "",
+      "", "Rerun into this folder, the command loads the runs recorded in "
+      "`comparison.json` (where their settings are unchanged) and runs only the "
+      "missing methods; with another `--out` it runs every method again.", "",
       "**Config.** `comparison.json` holds every setting. Tuning: "
       + (f"the grids ran on seeds {list(config.tuning_seeds)} (`tuning.json`)."
          if isinstance(summary.get("tuning"), dict) else
