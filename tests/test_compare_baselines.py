@@ -237,17 +237,34 @@ def test_tiny_comparison_writes_its_table_and_resumes(tmp_path):
       [r["final_per_seed"] for r in summary["rows"]]
 
 
-def test_a_table_grows_by_a_row_from_its_own_record(tmp_path, capsys):
-  """Without a run directory a rerun into the same folder loads what its
-  comparison.json holds (same settings), runs only the new method, and runs a
-  method again when one of its settings changed."""
+def test_a_table_grows_by_a_row_from_its_own_record(tmp_path, capsys, monkeypatch):
+  """Without a run directory the folder is written after each method, and a
+  rerun into it loads what its comparison.json holds (same settings), runs
+  only the methods it lacks, and runs a method again when one of its settings
+  changed."""
   config = compare.toy1d_tiny_config().replace(methods=("banel", "reinforce"),
                                                pretrained_samples=4096)
   out = tmp_path / "out"
-  first = compare.run(config, out, progress=False)
-  saved = json.loads((out / "comparison.json").read_text())
-  assert saved["runs"]["reinforce"]["settings"]["method"] == "reinforce"
+  run_method = compare.run_method
+
+  def killed_at_reinforce(name, *args, **kwargs):
+    if name == "reinforce" and not kwargs.get("load_only"):
+      raise KeyboardInterrupt
+    return run_method(name, *args, **kwargs)
+
+  monkeypatch.setattr(compare, "run_method", killed_at_reinforce)
+  with pytest.raises(KeyboardInterrupt):
+    compare.run(config, out, progress=False)
+  partial = json.loads((out / "comparison.json").read_text())
+  assert list(partial["runs"]) == ["banel"]
+  assert "| BaNEL (paper) | 2 |" in (out / "README.md").read_text()
+  monkeypatch.undo()
   capsys.readouterr()
+  first = compare.run(config, out, progress=False)
+  assert capsys.readouterr().out.count("loaded from") == 1
+  saved = json.loads((out / "comparison.json").read_text())
+  assert saved["runs"]["banel"] == partial["runs"]["banel"]
+  assert saved["runs"]["reinforce"]["settings"]["method"] == "reinforce"
   grown = compare.run(config.replace(methods=("banel", "reinforce", "rnd")), out,
                       progress=False)
   printed = capsys.readouterr().out

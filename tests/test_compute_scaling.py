@@ -255,6 +255,38 @@ def test_a_rerun_keeps_the_readmes_observations(tmp_path, setup, no_training):
   assert again.count("<!-- observations:start -->") == 1
 
 
+def test_a_rerun_into_the_folder_loads_its_recorded_rows(tmp_path, setup,
+                                                        no_training, capsys):
+  """Without the run directories (another machine) the folder's own record
+  loads: finished rows, and a stop raised again instead of rerun."""
+  import shutil
+  config = _three_seeds(tmp_path).replace(epochs=(1,))
+  root = tmp_path / "runs"
+  for m in scaling.METHODS:
+    _fake_run(root, config, setup, m, 1, [2 * RATE0] * 3, wall=5.0)
+  out = tmp_path / "out"
+  first = scaling.run(config, out, progress=False)
+  shutil.rmtree(root)
+  capsys.readouterr()
+  again = scaling.run(config, out, progress=False)
+  assert capsys.readouterr().out.count(f"loaded from {out / 'scaling.json'}") == 3
+  assert [r["final_rate"] for r in again["rows"]] == \
+      [r["final_rate"] for r in first["rows"]]
+  assert again["total_wall_time_s"] == first["total_wall_time_s"] == 15.0
+  assert set(scaling.recorded_runs(out)) == {(m, 1) for m in scaling.METHODS}
+  saved = json.loads((out / "scaling.json").read_text())
+  banel = saved["rows"].pop(0)
+  saved["stopped"] = [{"method": "banel", "epochs": 1, "label": "BaNEL (paper)",
+                       "error": "AcceptanceRateError", "message": "no region left",
+                       "settings": banel["settings"]}]
+  (out / "scaling.json").write_text(json.dumps(saved))
+  third = scaling.run(config, out, progress=False)
+  assert [r["method"] for r in third["rows"]] == ["rnd", "pseudo_count"]
+  assert third["stopped"][0]["message"] == "no region left"
+  assert not (root / "banel_e1").exists()  # nothing ran
+  assert scaling.recorded_runs(tmp_path / "nothing") == {}
+
+
 def test_a_subset_fills_in_part_of_the_table(tmp_path, setup, no_training):
   """Sharding: ``--epochs`` / ``--methods`` subsets, then everything."""
   config = _three_seeds(tmp_path)
@@ -314,12 +346,17 @@ def test_a_run_that_stops_is_named_and_the_others_go_on(tmp_path, monkeypatch):
                       lambda c: types.SimpleNamespace(name="addition"))
   calls = []
 
-  def fake_run_method(name, setup, cfg, seeds, progress, run_dir=None):
+  def fake_run_method(name, setup, cfg, seeds, progress, run_dir=None,
+                      recorded=None, load_only=False):
+    if load_only:  # nothing finished earlier
+      return None
     calls.append((name, cfg, run_dir))
     if name == "banel":
-      raise AcceptanceRateError("no region left a sample")
+      err = AcceptanceRateError("no region left a sample")
+      err.settings = {"method": name}
+      raise err
     return {"final_success_rate": [RATE0], "best_success_rate": [RATE0],
-            "wall_time_s": 2.0}
+            "wall_time_s": 2.0, "settings": {"method": name}}
 
   monkeypatch.setattr(compare, "run_method", fake_run_method)
   record = scaling.run(config, tmp_path / "out", progress=False)

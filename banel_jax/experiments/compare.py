@@ -747,7 +747,7 @@ def run_settings(name: str, setup: TaskSetup, config: CompareConfig, seeds,
 def run_method(name: str, setup: TaskSetup, config: CompareConfig, seeds,
                progress: bool, final_eval_only: bool = False,
                run_dir: str | os.PathLike | None = None,
-               recorded: dict | None = None) -> dict:
+               recorded: dict | None = None, load_only: bool = False) -> dict | None:
   """Runs one method for ``seeds`` side by side; returns its history and timings.
 
   Args:
@@ -766,10 +766,13 @@ def run_method(name: str, setup: TaskSetup, config: CompareConfig, seeds,
       is returned (or raised again) without running anything, unless
       ``run_dir`` holds a finished run or a stop, which comes first. Other
       settings: ignored (the method runs).
+    load_only: return a finished run (or raise a recorded stop), and ``None``
+      instead of running or resuming one.
 
   Returns:
     The run's record (:func:`banel_jax.experiments.harness.run_method`), with
-    ``"settings"`` (:func:`run_settings`) added.
+    ``"settings"`` (:func:`run_settings`) added; ``None`` with ``load_only``
+    when nothing finished is recorded.
 
   Raises:
     RunDirError: ``run_dir`` holds a run of other settings.
@@ -787,7 +790,7 @@ def run_method(name: str, setup: TaskSetup, config: CompareConfig, seeds,
     if not diff_records(recorded["settings"], jsonable(settings)):
       if "error" in recorded:  # the same settings stop the same way
         err = STOPS[recorded["error"]](
-            f"{recorded['message']}{_STOPPED_EARLIER}{recorded['source']}; "
+            f"{recorded['message']}{STOPPED_EARLIER}{recorded['source']}; "
             "run it again with another --out)")
         err.settings = settings
         raise err
@@ -806,11 +809,12 @@ def run_method(name: str, setup: TaskSetup, config: CompareConfig, seeds,
         setup.model, setup.prior_params, setup.oracle, cfg, seeds, settings=settings,
         what=f"{LABELS[name]}'s result", method=method, extensions=extensions,
         run_dir=run_dir, on_round=round_diagnostics(setup, len(seeds)),
-        progress=progress, final=final, record_as="comparison")
+        progress=progress, final=final, record_as="comparison",
+        load_only=load_only)
   except tuple(STOPS.values()) as err:
     err.settings = settings  # recorded with the stop in comparison.json
     raise
-  return {**out, "settings": settings}
+  return None if out is None else {**out, "settings": settings}
 
 
 def _stops() -> dict:
@@ -823,7 +827,7 @@ def _stops() -> dict:
 # A method's own failure modes mid-run (a result, not a crash: the table names
 # the stop and the other methods run on).
 STOPS = _stops()
-_STOPPED_EARLIER = " (stopped earlier: "
+STOPPED_EARLIER = " (stopped earlier: "
 
 
 def recorded_runs(out: str | os.PathLike) -> dict:
@@ -850,7 +854,7 @@ def recorded_runs(out: str | os.PathLike) -> dict:
   for name, stop in saved.get("stopped", {}).items():
     if "settings" in stop:
       found[name] = {"settings": stop["settings"], "error": stop["error"],
-                     "message": stop["message"].split(_STOPPED_EARLIER)[0],
+                     "message": stop["message"].split(STOPPED_EARLIER)[0],
                      "source": str(path)}
   return found
 
@@ -1343,32 +1347,61 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
         f"{pretrained['estimate']['trials']} samples"
         + (f" ({pretrained['source']})" if "source" in pretrained else ""), flush=True)
   recorded = recorded_runs(out)
-  runs, rows, stopped = {}, [], {}
-  for name in methods:
-    print(f"running {LABELS[name]} ...", flush=True)
+  runs, stopped = {}, {}
+
+  def attempt(name: str, load_only: bool) -> None:
     method_dir = (None if config.run_dir is None
                   else os.path.join(config.run_dir, name))
     try:
-      runs[name] = run_method(name, setup, config, config.seeds, progress,
-                              run_dir=method_dir, recorded=recorded.get(name))
+      res = run_method(name, setup, config, config.seeds, progress,
+                       run_dir=method_dir, recorded=recorded.get(name),
+                       load_only=load_only)
     except tuple(STOPS.values()) as err:
       # The method's own failure mode, mid-run: it is a result, and the other
       # methods go on. Its paid calls and rounds stay in its run directory.
       stopped[name] = {"label": LABELS[name], "error": type(err).__name__,
-                       "message": str(err).split(_STOPPED_EARLIER)[0],
+                       "message": str(err).split(STOPPED_EARLIER)[0],
                        "settings": err.settings}
-      print(f"  stopped: {type(err).__name__}: {err}", flush=True)
-      continue
-    rows.append(summarize_run(name, runs[name], pretrained, config))
-    loaded = runs[name].get("loaded_from")
-    print(f"  final {np.round(runs[name]['final_success_rate'], 4).tolist()} "
-          f"({runs[name]['wall_time_s']:.0f}s)"
+      print(f"{LABELS[name]}: stopped: {type(err).__name__}: {err}", flush=True)
+      return
+    if res is None:
+      return
+    runs[name] = res
+    loaded = res.get("loaded_from")
+    print(f"{LABELS[name]}: final {np.round(res['final_success_rate'], 4).tolist()} "
+          f"({res['wall_time_s']:.0f}s)"
           + (f"; finished earlier, loaded from {loaded}" if loaded else ""),
           flush=True)
 
+  # What finished earlier first (nothing runs), then the rest, the folder
+  # rewritten after each: a kill loses no finished method.
+  for name in methods:
+    attempt(name, load_only=True)
+  summary = None
+  for name in methods:
+    if name not in runs and name not in stopped:
+      if runs:
+        summary = write_outputs(out, config, methods, runs, stopped,
+                                pretrained, tuning, t_start)
+      print(f"running {LABELS[name]} ...", flush=True)
+      attempt(name, load_only=False)
   if not runs:
     raise ExperimentError("every method stopped: " + "; ".join(
         f"{v['label']}: {v['error']}: {v['message']}" for v in stopped.values()))
+  summary = write_outputs(out, config, methods, runs, stopped, pretrained,
+                          tuning, t_start)
+  print(summary["table"])
+  print(f"wrote {out}/")
+  return {k: v for k, v in summary.items() if k != "table"}
+
+
+def write_outputs(out: pathlib.Path, config: CompareConfig, methods: list[str], runs: dict, stopped: dict, pretrained: dict,
+                  tuning: dict | None, t_start: float) -> dict:
+  """Writes the folder's files for the runs so far (in ``methods``' order);
+  returns the summary of ``comparison.json`` with the ``table``."""
+  runs = {k: runs[k] for k in methods if k in runs}
+  stopped = {k: stopped[k] for k in methods if k in stopped}
+  rows = [summarize_run(name, run, pretrained, config) for name, run in runs.items()]
   table = markdown_table(rows, pretrained, config)
   summary = {**invocation(),
              "task": config.task, "config": config_to_dict(config),
@@ -1396,9 +1429,7 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
   write_readme(out, config, summary, task, table, wall)
   plot(runs, pretrained, out / "success_vs_nre.png",
        f"{config.task}: success rate vs NRE (same budget, m, evaluation)")
-  print(table)
-  print(f"wrote {out}/")
-  return summary
+  return {**summary, "table": table}
 
 
 COMMAND = register(Command(

@@ -130,7 +130,7 @@ def run_method(model, prior_params, oracle: Callable, config, seeds: Sequence[in
                on_round: Callable | None = None, progress: bool = True,
                keep_checkpoints: int = 3,
                final: Callable[[Any, Any], dict] | None = None,
-               record_as: str = "study") -> dict:
+               record_as: str = "study", load_only: bool = False) -> dict | None:
   """Runs one method for ``seeds`` side by side; returns its record.
 
   Args:
@@ -155,6 +155,8 @@ def run_method(model, prior_params, oracle: Callable, config, seeds: Sequence[in
       record, and its time is ``"final_s"``.
     record_as: the key under which ``settings`` join the run directory's
       ``config.json``.
+    load_only: return a finished run (or raise a recorded stop) from
+      ``run_dir``, and ``None`` instead of running or resuming one.
 
   Returns:
     ``{"history", "final_success_rate", "best_success_rate", "nre_spent",
@@ -180,6 +182,8 @@ def run_method(model, prior_params, oracle: Callable, config, seeds: Sequence[in
     if stop is not None:  # the same settings stop the same way: say so at once
       raise stops[stop["error"]](f"{stop['message']} (stopped earlier: "
                                  f"{stopped_path}; remove it to run again)")
+  if load_only:
+    return None
   t0 = time.perf_counter()
   runner = BanelRunner(model, prior_params, oracle, config, list(seeds),
                        method=method, extensions=tuple(extensions),

@@ -39,6 +39,12 @@ everything to load all the finished runs and write the full table. A
 pretrained rate measured here (a target without a shipped calibration) is kept
 in ``RUN_DIR/pretrained.json``.
 
+``--out`` is rewritten before each new run starts, and its ``scaling.json``
+keeps every finished run and stop with its settings: rerun into the same
+folder on a machine without the run directories, the command loads those
+(settings unchanged) and runs only the missing (method, E) pairs. A study
+too long for one sitting grows across sessions or machines this way.
+
 Writes to ``--out``:
 
 * ``scaling.json``: the config, the pretrained rate (one per target: the
@@ -441,8 +447,9 @@ def write_readme(out: pathlib.Path, record: dict, tasks: dict, table: str) -> No
   (out / "README.md").write_text("\n".join(lines))
 
 
-def write_outputs(out: pathlib.Path, record: dict) -> None:
-  """``scaling.json``, ``scaling.png``, ``summary.json`` and ``README.md``."""
+def write_outputs(out: pathlib.Path, record: dict, quiet: bool = False) -> None:
+  """``scaling.json``, ``scaling.png``, ``summary.json`` and ``README.md``
+  (``quiet``: without printing the table)."""
   if not record["rows"]:
     raise ExperimentError("no (method, E) run finished: nothing to write")
   out.mkdir(parents=True, exist_ok=True)
@@ -455,8 +462,9 @@ def write_outputs(out: pathlib.Path, record: dict) -> None:
   table = markdown_table(record)
   write_readme(out, record, tasks, table)
   plot(record, out / "scaling.png")
-  print(table)
-  print(f"wrote {out}/")
+  if not quiet:
+    print(table)
+    print(f"wrote {out}/")
 
 
 # ---------------------------------------------------------------------------
@@ -477,11 +485,37 @@ def _study_fields(config: ScalingConfig, pretrained: dict) -> dict:
           "compare": config_to_dict(c)}
 
 
+def recorded_runs(out: str | os.PathLike) -> dict:
+  """The finished runs and stops recorded in ``out/scaling.json``, by
+  ``(method, epochs)``, in the form :func:`compare.run_method
+  <banel_jax.experiments.compare.run_method>` loads (``recorded``); a row
+  without settings (a pooled study, or an older version) is left out."""
+  path = pathlib.Path(out) / SCALING_FILE
+  if not path.is_file():
+    return {}
+  saved = json.loads(path.read_text())
+  found = {}
+  for r in saved.get("rows", []):
+    if "settings" in r:
+      found[(r["method"], r["epochs"])] = {
+          "settings": r["settings"], "source": str(path),
+          "result": {"final_success_rate": r["final_rate"],
+                     "best_success_rate": r["best_rate"],
+                     "wall_time_s": r["wall_time_s"]}}
+  for x in saved.get("stopped", []):
+    if "settings" in x:
+      found[(x["method"], x["epochs"])] = {
+          "settings": x["settings"], "error": x["error"], "message": x["message"],
+          "source": str(path)}
+  return found
+
+
 def run_study(config: ScalingConfig, out: pathlib.Path, progress: bool) -> dict:
   """Runs (or loads) every (method, E) of ``config``; the ``scaling.json``
-  record."""
-  from banel_jax.core.posterior import AcceptanceRateError
-  from banel_jax.runtime.driver import NonFiniteError
+  record. What finished earlier (in the run directories, or recorded in
+  ``out/scaling.json`` with the same settings) loads first, then the rest
+  runs, and ``out`` is rewritten before each new run starts: a kill loses no
+  finished run."""
   t_start = time.perf_counter()
   root = config.run_root(out)
   root.mkdir(parents=True, exist_ok=True)
@@ -491,40 +525,64 @@ def run_study(config: ScalingConfig, out: pathlib.Path, progress: bool) -> dict:
         f"{pretrained['estimate']['trials']} samples"
         + (f" ({pretrained['source']})" if "source" in pretrained else ""),
         flush=True)
-  rows, stopped = [], []
-  for epochs in config.epochs:
-    for method in config.methods:
-      cfg = config.compare_for(method, epochs)
-      run_dir = root / run_name(method, epochs)
-      label = compare.LABELS[method]
-      print(f"{label} at E = {epochs} ({KNOBS[method]}) ...", flush=True)
-      try:
-        res = compare.run_method(method, setup, cfg, cfg.seeds, progress,
-                                 run_dir=str(run_dir))
-      except (AcceptanceRateError, NonFiniteError) as err:
-        # the method's own failure mode, mid-run: a result; the others go on
-        stopped.append({"method": method, "label": label, "epochs": epochs,
-                        "error": type(err).__name__, "message": str(err)})
-        print(f"  stopped: {type(err).__name__}: {err}", flush=True)
-        continue
-      loaded = res.get("loaded_from")
-      rows.append(make_row(method, epochs, cfg.seeds, compare.final_rates(res),
-                           res["best_success_rate"], pretrained["rate"],
-                           res["wall_time_s"], run_dir=str(run_dir),
-                           loaded=bool(loaded)))
-      fin = rows[-1]["improvement_final"]
-      print(f"  final improvement median {fin['median']:.3g}x (per seed "
-            f"{np.round(fin['per_seed'], 3).tolist()}; {res['wall_time_s']:.0f}s)"
-            + (f"; finished earlier, loaded from {loaded}" if loaded else ""),
+  recorded = recorded_runs(out)
+  pairs = [(method, epochs) for epochs in config.epochs for method in config.methods]
+  rows, stopped = {}, {}
+
+  def attempt(method: str, epochs: int, load_only: bool) -> None:
+    cfg = config.compare_for(method, epochs)
+    run_dir = root / run_name(method, epochs)
+    label = compare.LABELS[method]
+    try:
+      res = compare.run_method(method, setup, cfg, cfg.seeds, progress,
+                               run_dir=str(run_dir),
+                               recorded=recorded.get((method, epochs)),
+                               load_only=load_only)
+    except tuple(compare.STOPS.values()) as err:
+      # the method's own failure mode, mid-run: a result; the others go on
+      stopped[(method, epochs)] = {
+          "method": method, "label": label, "epochs": epochs,
+          "error": type(err).__name__,
+          "message": str(err).split(compare.STOPPED_EARLIER)[0],
+          "settings": err.settings}
+      print(f"{label} at E = {epochs}: stopped: {type(err).__name__}: {err}",
             flush=True)
-  return {**invocation(), "config": config_to_dict(config),
-          **_study_fields(config, pretrained),
-          "methods": list(config.methods), "epochs": list(config.epochs),
-          "run_dir": str(root), "machine": common.machine(), "rows": rows,
-          "stopped": stopped,
-          # the runs' own time, summed over the processes that resumed them
-          "total_wall_time_s": float(sum(r["wall_time_s"] for r in rows)),
-          "this_invocation_wall_time_s": time.perf_counter() - t_start}
+      return
+    if res is None:
+      return
+    loaded = res.get("loaded_from")
+    row = rows[(method, epochs)] = make_row(
+        method, epochs, cfg.seeds, compare.final_rates(res),
+        res["best_success_rate"], pretrained["rate"], res["wall_time_s"],
+        run_dir=str(run_dir), loaded=bool(loaded), settings=res["settings"])
+    fin = row["improvement_final"]
+    print(f"{label} at E = {epochs}: final improvement median {fin['median']:.3g}x "
+          f"(per seed {np.round(fin['per_seed'], 3).tolist()}; "
+          f"{res['wall_time_s']:.0f}s)"
+          + (f"; finished earlier, loaded from {loaded}" if loaded else ""),
+          flush=True)
+
+  def record() -> dict:
+    done = [rows[p] for p in pairs if p in rows]
+    return {**invocation(), "config": config_to_dict(config),
+            **_study_fields(config, pretrained),
+            "methods": list(config.methods), "epochs": list(config.epochs),
+            "run_dir": str(root), "machine": common.machine(), "rows": done,
+            "stopped": [stopped[p] for p in pairs if p in stopped],
+            # the runs' own time, summed over the processes that resumed them
+            "total_wall_time_s": float(sum(r["wall_time_s"] for r in done)),
+            "this_invocation_wall_time_s": time.perf_counter() - t_start}
+
+  for method, epochs in pairs:
+    attempt(method, epochs, load_only=True)
+  for method, epochs in pairs:
+    if (method, epochs) not in rows and (method, epochs) not in stopped:
+      if rows:
+        write_outputs(out, jsonable(record()), quiet=True)
+      print(f"{compare.LABELS[method]} at E = {epochs} ({KNOBS[method]}) ...",
+            flush=True)
+      attempt(method, epochs, load_only=False)
+  return record()
 
 
 def pool_studies(config: ScalingConfig) -> dict:
