@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from banel_jax.core.config import jsonable
 from banel_jax.experiments import compare, harness
 from banel_jax.experiments.registry import ExperimentError, commands
 from banel_jax.runtime.run_dir import RunDirError
@@ -37,12 +38,13 @@ def test_addition_grid_runs_at_the_tuning_budget_and_picks_apply_to_the_report(
   calls = []
 
   def fake_run_method(name, setup, point, seeds, progress, final_eval_only,
-                      run_dir):
+                      run_dir, recorded=None):
     calls.append((name, point, tuple(seeds), final_eval_only, run_dir))
     # the higher the reject fraction / learning rate, the "better"
     knob = (point.banel.calibrated_reject_fraction if name == "banel"
             else point.reinforce.learning_rate)
-    return {"final_success_rate": [knob, knob], "wall_time_s": 1.0}
+    return {"final_success_rate": [knob, knob], "wall_time_s": 1.0,
+            "settings": {}}
 
   monkeypatch.setattr(compare, "run_method", fake_run_method)
   chosen, record = compare.tune(None, config, ["banel", "reinforce"],
@@ -73,13 +75,69 @@ def test_toy_grid_runs_at_the_reported_budget(monkeypatch):
   seen = []
 
   def fake_run_method(name, setup, point, seeds, progress, final_eval_only,
-                      run_dir):
+                      run_dir, recorded=None):
     seen.append(point.run)
-    return {"final_success_rate": [0.0], "wall_time_s": 1.0}
+    return {"final_success_rate": [0.0], "wall_time_s": 1.0, "settings": {}}
 
   monkeypatch.setattr(compare, "run_method", fake_run_method)
   compare.tune(None, config, ["reinforce"], progress=False)
   assert seen and all(r == config.run for r in seen)
+
+
+def test_a_grid_point_that_stops_is_recorded_and_never_picked(monkeypatch):
+  from banel_jax.core.posterior import AcceptanceRateError
+  config = compare.toy1d_config()
+
+  def fake_run_method(name, setup, point, seeds, progress, final_eval_only,
+                      run_dir, recorded=None):
+    if point.banel.filter_factor == 2.0:  # the "best" point stops
+      err = AcceptanceRateError("no sample left")
+      err.settings = {"f": 2.0}
+      raise err
+    f = point.banel.filter_factor
+    return {"final_success_rate": [f], "wall_time_s": 1.0, "settings": {"f": f}}
+
+  monkeypatch.setattr(compare, "run_method", fake_run_method)
+  chosen, record = compare.tune(None, config, ["banel"], progress=False)
+  points = record["methods"]["banel"]["points"]
+  assert [p["error"] for p in points if p["mean"] is None] == [
+      "AcceptanceRateError"] * 2
+  assert chosen.banel.filter_factor == 1.2
+  monkeypatch.setattr(compare, "grid_points", lambda axes: [
+      {"banel.filter_factor": 2.0}])
+  with pytest.raises(ExperimentError, match="every grid point of banel stopped"):
+    compare.tune(None, config, ["banel"], progress=False)
+
+
+def test_the_grid_is_recorded_point_by_point_and_reloaded(tmp_path, capsys,
+                                                          monkeypatch):
+  """``out/tuning.json`` is rewritten after every point; a later sitting on a
+  machine without the run directories loads the points it holds."""
+  config = compare.toy1d_tiny_config()
+  setup = compare.toy_setup(config)
+  run_method, done = compare.run_method, []
+
+  def killed_after_two(*args, **kwargs):
+    if len(done) == 2:
+      raise KeyboardInterrupt
+    done.append(run_method(*args, **kwargs))
+    return done[-1]
+
+  monkeypatch.setattr(compare, "run_method", killed_after_two)
+  with pytest.raises(KeyboardInterrupt):
+    compare.tune(setup, config, ["reinforce"], progress=False, out=tmp_path)
+  first = json.loads((tmp_path / "tuning.json").read_text())
+  assert len(first["methods"]["reinforce"]["points"]) == 2
+  monkeypatch.undo()
+  capsys.readouterr()
+  chosen, record = compare.tune(setup, config, ["reinforce"], progress=False,
+                                out=tmp_path)
+  assert capsys.readouterr().out.count("loaded from") == 2
+  points = record["methods"]["reinforce"]["points"]
+  assert len(points) == 6 and jsonable(points[:2]) == \
+      first["methods"]["reinforce"]["points"]
+  assert record["methods"]["reinforce"]["chosen"] == max(
+      points, key=lambda p: p["mean"])["overrides"]
 
 
 def test_banel_support_is_banel_with_the_tasks_support_check():

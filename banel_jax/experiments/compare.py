@@ -56,7 +56,10 @@ its settings, so the output folder is a record of its own: rerunning its
 command with one more method, on any machine and without the run directories,
 loads the methods it holds whose settings are unchanged and runs only the new
 one (a method whose settings changed runs again). A committed table grows by a
-row this way.
+row this way. ``--tune`` keeps its grid the same way: ``tuning.json`` is
+rewritten after every grid point, with its settings, and a rerun loads the
+points it holds, so a grid too long for one sitting grows across sessions (a
+point that stops on its own failure mode is recorded and never picked).
 
 **Equal tuning effort.** Every tuned method gets a grid of 6 configurations
 (2 x 3, :data:`TOY_GRID`, :data:`ADDITION_GRID`), run on the tuning seeds
@@ -154,6 +157,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 import pathlib
 import time
@@ -843,7 +847,6 @@ def recorded_runs(out: str | os.PathLike) -> dict:
   path = pathlib.Path(out) / "comparison.json"
   if not path.is_file():
     return {}
-  import json
   saved = json.loads(path.read_text())
   found = {}
   for name, run in saved.get("runs", {}).items():
@@ -933,42 +936,94 @@ def apply_overrides(config: CompareConfig, overrides: dict) -> CompareConfig:
 
 
 def tune(setup: TaskSetup, config: CompareConfig, methods, progress: bool,
-         run_dir: str | os.PathLike | None = None) -> tuple[CompareConfig, dict]:
+         run_dir: str | os.PathLike | None = None,
+         out: str | os.PathLike | None = None) -> tuple[CompareConfig, dict]:
   """Runs every method's grid on the tuning seeds; returns the picks applied.
 
   The grid runs at :attr:`CompareConfig.tuning_run` (the addition attack tunes
   at a smaller budget than it reports), without the large final evaluation
   (picks use the ``n_eval`` rate); the picks are applied to ``config`` itself.
   With ``run_dir``, grid point ``i`` of a method runs (resumably) in
-  ``run_dir/tune/<method>_<i>``.
+  ``run_dir/tune/<method>_<i>``. With ``out``, ``out/tuning.json`` is
+  rewritten after every point with the points so far and their settings, and
+  the points it already holds (same settings) load from it instead of
+  running: a grid too long for one sitting grows across sessions. A point
+  that stops on its own failure mode (:data:`STOPS`) is recorded with its
+  error and never picked.
   """
   tune_config = config.replace(run=config.tuning_run, final_eval_samples=0)
   record = {"seeds": list(config.tuning_seeds),
-            "criterion": "mean final success rate",
+            "criterion": "mean final success rate (a stopped point is never "
+                         "picked)",
             "run": jsonable(tune_config.run), "methods": {}}
+  path = None if out is None else pathlib.Path(out) / "tuning.json"
+  recorded = recorded_points(path) if path is not None else {}
   chosen = config
   for name, axes in config.grid:
     if name not in methods:
       continue
     points = []
+    entry = record["methods"][name] = {"grid": [[a, list(v)] for a, v in axes],
+                                       "points": points}
     for i, overrides in enumerate(grid_points(axes)):
       point_dir = (None if run_dir is None
                    else os.path.join(run_dir, "tune", f"{name}_{i}"))
-      res = run_method(name, setup, apply_overrides(tune_config, overrides),
-                       config.tuning_seeds, progress, final_eval_only=True,
-                       run_dir=point_dir)
-      final = res["final_success_rate"]
-      points.append({"overrides": overrides, "final_success_rate": final,
-                     "mean": float(np.mean(final)), "wall_time_s": res["wall_time_s"]})
-      print(f"  tune {LABELS[name]:15s} {overrides} -> {np.mean(final):.4f} "
-            f"({res['wall_time_s']:.0f}s"
-            + ("; finished earlier, loaded)" if "loaded_from" in res else ")"),
-            flush=True)
-    best = max(points, key=lambda p: p["mean"])
-    record["methods"][name] = {"grid": [[a, list(v)] for a, v in axes],
-                               "points": points, "chosen": best["overrides"]}
-    chosen = apply_overrides(chosen, best["overrides"])
+      key = (name, json.dumps(jsonable(overrides), sort_keys=True))
+      point = {"overrides": overrides}
+      try:
+        res = run_method(name, setup, apply_overrides(tune_config, overrides),
+                         config.tuning_seeds, progress, final_eval_only=True,
+                         run_dir=point_dir, recorded=recorded.get(key))
+      except tuple(STOPS.values()) as err:
+        points.append({**point, "mean": None, "error": type(err).__name__,
+                       "message": str(err).split(STOPPED_EARLIER)[0],
+                       "settings": err.settings})
+        print(f"  tune {LABELS[name]:15s} {overrides} -> stopped: "
+              f"{type(err).__name__}", flush=True)
+      else:
+        final = res["final_success_rate"]
+        points.append({**point, "final_success_rate": final,
+                       "mean": float(np.mean(final)),
+                       "wall_time_s": res["wall_time_s"],
+                       "settings": res["settings"]})
+        loaded = res.get("loaded_from")
+        print(f"  tune {LABELS[name]:15s} {overrides} -> {np.mean(final):.4f} "
+              f"({res['wall_time_s']:.0f}s"
+              + (f"; finished earlier, loaded from {loaded})" if loaded else ")"),
+              flush=True)
+      if path is not None:
+        common.write_json(path, {**invocation(), **record})
+    finished = [p for p in points if p["mean"] is not None]
+    if not finished:
+      raise ExperimentError(f"every grid point of {name} stopped: "
+                            + "; ".join(p["message"] for p in points))
+    entry["chosen"] = max(finished, key=lambda p: p["mean"])["overrides"]
+    chosen = apply_overrides(chosen, entry["chosen"])
   return chosen, record
+
+
+def recorded_points(path: str | os.PathLike) -> dict:
+  """The grid points recorded in ``path`` (a ``tuning.json``) with their
+  settings, by ``(method, overrides as sorted JSON)``, in the form
+  :func:`run_method` loads (``recorded``)."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    return {}
+  saved = json.loads(path.read_text())
+  found = {}
+  for name, entry in saved.get("methods", {}).items():
+    for p in entry.get("points", []):
+      if "settings" not in p:
+        continue
+      key = (name, json.dumps(p["overrides"], sort_keys=True))
+      if p.get("error"):
+        found[key] = {"settings": p["settings"], "error": p["error"],
+                      "message": p["message"], "source": str(path)}
+      else:
+        found[key] = {"settings": p["settings"], "source": str(path),
+                      "result": {"final_success_rate": p["final_success_rate"],
+                                 "wall_time_s": p["wall_time_s"]}}
+  return found
 
 
 # ---------------------------------------------------------------------------
@@ -1338,7 +1393,7 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
   tuning = None
   if config.tune:
     print(f"tuning on seeds {list(config.tuning_seeds)} ...", flush=True)
-    config, tuning = tune(setup, config, methods, progress, config.run_dir)
+    config, tuning = tune(setup, config, methods, progress, config.run_dir, out)
     tuning = {**invocation(), **tuning}
     common.write_json(out / "tuning.json", tuning)
 
