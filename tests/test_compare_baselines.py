@@ -337,6 +337,10 @@ def test_a_table_grows_by_a_row_from_its_own_record(tmp_path, capsys, monkeypatc
               progress=False)
   assert "loaded from" not in capsys.readouterr().out
   assert compare.recorded_runs(tmp_path / "nothing") == {}
+  (out / "comparison.json").write_text('{"runs": {"banel": ')  # cut off
+  with pytest.raises(ExperimentError, match="comparison.json is not a study's "
+                     "record .* move it aside"):
+    compare.run(config, out, progress=False)
 
 
 @pytest.mark.slow

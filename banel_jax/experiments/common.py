@@ -69,7 +69,11 @@ def write_json(path: str | os.PathLike, record: Mapping[str, Any]) -> pathlib.Pa
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   text = json.dumps(jsonable(dict(record)), indent=1)
-  path.write_text(text + "\n")
+  # whole or not at all: a kill mid-write leaves the previous file (studies
+  # rewrite their record while they run, and a rerun reads it back)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text + "\n")
+  os.replace(tmp, path)
   return path
 
 

@@ -845,9 +845,7 @@ def recorded_runs(out: str | os.PathLike) -> dict:
   only the new method.
   """
   path = pathlib.Path(out) / "comparison.json"
-  if not path.is_file():
-    return {}
-  saved = json.loads(path.read_text())
+  saved = read_record(path)
   found = {}
   for name, run in saved.get("runs", {}).items():
     if "settings" in run:
@@ -1002,14 +1000,32 @@ def tune(setup: TaskSetup, config: CompareConfig, methods, progress: bool,
   return chosen, record
 
 
+def read_record(path: str | os.PathLike) -> dict:
+  """A study's JSON record (``comparison.json``, ``tuning.json``,
+  ``scaling.json``); empty when the file does not exist.
+
+  Raises:
+    ExperimentError: the file is not a JSON object (named, with what to do).
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    return {}
+  try:
+    saved = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    saved = err
+  if not isinstance(saved, dict):
+    raise ExperimentError(f"{path} is not a study's record (not a JSON object: "
+                          f"{saved}): move it aside, or write to another --out")
+  return saved
+
+
 def recorded_points(path: str | os.PathLike) -> dict:
   """The grid points recorded in ``path`` (a ``tuning.json``) with their
   settings, by ``(method, overrides as sorted JSON)``, in the form
   :func:`run_method` loads (``recorded``)."""
   path = pathlib.Path(path)
-  if not path.is_file():
-    return {}
-  saved = json.loads(path.read_text())
+  saved = read_record(path)
   found = {}
   for name, entry in saved.get("methods", {}).items():
     for p in entry.get("points", []):

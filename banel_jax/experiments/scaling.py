@@ -491,9 +491,7 @@ def recorded_runs(out: str | os.PathLike) -> dict:
   <banel_jax.experiments.compare.run_method>` loads (``recorded``); a row
   without settings (a pooled study, or an older version) is left out."""
   path = pathlib.Path(out) / SCALING_FILE
-  if not path.is_file():
-    return {}
-  saved = json.loads(path.read_text())
+  saved = compare.read_record(path)
   found = {}
   for r in saved.get("rows", []):
     if "settings" in r:
