@@ -821,17 +821,28 @@ def run_method(name: str, setup: TaskSetup, config: CompareConfig, seeds,
   return None if out is None else {**out, "settings": settings}
 
 
-def _stops() -> dict:
-  from banel_jax.core.posterior import AcceptanceRateError
-  from banel_jax.runtime.driver import NonFiniteError
-  return {"AcceptanceRateError": AcceptanceRateError,
-          "NonFiniteError": NonFiniteError}
-
-
 # A method's own failure modes mid-run (a result, not a crash: the table names
 # the stop and the other methods run on).
-STOPS = _stops()
-STOPPED_EARLIER = " (stopped earlier: "
+STOPS = harness.stop_errors()
+STOPPED_EARLIER = harness.STOPPED_EARLIER
+
+
+def stop_record(err: Exception) -> dict:
+  """How a study records a stop raised by :func:`run_method`: the error's
+  name, its message (without where an earlier record was) and the settings."""
+  return {"error": type(err).__name__,
+          "message": str(err).split(STOPPED_EARLIER)[0],
+          "settings": err.settings}
+
+
+def loadable(entry: dict, source: str, result: dict | None = None) -> dict:
+  """A recorded run (``result``) or stop (``entry`` has ``"error"``) in the
+  form :func:`run_method` loads as ``recorded``."""
+  if "error" in entry:
+    return {"settings": entry["settings"], "error": entry["error"],
+            "message": entry["message"].split(STOPPED_EARLIER)[0],
+            "source": source}
+  return {"settings": entry["settings"], "result": result, "source": source}
 
 
 def recorded_runs(out: str | os.PathLike) -> dict:
@@ -849,14 +860,11 @@ def recorded_runs(out: str | os.PathLike) -> dict:
   found = {}
   for name, run in saved.get("runs", {}).items():
     if "settings" in run:
-      result = {k: v for k, v in run.items() if k != "settings"}
-      found[name] = {"settings": run["settings"], "result": result,
-                     "source": str(path)}
+      found[name] = loadable(run, str(path), {k: v for k, v in run.items()
+                                              if k != "settings"})
   for name, stop in saved.get("stopped", {}).items():
     if "settings" in stop:
-      found[name] = {"settings": stop["settings"], "error": stop["error"],
-                     "message": stop["message"].split(STOPPED_EARLIER)[0],
-                     "source": str(path)}
+      found[name] = loadable(stop, str(path))
   return found
 
 
@@ -973,9 +981,7 @@ def tune(setup: TaskSetup, config: CompareConfig, methods, progress: bool,
                          config.tuning_seeds, progress, final_eval_only=True,
                          run_dir=point_dir, recorded=recorded.get(key))
       except tuple(STOPS.values()) as err:
-        points.append({**point, "mean": None, "error": type(err).__name__,
-                       "message": str(err).split(STOPPED_EARLIER)[0],
-                       "settings": err.settings})
+        points.append({**point, "mean": None, **stop_record(err)})
         print(f"  tune {LABELS[name]:15s} {overrides} -> stopped: "
               f"{type(err).__name__}", flush=True)
       else:
@@ -1032,13 +1038,9 @@ def recorded_points(path: str | os.PathLike) -> dict:
       if "settings" not in p:
         continue
       key = (name, json.dumps(p["overrides"], sort_keys=True))
-      if p.get("error"):
-        found[key] = {"settings": p["settings"], "error": p["error"],
-                      "message": p["message"], "source": str(path)}
-      else:
-        found[key] = {"settings": p["settings"], "source": str(path),
-                      "result": {"final_success_rate": p["final_success_rate"],
-                                 "wall_time_s": p["wall_time_s"]}}
+      found[key] = loadable(p, str(path), None if "error" in p else {
+          "final_success_rate": p["final_success_rate"],
+          "wall_time_s": p["wall_time_s"]})
   return found
 
 
@@ -1430,9 +1432,7 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
     except tuple(STOPS.values()) as err:
       # The method's own failure mode, mid-run: it is a result, and the other
       # methods go on. Its paid calls and rounds stay in its run directory.
-      stopped[name] = {"label": LABELS[name], "error": type(err).__name__,
-                       "message": str(err).split(STOPPED_EARLIER)[0],
-                       "settings": err.settings}
+      stopped[name] = {"label": LABELS[name], **stop_record(err)}
       print(f"{LABELS[name]}: stopped: {type(err).__name__}: {err}", flush=True)
       return
     if res is None:
@@ -1448,12 +1448,11 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
   # rewritten after each: a kill loses no finished method.
   for name in methods:
     attempt(name, load_only=True)
-  summary = None
   for name in methods:
     if name not in runs and name not in stopped:
       if runs:
-        summary = write_outputs(out, config, methods, runs, stopped,
-                                pretrained, tuning, t_start)
+        write_outputs(out, config, methods, runs, stopped, pretrained, tuning,
+                      t_start)
       print(f"running {LABELS[name]} ...", flush=True)
       attempt(name, load_only=False)
   if not runs:
@@ -1466,7 +1465,8 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
   return {k: v for k, v in summary.items() if k != "table"}
 
 
-def write_outputs(out: pathlib.Path, config: CompareConfig, methods: list[str], runs: dict, stopped: dict, pretrained: dict,
+def write_outputs(out: pathlib.Path, config: CompareConfig, methods: list[str],
+                  runs: dict, stopped: dict, pretrained: dict,
                   tuning: dict | None, t_start: float) -> dict:
   """Writes the folder's files for the runs so far (in ``methods``' order);
   returns the summary of ``comparison.json`` with the ``table``."""

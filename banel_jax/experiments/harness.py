@@ -36,6 +36,20 @@ RESULT_FILE = "result.json"
 # NonFiniteError): the error, with the settings, so that a rerun of the same
 # settings raises it again at once instead of replaying the rounds to the stop.
 STOPPED_FILE = "stopped.json"
+# How a stop raised again from a record names where it was recorded.
+STOPPED_EARLIER = " (stopped earlier: "
+
+
+@functools.cache
+def stop_errors() -> dict:
+  """A method's own failure modes mid-run, by name:
+  :class:`~banel_jax.core.posterior.AcceptanceRateError` and
+  :class:`~banel_jax.runtime.driver.NonFiniteError` (a result, not a crash:
+  studies name the stop and run the other methods on)."""
+  from banel_jax.core.posterior import AcceptanceRateError
+  from banel_jax.runtime.driver import NonFiniteError
+  return {"AcceptanceRateError": AcceptanceRateError,
+          "NonFiniteError": NonFiniteError}
 
 
 class TaskSetup(NamedTuple):
@@ -169,10 +183,7 @@ def run_method(model, prior_params, oracle: Callable, config, seeds: Sequence[in
   """
   from banel_jax import BanelRunner
   result_path = None if run_dir is None else os.path.join(run_dir, RESULT_FILE)
-  from banel_jax.core.posterior import AcceptanceRateError
-  from banel_jax.runtime.driver import NonFiniteError
-  stops = {"AcceptanceRateError": AcceptanceRateError,
-           "NonFiniteError": NonFiniteError}
+  stops = stop_errors()
   stopped_path = None if run_dir is None else os.path.join(run_dir, STOPPED_FILE)
   if result_path is not None:
     done = load_checked(result_path, settings, what)
@@ -180,7 +191,7 @@ def run_method(model, prior_params, oracle: Callable, config, seeds: Sequence[in
       return {**done, "loaded_from": result_path}
     stop = load_checked(stopped_path, settings, what)
     if stop is not None:  # the same settings stop the same way: say so at once
-      raise stops[stop["error"]](f"{stop['message']} (stopped earlier: "
+      raise stops[stop["error"]](f"{stop['message']}{STOPPED_EARLIER}"
                                  f"{stopped_path}; remove it to run again)")
   if load_only:
     return None

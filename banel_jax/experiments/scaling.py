@@ -495,16 +495,12 @@ def recorded_runs(out: str | os.PathLike) -> dict:
   found = {}
   for r in saved.get("rows", []):
     if "settings" in r:
-      found[(r["method"], r["epochs"])] = {
-          "settings": r["settings"], "source": str(path),
-          "result": {"final_success_rate": r["final_rate"],
-                     "best_success_rate": r["best_rate"],
-                     "wall_time_s": r["wall_time_s"]}}
+      found[(r["method"], r["epochs"])] = compare.loadable(r, str(path), {
+          "final_success_rate": r["final_rate"],
+          "best_success_rate": r["best_rate"], "wall_time_s": r["wall_time_s"]})
   for x in saved.get("stopped", []):
     if "settings" in x:
-      found[(x["method"], x["epochs"])] = {
-          "settings": x["settings"], "error": x["error"], "message": x["message"],
-          "source": str(path)}
+      found[(x["method"], x["epochs"])] = compare.loadable(x, str(path))
   return found
 
 
@@ -538,11 +534,8 @@ def run_study(config: ScalingConfig, out: pathlib.Path, progress: bool) -> dict:
                                load_only=load_only)
     except tuple(compare.STOPS.values()) as err:
       # the method's own failure mode, mid-run: a result; the others go on
-      stopped[(method, epochs)] = {
-          "method": method, "label": label, "epochs": epochs,
-          "error": type(err).__name__,
-          "message": str(err).split(compare.STOPPED_EARLIER)[0],
-          "settings": err.settings}
+      stopped[(method, epochs)] = {"method": method, "label": label,
+                                   "epochs": epochs, **compare.stop_record(err)}
       print(f"{label} at E = {epochs}: stopped: {type(err).__name__}: {err}",
             flush=True)
       return
