@@ -414,11 +414,23 @@ def test_a_stopped_run_is_recorded_and_not_replayed(tmp_path, capsys):
   assert stop["settings"]["method"] == "banel"
   ledger = (banel_dir / "ledger.jsonl").read_bytes()
   metrics = (banel_dir / "metrics.jsonl").read_bytes()
+  # the rounds before the stop are kept with it, and drawn
+  rounds = [json.loads(l) for l in metrics.decode().splitlines() if l.strip()]
+  assert rounds and stop["result"]["history"] == rounds
+  saved = json.loads((tmp_path / "out" / "comparison.json").read_text())
+  assert saved["stopped"]["banel"]["history"] == rounds
+  assert "dashed in the plot" in (tmp_path / "out" / "README.md").read_text()
   capsys.readouterr()
   again = compare.run(config, tmp_path / "again", progress=False)
   out = capsys.readouterr().out
   assert "stopped earlier" in out and "loaded from" in out  # reinforce's result
   assert again["stopped"]["banel"]["error"] == "AcceptanceRateError"
+  assert again["stopped"]["banel"]["history"] == rounds
+  # a stop recorded without its rounds takes them from the metrics file
+  del stop["result"]["history"]
+  (banel_dir / harness.STOPPED_FILE).write_text(json.dumps(stop))
+  assert compare.run(config, tmp_path / "older", progress=False)[
+      "stopped"]["banel"]["history"] == rounds
   # nothing ran again: no round, no oracle call
   assert (banel_dir / "ledger.jsonl").read_bytes() == ledger
   assert (banel_dir / "metrics.jsonl").read_bytes() == metrics
@@ -429,6 +441,7 @@ def test_a_stopped_run_is_recorded_and_not_replayed(tmp_path, capsys):
   assert f"stopped earlier: {record}" in capsys.readouterr().out
   assert json.loads(record.read_text())["stopped"]["banel"]["settings"] == \
       stop["settings"]
+  assert json.loads(record.read_text())["stopped"]["banel"]["history"] == rounds
   # other settings are refused, as for a finished run
   with pytest.raises(RunDirError, match="other settings"):
     compare.run(config.replace(seeds=(5,), methods=("banel",)), tmp_path / "x",

@@ -36,7 +36,8 @@ Writes to ``--out``:
 A method that stops mid-run on its own failure mode (BaNEL's
 ``AcceptanceRateError`` when the regions leave no distillation sample, or a
 ``NonFiniteError``) has no row: ``comparison.json`` (``stopped``) and the
-README name it with its error, and the other methods run on. With
+README name it with its error, ``comparison.json`` keeps its rounds before the
+stop and the plot draws them dashed, and the other methods run on. With
 ``--run-dir``, ``DIR/<method>/stopped.json`` keeps the stop: a rerun reports it
 without replaying the rounds (remove the file to run the method again).
 
@@ -797,6 +798,7 @@ def run_method(name: str, setup: TaskSetup, config: CompareConfig, seeds,
             f"{recorded['message']}{STOPPED_EARLIER}{recorded['source']}; "
             "run it again with another --out)")
         err.settings = settings
+        err.history = recorded.get("history") or []
         raise err
       return {**recorded["result"], "settings": settings,
               "loaded_from": recorded["source"]}
@@ -827,12 +829,17 @@ STOPS = harness.stop_errors()
 STOPPED_EARLIER = harness.STOPPED_EARLIER
 
 
-def stop_record(err: Exception) -> dict:
+def stop_record(err: Exception, history: bool = False) -> dict:
   """How a study records a stop raised by :func:`run_method`: the error's
-  name, its message (without where an earlier record was) and the settings."""
-  return {"error": type(err).__name__,
-          "message": str(err).split(STOPPED_EARLIER)[0],
-          "settings": err.settings}
+  name, its message (without where an earlier record was) and the settings;
+  with ``history``, the per-round records before the stop too (where the
+  error carries them)."""
+  record = {"error": type(err).__name__,
+            "message": str(err).split(STOPPED_EARLIER)[0],
+            "settings": err.settings}
+  if history and getattr(err, "history", None):
+    record["history"] = err.history
+  return record
 
 
 def loadable(entry: dict, source: str, result: dict | None = None) -> dict:
@@ -841,14 +848,15 @@ def loadable(entry: dict, source: str, result: dict | None = None) -> dict:
   if "error" in entry:
     return {"settings": entry["settings"], "error": entry["error"],
             "message": entry["message"].split(STOPPED_EARLIER)[0],
-            "source": source}
+            "source": source, "history": entry.get("history") or []}
   return {"settings": entry["settings"], "result": result, "source": source}
 
 
 def recorded_runs(out: str | os.PathLike) -> dict:
   """The finished runs and stops recorded in ``out/comparison.json``, by
   method: ``{"settings", "result", "source"}`` or ``{"settings", "error",
-  "message", "source"}``. Empty without the file; a record without settings
+  "message", "history", "source"}`` (``history``: the rounds before the stop,
+  empty where the record predates them). Empty without the file; a record without settings
   (written by an older version) is left out.
 
   So a committed table grows by a row without rerunning the others: rerunning
@@ -1326,8 +1334,11 @@ def stopped_lines(stopped: dict) -> list[str]:
   """README lines naming the methods that stopped mid-run, and why."""
   if not stopped:
     return []
-  return ["**Stopped** (no final rate; the per-round records are in the run "
-          "directory):", "",
+  where = ("the rounds before the stop are in `comparison.json` under `stopped` "
+           "and dashed in the plot"
+           if all(v.get("history") for v in stopped.values())
+           else "the per-round records are in the run directory")
+  return [f"**Stopped** (no final rate; {where}):", "",
           *(f"- {v['label']}: `{v['error']}`: {' '.join(v['message'].split())}"
             for v in stopped.values()), ""]
 
@@ -1366,27 +1377,38 @@ def write_readme(out: pathlib.Path, config: CompareConfig, summary: dict,
   (out / "README.md").write_text("\n".join(lines))
 
 
-def plot(runs: dict, pretrained: dict, path: str | os.PathLike, title: str) -> None:
+def plot(runs: dict, pretrained: dict, path: str | os.PathLike, title: str,
+         stopped: dict | None = None) -> None:
   """Success rate against NRE of every method: median over seeds with the
-  inter-quartile band."""
+  inter-quartile band; a method that stopped (``stopped``, with the rounds
+  before its stop) is drawn dashed up to the stop, which is marked x."""
   from banel_jax import plotting
-  fig, ax = plotting.new_axes(figsize=(7, 4.5))
+  fig, ax = plotting.new_axes(figsize=(10, 4.5))
   colors = [f"C{i}" for i in range(10)]
-  for i, (name, run) in enumerate(runs.items()):
-    recs = [h for h in run["history"] if "success_rate" in h]
+  curves = [(name, run["history"], False) for name, run in runs.items()]
+  curves += [(name, stop["history"], True) for name, stop in (stopped or {}).items()
+             if stop.get("history")]
+  for i, (name, history, stop) in enumerate(curves):
+    recs = [h for h in history if "success_rate" in h]
+    if not recs:
+      continue
     nre = np.array([np.mean(h["nre"]) for h in recs], float)
     rate = np.array([h["success_rate"] for h in recs], float)
     c = colors[i % len(colors)]
-    ax.plot(nre, np.median(rate, axis=1), marker=".", color=c, label=LABELS[name])
+    median = np.median(rate, axis=1)
+    ax.plot(nre, median, marker=".", color=c, ls="--" if stop else "-",
+            label=LABELS[name] + (" (stopped: x)" if stop else ""))
     ax.fill_between(nre, np.percentile(rate, 25, axis=1),
                     np.percentile(rate, 75, axis=1), color=c, alpha=0.12)
+    if stop:
+      ax.plot(nre[-1:], median[-1:], marker="x", ms=10, mew=2, color=c, ls="")
   ax.axhline(pretrained["rate"], color="k", ls=":", lw=1, label="pretrained")
   ax.set_yscale("log")
   ax.set_xlabel("reward evaluations spent on learning (NRE)")
   ax.set_ylabel("success rate (median over seeds; band: quartiles)")
   ax.set_title(title)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # off the curves
   plotting.save_figure(fig, path)
 
 
@@ -1432,7 +1454,7 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
     except tuple(STOPS.values()) as err:
       # The method's own failure mode, mid-run: it is a result, and the other
       # methods go on. Its paid calls and rounds stay in its run directory.
-      stopped[name] = {"label": LABELS[name], **stop_record(err)}
+      stopped[name] = {"label": LABELS[name], **stop_record(err, history=True)}
       print(f"{LABELS[name]}: stopped: {type(err).__name__}: {err}", flush=True)
       return
     if res is None:
@@ -1499,7 +1521,7 @@ def write_outputs(out: pathlib.Path, config: CompareConfig, methods: list[str],
                        wall_time_s=wall, tasks={task_id(config): task})
   write_readme(out, config, summary, task, table, wall)
   plot(runs, pretrained, out / "success_vs_nre.png",
-       f"{config.task}: success rate vs NRE (same budget, m, evaluation)")
+       f"{config.task}: success rate vs NRE (same budget, m, evaluation)", stopped)
   return {**summary, "table": table}
 
 

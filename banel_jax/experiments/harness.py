@@ -162,7 +162,8 @@ def run_method(model, prior_params, oracle: Callable, config, seeds: Sequence[in
       (:class:`~banel_jax.core.posterior.AcceptanceRateError`,
       :class:`~banel_jax.runtime.driver.NonFiniteError`) writes
       :data:`STOPPED_FILE` there, and a rerun of the same settings raises the
-      same error at once (remove the file to run it again).
+      same error at once (remove the file to run it again). The error
+      carries the per-round records before the stop as ``err.history``.
     final: optional ``(runner, result) -> dict`` run after the last round
       (e.g. a large final evaluation; ``result`` is the run's
       :class:`~banel_jax.runtime.driver.RunResult`); its entries join the
@@ -191,8 +192,10 @@ def run_method(model, prior_params, oracle: Callable, config, seeds: Sequence[in
       return {**done, "loaded_from": result_path}
     stop = load_checked(stopped_path, settings, what)
     if stop is not None:  # the same settings stop the same way: say so at once
-      raise stops[stop["error"]](f"{stop['message']}{STOPPED_EARLIER}"
+      err = stops[stop["error"]](f"{stop['message']}{STOPPED_EARLIER}"
                                  f"{stopped_path}; remove it to run again)")
+      err.history = stop.get("history") or _metrics_history(run_dir)
+      raise err
   if load_only:
     return None
   t0 = time.perf_counter()
@@ -206,9 +209,13 @@ def run_method(model, prior_params, oracle: Callable, config, seeds: Sequence[in
     try:
       result = runner.run()
     except tuple(stops.values()) as err:
+      # The rounds before the stop are a result too (a method may climb, then
+      # stop): they travel with the error and are kept with the stop.
+      err.history = list(runner.history)
       if stopped_path is not None:
         write_json_atomic(stopped_path, {"settings": settings, "result": {
-            "error": type(err).__name__, "message": str(err)}})
+            "error": type(err).__name__, "message": str(err),
+            "history": err.history}})
       raise
     t1 = time.perf_counter()
     extra = final(runner, result) if final is not None else {}
@@ -224,6 +231,17 @@ def run_method(model, prior_params, oracle: Callable, config, seeds: Sequence[in
   if result_path is not None:
     write_json_atomic(result_path, {"settings": settings, "result": out})
   return out
+
+
+def _metrics_history(run_dir: str | os.PathLike) -> list[dict]:
+  """The per-round records in ``run_dir``'s metrics file (a stop recorded
+  without them); empty without the file."""
+  from banel_jax.runtime.run_dir import METRICS_FILE
+  path = os.path.join(run_dir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 @functools.lru_cache(maxsize=32)
