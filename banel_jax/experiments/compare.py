@@ -1453,7 +1453,8 @@ def run(config: CompareConfig, out: str | os.PathLike, progress: bool = True) ->
                        load_only=load_only)
     except tuple(STOPS.values()) as err:
       # The method's own failure mode, mid-run: it is a result, and the other
-      # methods go on. Its paid calls and rounds stay in its run directory.
+      # methods go on. Its paid calls stay in its run directory; its rounds
+      # before the stop are kept with the stop (comparison.json, the plot).
       stopped[name] = {"label": LABELS[name], **stop_record(err, history=True)}
       print(f"{LABELS[name]}: stopped: {type(err).__name__}: {err}", flush=True)
       return
