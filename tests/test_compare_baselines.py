@@ -446,3 +446,28 @@ def test_a_stopped_run_is_recorded_and_not_replayed(tmp_path, capsys):
   with pytest.raises(RunDirError, match="other settings"):
     compare.run(config.replace(seeds=(5,), methods=("banel",)), tmp_path / "x",
                 progress=False)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"),
+                    reason="counts the process's memory mappings (Linux)")
+def test_runs_in_turn_release_their_compiled_programs():
+  """A study runs method after method in one process; each run's compiled
+  programs are released after it, so the process's memory mappings stay flat
+  (they once grew until the kernel's limit killed a tuning grid)."""
+  config = compare.toy1d_tiny_config()
+  setup = compare.toy_setup(config)
+
+  def mappings():
+    with open("/proc/self/maps") as f:
+      return sum(1 for _ in f)
+
+  def one_run(i):
+    cfg = compare.apply_overrides(config, {"reinforce.learning_rate": 1e-4 * (i + 1)})
+    compare.run_method("reinforce", setup, cfg, (100,), False, final_eval_only=True)
+
+  one_run(0)  # what stays compiled at module level: the first run's
+  before = mappings()
+  for i in range(1, 4):
+    one_run(i)
+  grown = mappings() - before
+  assert grown < 100, f"{grown} new memory mappings after 3 runs"
