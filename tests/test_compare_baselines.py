@@ -138,6 +138,15 @@ def test_the_grid_is_recorded_point_by_point_and_reloaded(tmp_path, capsys,
       first["methods"]["reinforce"]["points"]
   assert record["methods"]["reinforce"]["chosen"] == max(
       points, key=lambda p: p["mean"])["overrides"]
+  # The comparison with --tune loads the grid too, and its README says how
+  # the picks were made.
+  capsys.readouterr()
+  compare.run(config.replace(tune=True, methods=("reinforce",)), tmp_path,
+              progress=False)
+  assert capsys.readouterr().out.count("loaded from") == 6
+  readme = (tmp_path / "README.md").read_text()
+  assert (f"each tuned method's grid (6 points) ran on seeds "
+          f"{list(config.tuning_seeds)} at NRE {config.tuning_run.nre_budget:,}") in readme
 
 
 def test_banel_support_is_banel_with_the_tasks_support_check():

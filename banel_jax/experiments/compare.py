@@ -970,6 +970,13 @@ def grid_points(axes) -> list[dict]:
   return [dict(zip(names, vals)) for vals in itertools.product(*[v for _, v in axes])]
 
 
+def grid_sizes(config: CompareConfig) -> str:
+  """The grids' sizes in words: ``"6"`` when every method's grid has 6
+  points, else ``"4 to 6"``."""
+  sizes = sorted({len(grid_points(axes)) for _, axes in config.grid})
+  return str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]} to {sizes[-1]}"
+
+
 def apply_overrides(config: CompareConfig, overrides: dict) -> CompareConfig:
   """``{"banel.filter_factor": 2.0, ...}`` -> a new config."""
   for path, value in overrides.items():
@@ -1391,7 +1398,9 @@ def write_readme(out: pathlib.Path, config: CompareConfig, summary: dict,
       "`comparison.json` (where their settings are unchanged) and runs only the "
       "missing methods; with another `--out` it runs every method again.", "",
       "**Config.** `comparison.json` holds every setting. Tuning: "
-      + (f"the grids ran on seeds {list(config.tuning_seeds)} (`tuning.json`)."
+      + (f"each tuned method's grid ({grid_sizes(config)} points) ran on seeds "
+         f"{list(config.tuning_seeds)} at NRE {config.tuning_run.nre_budget:,}; "
+         "its pick (the best mean final rate) is what ran here (`tuning.json`)."
          if isinstance(summary.get("tuning"), dict) else
          "no grid ran here: every method used the picks its preset holds "
          "(`banel compare --help` lists them and where they were made)."), "",
