@@ -71,7 +71,7 @@ def toy_runs():
   config = BanelConfig(nre_budget=250, samples_per_round=100, failure_batch_size=50,
                        failure_epochs=5, distill_samples=256, distill_batch_size=64,
                        distill_epochs=3, n_eval=100)
-  names = ("_propose", "_update", "_keys")
+  names = ("_propose", "_update", "_update_or_hold", "_keys")
   compiles = []
 
   def listener(event, duration, **kwargs):

@@ -390,13 +390,36 @@ def test_statistics_of_a_method_against_banel():
       "mann_whitney_p_vs_banel"] == 1.0
 
 
+def _stopping(config):
+  # exact mode with a floor no region leaves: BaNEL stops in its second round
+  return config.banel.replace(mode="exact", tau_mode="calibrated",
+                              min_acceptance_rate=0.9)
+
+
 @pytest.mark.slow
-def test_a_method_that_stops_is_named_and_the_others_run_on(tmp_path):
-  # a floor no calibrated region leaves: BaNEL stops in its first round
+def test_frozen_seeds_keep_their_row_and_are_listed(tmp_path):
+  # a distillation floor no calibrated region leaves: every seed freezes in
+  # its first round and keeps the pretrained generator
   config = compare.toy1d_tiny_config()
-  config = config.replace(methods=("banel", "reinforce"), pretrained_samples=4096,
+  config = config.replace(methods=("banel",), pretrained_samples=4096,
                           banel=config.banel.replace(tau_mode="calibrated",
                                                      min_acceptance_rate=0.9))
+  with pytest.warns(UserWarning, match="froze"):
+    summary = compare.run(config, tmp_path, progress=False)
+  (row,) = summary["rows"]
+  assert row["frozen_at"] == [1] * len(config.seeds)
+  assert row["nre_spent"] == [config.run.samples_per_round] * len(config.seeds)
+  readme = (tmp_path / "README.md").read_text()
+  assert "**Frozen seeds**" in readme
+  assert f"seed {config.seeds[0]} in round 1 ({config.run.samples_per_round:,} NRE)" \
+      in readme
+
+
+@pytest.mark.slow
+def test_a_method_that_stops_is_named_and_the_others_run_on(tmp_path):
+  config = compare.toy1d_tiny_config()
+  config = config.replace(methods=("banel", "reinforce"), pretrained_samples=4096,
+                          banel=_stopping(config))
   summary = compare.run(config, tmp_path, progress=False)
   assert list(summary["stopped"]) == ["banel"]
   assert summary["stopped"]["banel"]["error"] == "AcceptanceRateError"
@@ -414,8 +437,7 @@ def test_a_stopped_run_is_recorded_and_not_replayed(tmp_path, capsys):
   config = compare.toy1d_tiny_config()
   config = config.replace(methods=("banel", "reinforce"), pretrained_samples=4096,
                           run_dir=str(tmp_path / "runs"),
-                          banel=config.banel.replace(tau_mode="calibrated",
-                                                     min_acceptance_rate=0.9))
+                          banel=_stopping(config))
   compare.run(config, tmp_path / "out", progress=False)
   banel_dir = tmp_path / "runs" / "banel"
   stop = json.loads((banel_dir / harness.STOPPED_FILE).read_text())

@@ -6,6 +6,7 @@ log tau_t}`` computed from the logits stored in the bank.
 """
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -401,17 +402,80 @@ def test_check_acceptance_on_a_real_collapsed_posterior():
 
 @pytest.mark.parametrize("tau_mode,knob", [("calibrated", "calibrated_reject_fraction"),
                                             ("factor", "filter_factor")])
-def test_distillation_floor_names_the_knob_of_the_tau_mode(tau_mode, knob):
-  """Distilled mode stops when distillation accepts too little; the message says
-  which setting to lower for the tau mode in use."""
+def test_distillation_floor_freezes_the_seed_and_names_the_knob(tau_mode, knob):
+  """Distilled mode freezes a seed whose distillation accepts too little: its
+  round is discarded (it keeps the pretrained generator), it spends no more,
+  and the warning says which setting to lower for the tau mode in use."""
   cfg = BanelConfig(nre_budget=20, samples_per_round=10, tau_mode=tau_mode,
                     calibrated_reject_fraction=0.9, filter_factor=1.0,
                     failure_batch_size=10, failure_learning_rate=1.0,
                     distill_samples=64, distill_batch_size=32, n_eval=10,
                     min_acceptance_rate=0.95)
   runner = BanelRunner(MODEL, PRIOR, TASK.oracle, cfg, seeds=[0], progress=False)
-  with pytest.raises(AcceptanceRateError, match=f"round 1: .*lower {knob}"):
-    runner.run()
+  with pytest.warns(UserWarning, match=f"round 1: seed\\(s\\) 0 .*froze.*lower {knob}"):
+    result = runner.run()
+  assert result.frozen_at == [1] and result.nre_spent == [10]
+  assert result.history[-1]["frozen"] == [True]
+  np.testing.assert_array_equal(np.asarray(result.states.proposal.params["logits"])[0],
+                                np.asarray(PRIOR["logits"]))
+  assert int(np.asarray(result.states.round)[0]) == 1
+  # the round's region is not kept: the bank is the empty one of round 0
+  assert int(np.asarray(result.states.regions.size)[0]) == 0
+  assert not np.asarray(result.states.regions.valid).any()
+
+
+FREEZING = BanelConfig(nre_budget=40, samples_per_round=10, tau_mode="calibrated",
+                       calibrated_reject_fraction=0.9, failure_batch_size=10,
+                       failure_learning_rate=1.0, distill_samples=64,
+                       distill_batch_size=32, n_eval=10, min_acceptance_rate=0.1)
+
+
+def _quiet_run(runner):
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    return runner.run()
+
+
+def test_a_frozen_seed_leaves_the_others_running_as_they_would_alone():
+  """Seeds are independent runs side by side: one that freezes stops spending,
+  and the others' rounds are those they run alone."""
+  together = _quiet_run(BanelRunner(MODEL, PRIOR, TASK.oracle, FREEZING,
+                                    seeds=[0, 1, 2], progress=False))
+  assert together.frozen_at == [2, 1, 2]  # seed 1 first, then the others
+  assert together.nre_spent == [20, 10, 20]  # a frozen seed's samples are not scored
+  assert [h.get("frozen") for h in together.history] == [
+      None, [False, True, False], [True, True, True]]
+  alone = _quiet_run(BanelRunner(MODEL, PRIOR, TASK.oracle, FREEZING, seeds=[2],
+                                 progress=False))
+  assert alone.frozen_at == [2] and alone.nre_spent == [20]
+  np.testing.assert_allclose(
+      [h["success_rate"][2] for h in together.history],
+      [h["success_rate"][0] for h in alone.history])
+  np.testing.assert_allclose(np.asarray(together.states.proposal.params["logits"])[2],
+                             np.asarray(alone.states.proposal.params["logits"])[0],
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_a_frozen_seed_stays_frozen_when_the_run_resumes(tmp_path):
+  runner = BanelRunner(MODEL, PRIOR, TASK.oracle, FREEZING, seeds=[0, 1, 2],
+                       progress=False, run_dir=tmp_path)
+  runner.evaluate_start()
+  with pytest.warns(UserWarning, match="seed\\(s\\) 1 "):
+    runner.step()
+  runner.close()
+  calls = []
+
+  def oracle(x):
+    calls.append(len(x))
+    return TASK.oracle(x)
+
+  resumed = BanelRunner(MODEL, PRIOR, oracle, FREEZING, seeds=[0, 1, 2],
+                        progress=False, run_dir=tmp_path)
+  assert resumed.frozen_at == [None, 1, None]
+  result = _quiet_run(resumed)
+  resumed.close()
+  assert result.frozen_at == [2, 1, 2] and result.nre_spent == [20, 10, 20]
+  assert calls[0] == 20  # round 2's paid call: the two live seeds' samples only
 
 
 # --- log_norm: a region of a posterior proposal uses p0 / Z -------------------------

@@ -67,9 +67,11 @@ class BanelConfig:
       (the paper's reset option).
     exact_batch_size: candidates drawn per rejection-sampling batch (exact mode).
     exact_max_batches: most candidate batches drawn per request (exact mode).
-    min_acceptance_rate: floor on the exploration posterior's acceptance rate;
-      below it a :class:`~banel_jax.core.posterior.AcceptanceRateError` is raised
-      (exact mode's sampling, and distillation's filter in distilled mode).
+    min_acceptance_rate: floor on the exploration posterior's acceptance rate.
+      Below it, exact mode's sampling raises a
+      :class:`~banel_jax.core.posterior.AcceptanceRateError`; in distilled mode
+      a seed whose distillation filter accepts less freezes (it keeps its
+      generator and spends no more; see :class:`~banel_jax.BanelRunner`).
     train_microbatch: a speed setting. If ``> 0``, every failure-model and
       distillation step accumulates its gradient over microbatches of at most
       this many samples (the largest divisor of the batch size up to it,

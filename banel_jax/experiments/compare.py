@@ -33,9 +33,11 @@ Writes to ``--out``:
   observations block is kept when a rerun writes it anew);
 * ``tuning.json`` (with ``--tune``): every grid point of every method.
 
-A method that stops mid-run on its own failure mode (BaNEL's
-``AcceptanceRateError`` when the regions leave no distillation sample, or a
-``NonFiniteError``) has no row: ``comparison.json`` (``stopped``) and the
+A BaNEL seed whose regions leave its distillation too few samples freezes
+(:class:`~banel_jax.BanelRunner`): its final rate is that of its generator at
+the freeze, and the README lists the frozen seeds with their round and spent
+NRE. A method that stops mid-run on its own failure mode (exact mode's
+``AcceptanceRateError``, or a ``NonFiniteError``) has no row: ``comparison.json`` (``stopped``) and the
 README name it with its error, ``comparison.json`` keeps its rounds before the
 stop and the plot draws them dashed, and the other methods run on. With
 ``--run-dir``, ``DIR/<method>/stopped.json`` keeps the stop: a rerun reports it
@@ -181,7 +183,7 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, Callable, Literal, NamedTuple, get_args
+from typing import Any, Callable, Literal, NamedTuple, Sequence, get_args
 
 import numpy as np
 
@@ -1267,6 +1269,8 @@ def summarize_run(name: str, run: dict, pretrained: dict,
       "distinct_per_round_mean": float(np.mean(distinct)) if distinct else None,
       "distinct_per_round_last": float(np.mean(distinct[-1])) if distinct else None,
   }
+  if any(f is not None for f in run.get("frozen_at") or ()):
+    row["frozen_at"] = run["frozen_at"]
   if name == "banel_support":
     row["task_knowledge"] = True  # the grammar, which no other method is given
   if name in USES_SUCCESSES:
@@ -1380,6 +1384,25 @@ def stopped_lines(stopped: dict) -> list[str]:
             for v in stopped.values()), ""]
 
 
+def frozen_lines(rows: list[dict], seeds: Sequence[int], budget: int) -> list[str]:
+  """README lines naming each method's seeds that froze (their regions left
+  distillation too few samples): when, and what they had spent."""
+  lines = []
+  for row in rows:
+    frozen = [(seed, at, spent) for seed, at, spent in
+              zip(seeds, row.get("frozen_at") or (), row["nre_spent"])
+              if at is not None]
+    if frozen:
+      lines.append(f"- {row['method']}: {len(frozen)} of {len(seeds)} "
+                   "seeds; " + ", ".join(f"seed {s} in round {at} ({spent:,} NRE)"
+                                         for s, at, spent in frozen) + ".")
+  if not lines:
+    return []
+  return [f"**Frozen seeds** (each kept the generator of the round before its "
+          f"freeze, which gives its final rate, and spent no more of its "
+          f"{budget:,} NRE):", "", *lines, ""]
+
+
 def write_readme(out: pathlib.Path, config: CompareConfig, summary: dict,
                  task: dict, table: str, wall: float) -> None:
   """``out/README.md`` from the figures (keeps the observations block)."""
@@ -1408,6 +1431,7 @@ def write_readme(out: pathlib.Path, config: CompareConfig, summary: dict,
       statistics_table(task), "",
       *against_best_bonus_lines(task),
       *stopped_lines(summary.get("stopped", {})),
+      *frozen_lines(summary["rows"], config.seeds, run.nre_budget),
       *common.readme_tail(
           out, table, table_note="(`comparison.md`; rates on fresh samples)",
           wall=(f"{wall / 3600:.1f} hours" if wall >= 3600

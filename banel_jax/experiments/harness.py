@@ -175,7 +175,7 @@ def run_method(model, prior_params, oracle: Callable, config, seeds: Sequence[in
 
   Returns:
     ``{"history", "final_success_rate", "best_success_rate", "nre_spent",
-    "eval_calls", "n_successes_found_in_training", "wall_time_s", "final_s",
+    "frozen_at", "eval_calls", "n_successes_found_in_training", "wall_time_s", "final_s",
     ...final's entries}``; ``wall_time_s`` is the run's own time summed over
     resumed processes, plus this opening.
 
@@ -226,7 +226,8 @@ def run_method(model, prior_params, oracle: Callable, config, seeds: Sequence[in
   out = {"history": result.history,
          "final_success_rate": result.final_success_rates(),
          "best_success_rate": result.best_success_rates(),
-         "nre_spent": result.nre_spent, "eval_calls": result.eval_calls,
+         "nre_spent": result.nre_spent, "frozen_at": result.frozen_at,
+         "eval_calls": result.eval_calls,
          "n_successes_found_in_training": len(result.successes),
          "wall_time_s": result.wall_time_s + t_open, "final_s": final_s, **extra}
   if result_path is not None:

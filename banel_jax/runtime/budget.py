@@ -381,7 +381,8 @@ class BudgetKeeper:
                        "model)")
     return x
 
-  def evaluate(self, x, round_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  def evaluate(self, x, round_index: int = 0,
+               active=None) -> tuple[np.ndarray, np.ndarray]:
     """Scores training samples ``x[S, m, ...]`` within the budget.
 
     All seeds' allowed samples go to the oracle in one call.
@@ -390,6 +391,8 @@ class BudgetKeeper:
       x: ``[num_seeds, m, *event_shape]`` samples, one row per seed.
       round_index: rounds completed by the proposal that drew ``x`` (recorded with
         successes and in the ledger).
+      active: optional ``bool[num_seeds]``; a seed marked ``False`` (e.g. one
+        that froze) has none of its samples scored and spends nothing.
 
     Returns:
       ``(rewards f32[S, m], evaluated bool[S, m])``; unscored slots get reward 0.
@@ -404,6 +407,12 @@ class BudgetKeeper:
                        f" got {x.shape}")
     m = x.shape[1]
     allowed = np.clip(self.remaining, 0, m).astype(int)
+    if active is not None:
+      active = np.asarray(active, bool)
+      if active.shape != (self.num_seeds,):
+        raise ValueError(f"active must be bool[{self.num_seeds}], got shape "
+                         f"{active.shape}")
+      allowed = np.where(active, allowed, 0)
     rewards = np.zeros((self.num_seeds, m), np.float32)
     evaluated = np.zeros((self.num_seeds, m), bool)
     if allowed.sum() == 0:

@@ -60,6 +60,9 @@ class RunResult:
     eval_calls: oracle calls spent on evaluation (apart from the NRE).
     wall_time_s: total wall time (summed over resumed processes).
     run_dir: the run directory, if the run had one.
+    frozen_at: per seed, the round in which it froze (its distillation found
+      too few samples outside its regions, see :class:`BanelRunner`), or
+      ``None``; its final state is the one of the round before.
   """
 
   config: BanelConfig
@@ -71,6 +74,7 @@ class RunResult:
   eval_calls: int
   wall_time_s: float
   run_dir: str | None = None
+  frozen_at: list[int | None] | None = None
 
   def final_success_rates(self) -> list[float]:
     last = [h for h in self.history if "success_rate" in h][-1]
@@ -136,9 +140,40 @@ def _seed_jit(fn, in_axes, mesh, static_argnums=(), donate_argnums=(), bind=None
   return jax.jit(call, static_argnums=static_argnums, donate_argnums=donate_argnums)
 
 
-def _compiled(method, mesh=None, bind=None) -> dict:
+def _update_or_hold(update: Callable, floor: float) -> Callable:
+  """``(state, batch, key, hold) -> (state', metrics)``: ``update``, except
+  that a seed given ``hold`` or whose distillation accepted fewer than
+  ``floor`` of its samples keeps its state (only its round advances, so that
+  every seed stays on the same round). ``metrics["held"]`` says which.
+
+  The region bank is kept by its ``valid`` and ``size`` alone: the slot the
+  round wrote lies past the kept ``size`` and is ignored, so the program never
+  holds two banks (their parameter copies are most of a state's memory)."""
+
+  def update_or_hold(state, batch, key, hold):
+    new, metrics = update(state, batch, key)
+    hold = hold | (metrics["distill_accept_rate"] < floor)
+
+    def pick(old, fresh):
+      if jax.dtypes.issubdtype(old.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(jnp.where(
+            hold, jax.random.key_data(old), jax.random.key_data(fresh)),
+            impl=jax.random.key_impl(old))
+      return jnp.where(hold, old, fresh)
+
+    regions = new.regions.replace(valid=pick(state.regions.valid, new.regions.valid),
+                                  size=pick(state.regions.size, new.regions.size))
+    kept = jax.tree.map(pick, state.replace(regions=None), new.replace(regions=None))
+    return (kept.replace(round=new.round, regions=regions),
+            {**metrics, "held": hold})
+
+  return update_or_hold
+
+
+def _compiled(method, mesh=None, bind=None, hold_floor=None) -> dict:
   """The method's seed-mapped ``init``, ``propose`` and ``update``; with a
-  ``bind``, each takes the model's frozen params first (see :func:`_seed_jit`)."""
+  ``bind``, each takes the model's frozen params first (see :func:`_seed_jit`).
+  With a ``hold_floor``, also ``update_or_hold`` (:func:`_update_or_hold`)."""
   try:
     by_mesh = _COMPILED.setdefault(method.update, {})
   except TypeError:  # not weak-referenceable
@@ -151,6 +186,10 @@ def _compiled(method, mesh=None, bind=None) -> dict:
            "update": _seed_jit(method.update, (0, 0, 0), mesh, donate_argnums=(0,),
                                bind=bind)}
     by_mesh[(mesh, bind)] = fns
+  if hold_floor is not None and ("update_or_hold", hold_floor) not in fns:
+    fns[("update_or_hold", hold_floor)] = _seed_jit(
+        _update_or_hold(method.update, hold_floor), (0, 0, 0, 0), mesh,
+        donate_argnums=(0,), bind=bind)
   return fns
 
 
@@ -323,6 +362,14 @@ class BanelRunner:
       the device split, so compare runs made on the same split (the toy's
       results are identical).
 
+  Seeds that freeze: in distilled mode, a seed whose rejection regions leave
+  fewer than ``config.min_acceptance_rate`` of its proposal's distillation
+  samples outside them freezes. Its round's update is discarded (it keeps the
+  generator of the round before), it spends nothing more of its budget, and
+  the other seeds run on, as they would have run alone; a warning names it,
+  :attr:`frozen_at` and the round records (``"frozen"``) say when. A run whose
+  every seed froze ends there, its budget partly unspent (``nre_spent``).
+
   Raises:
     RunDirError: ``run_dir`` holds a run with another config (the message names
       the differing fields).
@@ -380,10 +427,20 @@ class BanelRunner:
     prior_params = seed_sharding.replicate(prior_params, self.mesh)
     frozen_params = (None if frozen is None
                      else seed_sharding.replicate(frozen.params, self.mesh))
-    fns = _compiled(self.banel, self.mesh, bind)
+    # the paper's method in distilled mode freezes a seed its regions close
+    # (see above); other methods have no such floor
+    self._hold_floor = (float(config.min_acceptance_rate)
+                        if method is None and getattr(config, "mode", None) == "distilled"
+                        else None)
+    fns = _compiled(self.banel, self.mesh, bind, self._hold_floor)
     self._init, self._propose, self._update = (
         frozen_lib.with_params(fns[name], frozen_params)
         for name in ("init", "propose", "update"))
+    self._update_or_hold = (
+        None if self._hold_floor is None else
+        frozen_lib.with_params(fns[("update_or_hold", self._hold_floor)], frozen_params))
+    # per seed: the round in which it froze, or None
+    self.frozen_at: list[int | None] = [None] * len(self.seeds)
     self._keys = _ROUND_KEYS
     self._prior_in_regions = (
         frozen_lib.with_params(_prior_in_regions_fn(model, config, bind), frozen_params)
@@ -421,6 +478,7 @@ class BanelRunner:
       if resumed is not None:
         self.history = list(host["history"])
         self.keeper.load_state_dict(host["budget"])
+        self.frozen_at = list(host.get("frozen_at", self.frozen_at))
         elapsed = float(host.get("elapsed_s", 0.0))
       self.run_dir.write_metrics(self.history)
       if metrics_path is not None and os.path.abspath(metrics_path) != \
@@ -529,8 +587,14 @@ class BanelRunner:
     return getattr(self.config, "samples_by_rejection", False)
 
   @property
+  def live(self) -> np.ndarray:
+    """``bool[S]``: the seeds that have not frozen."""
+    return np.array([f is None for f in self.frozen_at])
+
+  @property
   def done(self) -> bool:
-    return self.keeper.exhausted
+    """Every seed has spent its budget or frozen."""
+    return bool(np.all((self.keeper.remaining <= 0) | ~self.live))
 
   # --- the round --------------------------------------------------------------------
 
@@ -582,7 +646,8 @@ class BanelRunner:
     calls, offset = self.keeper.ledger_position
     host = {"history": self.history, "budget": self.keeper.state_dict(),
             "ledger": {"calls": calls, "offset": offset},
-            "elapsed_s": time.perf_counter() - self._t0, "seeds": self.seeds}
+            "elapsed_s": time.perf_counter() - self._t0, "seeds": self.seeds,
+            "frozen_at": self.frozen_at}
     self.run_dir.save(self.round, self.states, host)
 
   def _stopped(self, e: OracleError) -> OracleError:
@@ -611,7 +676,8 @@ class BanelRunner:
   def step(self) -> dict:
     """Runs one round for every seed; returns its record (checkpointed)."""
     if self.done:
-      raise RuntimeError("the NRE budget is spent; no round left to run")
+      raise RuntimeError("the NRE budget is spent (or every seed froze); no round "
+                         "left to run")
     c = self.config
     t = self.round
     keys = self._keys(self.states)
@@ -621,7 +687,7 @@ class BanelRunner:
     x_host = np.asarray(x)
     self.round_samples = {}
     try:
-      rewards, evaluated = self.keeper.evaluate(x_host, t)
+      rewards, evaluated = self.keeper.evaluate(x_host, t, active=self.live)
     except OracleError as e:
       raise self._stopped(e) from e
     self.round_samples.update(train=x_host, train_evaluated=evaluated)
@@ -631,15 +697,27 @@ class BanelRunner:
                self._proposal_entropy(self.states, x, log_norm))
     batch = RoundBatch(x=x, rewards=jnp.asarray(rewards),
                        evaluated=jnp.asarray(evaluated), log_norm=log_norm)
-    self.states, metrics = self._update(self.states, batch, keys["update"])
-    metrics = jax.device_get(metrics)
-    finite = np.all(metrics.get("params_finite", True))
-    nll = metrics.get("failure_nll", np.zeros(()))
+    if self._update_or_hold is None:
+      self.states, metrics = self._update(self.states, batch, keys["update"])
+      metrics = jax.device_get(metrics)
+      kept = np.ones(len(self.seeds), bool)
+    else:
+      hold = seed_sharding.shard_seeds(jnp.asarray(~self.live), self.mesh)
+      self.states, metrics = self._update_or_hold(self.states, batch,
+                                                  keys["update"], hold)
+      metrics = jax.device_get(metrics)
+      kept = ~np.asarray(metrics.pop("held"), bool)
+      self._freeze(~kept & self.live, metrics["distill_accept_rate"], t + 1)
+    # every metric has a leading seed axis; a held seed's update is discarded,
+    # so its values are not checked
+    finite = np.all(np.asarray(metrics.get("params_finite", kept))[kept])
+    nll = np.asarray(metrics.get("failure_nll", np.zeros(len(kept))))[kept]
     if not finite or not np.all(np.isfinite(nll)):
       raise NonFiniteError(
           f"round {t + 1}: non-finite failure-model NLL {nll} or "
           "parameters; check model.log_prob for NaN/inf and lower the learning rates")
-    if ("distill_accept_rate" in metrics and getattr(c, "mode", None) == "distilled"
+    if (self._update_or_hold is None and "distill_accept_rate" in metrics
+        and getattr(c, "mode", None) == "distilled"
         and np.any(metrics["distill_accept_rate"] < c.min_acceptance_rate)):
       fix = ("lower calibrated_reject_fraction (each region rejects that share of "
              "the proposal and the shares compound)"
@@ -651,6 +729,8 @@ class BanelRunner:
           f"(floor {c.min_acceptance_rate:g}); {fix}, or lower min_acceptance_rate")
     record = {"round": t + 1, "nre": self.keeper.spent.tolist(),
               "proposal_acceptance_rate": np.asarray(info.acceptance_rate)}
+    if not self.live.all():
+      record["frozen"] = (~self.live).tolist()
     record.update({k: v for k, v in metrics.items() if k != "params_finite"})
     # Signals of collapse that need no success (DIAGNOSTICS).
     record["distinct_share"] = distinct
@@ -672,6 +752,27 @@ class BanelRunner:
         postfix["success"] = f"{np.mean(record['success_rate']):.3f}"
       self._bar.set_postfix(**postfix)
     return record
+
+  def _freeze(self, newly: np.ndarray, accept_rate, round_index: int) -> None:
+    """Marks the seeds ``newly`` frozen in round ``round_index``, with a warning."""
+    if not np.any(newly):
+      return
+    c = self.config
+    fix = ("lower calibrated_reject_fraction (each region rejects that share of "
+           "the proposal and the shares compound)" if c.tau_mode == "calibrated" else
+           "lower filter_factor or use tau_mode='calibrated'")
+    rates = np.asarray(accept_rate).reshape(-1)
+    for s in np.flatnonzero(newly):
+      self.frozen_at[s] = round_index
+    names = ", ".join(f"{self.seeds[s]} ({rates[s]:.2g})" for s in np.flatnonzero(newly))
+    left = int(self.live.sum())
+    warnings.warn(
+        f"round {round_index}: seed(s) {names} froze: their rejection regions "
+        f"accept less than min_acceptance_rate={c.min_acceptance_rate:g} of the "
+        "proposal's distillation samples (acceptance in parentheses); each keeps "
+        f"the generator of round {round_index - 1} and spends no more of its "
+        f"budget; {left} seed(s) run on. To go further, {fix}, or lower "
+        "min_acceptance_rate", stacklevel=3)
 
   def run(self) -> RunResult:
     """Evaluates the pretrained model, then runs rounds until the budget is spent.
@@ -697,7 +798,8 @@ class BanelRunner:
                      nre_spent=self.keeper.spent.tolist(),
                      eval_calls=self.keeper.eval_calls,
                      wall_time_s=time.perf_counter() - self._t0,
-                     run_dir=None if self.run_dir is None else self.run_dir.path)
+                     run_dir=None if self.run_dir is None else self.run_dir.path,
+                     frozen_at=list(self.frozen_at))
 
   def close(self) -> None:
     """Closes the ledger and the checkpoint manager (all writes are done by then)."""
