@@ -502,3 +502,25 @@ def test_runs_in_turn_release_their_compiled_programs():
     one_run(i)
   grown = mappings() - before
   assert grown < 100, f"{grown} new memory mappings after 3 runs"
+
+
+def test_a_row_leaves_out_the_rounds_a_frozen_seed_scored_nothing():
+  """A frozen seed scores no sample: its per-round diagnostics are ``None``
+  and the row's means are over the seeds that scored."""
+  config = compare.toy1d_tiny_config()
+  hist = [{"round": 0, "success_rate": [0.1, 0.1]},
+          {"round": 1, "n_distinct_train": [10, 8], "malformed_train": [0.5, 0.1]},
+          {"round": 2, "n_distinct_train": [6, None], "malformed_train": [0.3, None],
+           "success_rate": [0.2, 0.1]}]
+  run = {"history": hist, "final_success_rate": [0.2, 0.1],
+         "best_success_rate": [0.2, 0.1], "wall_time_s": 1.0,
+         "nre_spent": [20, 10], "frozen_at": [None, 2], "eval_calls": 4,
+         "n_successes_found_in_training": 0}
+  pretrained = {"rate": 0.1, "estimate": {"trials": 1000}}
+  row = compare.summarize_run("banel", run, pretrained, config)
+  assert row["malformed_train"] == pytest.approx(0.3)
+  assert row["distinct_per_round_mean"] == pytest.approx(8.0)
+  assert row["distinct_per_round_last"] == pytest.approx(6.0)
+  assert row["frozen_at"] == [None, 2]
+  lines = compare.frozen_lines([row], seeds=(0, 1), budget=20)
+  assert "- BaNEL (paper): 1 of 2 seeds; seed 1 in round 2 (10 NRE)." in lines

@@ -711,8 +711,17 @@ def build_method(name: str, setup: TaskSetup, config: CompareConfig) -> MethodBu
   return MethodBuild(method, run)
 
 
-def _distinct(x: np.ndarray) -> int:
-  return int(len(np.unique(x.reshape(len(x), -1), axis=0))) if len(x) else 0
+def _distinct(x: np.ndarray) -> int | None:
+  # None: the seed scored nothing this round (spent, or frozen)
+  return int(len(np.unique(x.reshape(len(x), -1), axis=0))) if len(x) else None
+
+
+def _mean_scored(per_round: list) -> float | None:
+  """Mean of per-seed values over rounds, leaving out ``None`` (a seed that
+  scored nothing that round); ``None`` if nothing is left."""
+  values = [v for row in per_round for v in np.ravel(np.asarray(row, object))
+            if v is not None]
+  return float(np.mean(values)) if values else None
 
 
 def _malformed_fraction(setup: TaskSetup, x: np.ndarray) -> float | None:
@@ -1266,8 +1275,8 @@ def summarize_run(name: str, run: dict, pretrained: dict,
       "wall_time_s": run["wall_time_s"],
       "nre_spent": run["nre_spent"], "eval_calls": run["eval_calls"],
       "n_successes_found_in_training": run["n_successes_found_in_training"],
-      "distinct_per_round_mean": float(np.mean(distinct)) if distinct else None,
-      "distinct_per_round_last": float(np.mean(distinct[-1])) if distinct else None,
+      "distinct_per_round_mean": _mean_scored(distinct),
+      "distinct_per_round_last": _mean_scored(distinct[-1:]),
   }
   if any(f is not None for f in run.get("frozen_at") or ()):
     row["frozen_at"] = run["frozen_at"]
@@ -1281,7 +1290,7 @@ def summarize_run(name: str, run: dict, pretrained: dict,
                                "summary": summarize_over_seeds(large),
                                "improvement_mean": float(large.mean() / rate0)}
   mal = [h["malformed_train"] for h in hist if "malformed_train" in h]
-  row["malformed_train"] = float(np.mean(mal)) if mal else None
+  row["malformed_train"] = _mean_scored(mal)
   exact = [h["exact_success_rate"] for h in hist if "exact_success_rate" in h]
   if exact:
     row["final_exact"] = summarize_over_seeds(exact[-1])
