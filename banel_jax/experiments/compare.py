@@ -37,9 +37,10 @@ A BaNEL seed whose regions leave its distillation too few samples freezes
 (:class:`~banel_jax.BanelRunner`): its final rate is that of its generator at
 the freeze, and the README lists the frozen seeds with their round and spent
 NRE. A method that stops mid-run on its own failure mode (exact mode's
-``AcceptanceRateError``, or a ``NonFiniteError``) has no row: ``comparison.json`` (``stopped``) and the
-README name it with its error, ``comparison.json`` keeps its rounds before the
-stop and the plot draws them dashed, and the other methods run on. With
+``AcceptanceRateError``, or a ``NonFiniteError``) has no row:
+``comparison.json`` (``stopped``) and the README name it with its error,
+``comparison.json`` keeps its rounds before the stop and the plot draws them
+dashed, and the other methods run on. With
 ``--run-dir``, ``DIR/<method>/stopped.json`` keeps the stop: a rerun reports it
 without replaying the rounds (remove the file to run the method again).
 

@@ -175,8 +175,8 @@ def run_method(model, prior_params, oracle: Callable, config, seeds: Sequence[in
 
   Returns:
     ``{"history", "final_success_rate", "best_success_rate", "nre_spent",
-    "frozen_at", "eval_calls", "n_successes_found_in_training", "wall_time_s", "final_s",
-    ...final's entries}``; ``wall_time_s`` is the run's own time summed over
+    "frozen_at", "eval_calls", "n_successes_found_in_training", "wall_time_s",
+    "final_s", ...final's entries}``; ``wall_time_s`` is the run's own time summed over
     resumed processes, plus this opening.
 
   Raises:

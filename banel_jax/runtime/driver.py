@@ -170,6 +170,13 @@ def _update_or_hold(update: Callable, floor: float) -> Callable:
   return update_or_hold
 
 
+def _floor_fix(config) -> str:
+  """The setting to lower when distillation falls below the acceptance floor."""
+  return ("lower calibrated_reject_fraction (each region rejects that share of "
+          "the proposal and the shares compound)" if config.tau_mode == "calibrated"
+          else "lower filter_factor or use tau_mode='calibrated'")
+
+
 def _compiled(method, mesh=None, bind=None, hold_floor=None) -> dict:
   """The method's seed-mapped ``init``, ``propose`` and ``update``; with a
   ``bind``, each takes the model's frozen params first (see :func:`_seed_jit`).
@@ -719,10 +726,7 @@ class BanelRunner:
     if (self._update_or_hold is None and "distill_accept_rate" in metrics
         and getattr(c, "mode", None) == "distilled"
         and np.any(metrics["distill_accept_rate"] < c.min_acceptance_rate)):
-      fix = ("lower calibrated_reject_fraction (each region rejects that share of "
-             "the proposal and the shares compound)"
-             if c.tau_mode == "calibrated" else
-             "lower filter_factor or use tau_mode='calibrated'")
+      fix = _floor_fix(c)
       raise posterior.AcceptanceRateError(
           f"round {t + 1}: the rejection regions accept only "
           f"{metrics['distill_accept_rate']} of the proposal's distillation samples "
@@ -758,9 +762,7 @@ class BanelRunner:
     if not np.any(newly):
       return
     c = self.config
-    fix = ("lower calibrated_reject_fraction (each region rejects that share of "
-           "the proposal and the shares compound)" if c.tau_mode == "calibrated" else
-           "lower filter_factor or use tau_mode='calibrated'")
+    fix = _floor_fix(c)
     rates = np.asarray(accept_rate).reshape(-1)
     for s in np.flatnonzero(newly):
       self.frozen_at[s] = round_index
